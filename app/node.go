@@ -1,0 +1,186 @@
+// Package app composes the domain cores into a node and runs it against ports.
+//
+// Node is a step function with no goroutines: inputs go in with the current
+// time, and Ready hands back what to persist, send and publish. Runtime drives
+// a Node with real adapters on one goroutine; simnet drives many Nodes on one
+// seeded scheduler with virtual time.
+package app
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/goop-p2p/goop/domain/mq"
+	"github.com/goop-p2p/goop/ports"
+)
+
+// TopicReceipt is the application-level delivery receipt topic (SPEC §2):
+// payload {"msg_id": "..."}.
+const TopicReceipt = "mq.ack"
+
+// EventKind tells what an Event reports.
+type EventKind uint8
+
+// Event kinds published by a node.
+const (
+	// EventMessage: Msg arrived from Peer (exactly once, in per-sender order).
+	EventMessage EventKind = iota + 1
+	// EventDelivered: the message MsgID we sent to Peer was acknowledged by its node.
+	EventDelivered
+	// EventFailed: the message MsgID we sent to Peer was given up; Reason says why.
+	EventFailed
+	// EventReceipt: Peer's application confirmed our message MsgID (topic mq.ack).
+	EventReceipt
+)
+
+// Event is something the node publishes to its local subscribers (SSE, tests).
+type Event struct {
+	Kind   EventKind
+	Peer   mq.PeerID
+	Msg    mq.Frame
+	MsgID  string
+	Topic  string
+	Reason string
+}
+
+// Ready is the output of node steps since the previous Ready, to be carried
+// out in order: persist Batch, then send Frames, then publish Events.
+type Ready struct {
+	Batch  ports.Batch
+	Frames []mq.Outgoing
+	Events []Event
+}
+
+// Empty reports whether there is nothing to do.
+func (r *Ready) Empty() bool {
+	return r.Batch.Empty() && len(r.Frames) == 0 && len(r.Events) == 0
+}
+
+// NodeOptions configure a Node.
+type NodeOptions struct {
+	Bus mq.Options
+}
+
+// State is a node's durable state as loaded from its store.
+type State struct {
+	Bus mq.Snapshot
+}
+
+// Node is one peer's composition of domain cores. Not safe for concurrent
+// use: exactly one goroutine (Runtime) or scheduler (simnet) drives it.
+type Node struct {
+	self   mq.PeerID
+	rnd    ports.Rand
+	bus    *mq.Bus
+	events []Event
+	stats  Stats
+}
+
+// Stats counts what a node did since it started.
+type Stats struct {
+	Sent, Delivered, Acked, Failed, Received uint64
+}
+
+// NewNode restores a node from its durable state. rnd supplies message ids and
+// the bus epoch of a new node.
+func NewNode(self mq.PeerID, st State, rnd ports.Rand, opts NodeOptions) *Node {
+	n := &Node{self: self, rnd: rnd}
+	epoch := ""
+	if st.Bus.Epoch == "" {
+		epoch = n.newID()
+	}
+	n.bus = mq.NewBus(self, st.Bus, epoch, opts.Bus)
+	return n
+}
+
+// Self is the node's peer id.
+func (n *Node) Self() mq.PeerID { return n.self }
+
+// Bus exposes the bus core for inspection (tests, stats). Do not mutate it.
+func (n *Node) Bus() *mq.Bus { return n.bus }
+
+// Stats returns the node's counters.
+func (n *Node) Stats() Stats { return n.stats }
+
+func (n *Node) newID() string {
+	u, err := uuid.NewRandomFromReader(randReader{n.rnd})
+	if err != nil {
+		panic(fmt.Sprintf("app: uuid from rand: %v", err)) // Rand.Read never fails
+	}
+	return u.String()
+}
+
+type randReader struct{ r ports.Rand }
+
+func (r randReader) Read(p []byte) (int, error) { return r.r.Read(p) }
+
+// Send queues an application message to peer to on topic. It returns the
+// frame with its id; the message is durable once the next Ready is persisted.
+func (n *Node) Send(now time.Time, to mq.PeerID, topic string, payload []byte, origin mq.PeerID) (mq.Frame, error) {
+	f, err := n.bus.Send(now, to, n.newID(), topic, payload, origin)
+	if err != nil {
+		return mq.Frame{}, fmt.Errorf("send to %s: %w", to, err)
+	}
+	n.stats.Sent++
+	return f, nil
+}
+
+// SendReceipt confirms to peer from that our application handled msgID.
+func (n *Node) SendReceipt(now time.Time, from mq.PeerID, msgID string) (mq.Frame, error) {
+	payload, _ := json.Marshal(map[string]string{"msg_id": msgID})
+	return n.Send(now, from, TopicReceipt, payload, "")
+}
+
+// Handle feeds one transport event into the node.
+func (n *Node) Handle(now time.Time, ev ports.TransportEvent) {
+	switch ev.Kind {
+	case ports.FrameReceived:
+		if ev.Frame.IsMsg() {
+			n.stats.Received++
+		}
+		n.bus.Receive(now, ev.From, ev.Frame)
+	case ports.PeerConnected:
+		n.bus.Connected(now, ev.From)
+	case ports.PeerDisconnected:
+	}
+}
+
+// Tick lets timers that are due by now fire.
+func (n *Node) Tick(now time.Time) { n.bus.Tick(now) }
+
+// NextWake returns when Tick must next be called, if ever.
+func (n *Node) NextWake() (time.Time, bool) { return n.bus.NextWake() }
+
+// Ready collects the outputs of all steps since the last call.
+func (n *Node) Ready() Ready {
+	br := n.bus.Drain()
+	r := Ready{Batch: ports.Batch{Bus: br.Changes}, Frames: br.Frames}
+	for _, d := range br.Deliveries {
+		n.stats.Delivered++
+		if d.Msg.Topic == TopicReceipt {
+			var rc struct {
+				MsgID string `json:"msg_id"`
+			}
+			if json.Unmarshal(d.Msg.Payload, &rc) == nil && rc.MsgID != "" {
+				n.events = append(n.events, Event{Kind: EventReceipt, Peer: d.From, MsgID: rc.MsgID, Topic: d.Msg.Topic})
+			}
+			continue
+		}
+		n.events = append(n.events, Event{Kind: EventMessage, Peer: d.From, Msg: d.Msg, MsgID: d.Msg.ID, Topic: d.Msg.Topic})
+	}
+	for _, res := range br.Results {
+		if res.Failed {
+			n.stats.Failed++
+			n.events = append(n.events, Event{Kind: EventFailed, Peer: res.To, MsgID: res.ID, Topic: res.Topic, Reason: res.Reason})
+		} else {
+			n.stats.Acked++
+			n.events = append(n.events, Event{Kind: EventDelivered, Peer: res.To, MsgID: res.ID, Topic: res.Topic})
+		}
+	}
+	r.Events = n.events
+	n.events = nil
+	return r
+}

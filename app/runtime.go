@@ -1,0 +1,323 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/goop-p2p/goop/domain/mq"
+	"github.com/goop-p2p/goop/ports"
+)
+
+// ErrStopped is returned by Runtime calls after the runtime stopped.
+var ErrStopped = errors.New("node runtime stopped")
+
+// maxBatch bounds how many inputs one loop iteration takes before it
+// persists and sends: large enough to amortise a SQLite transaction, small
+// enough to keep latency low.
+const maxBatch = 512
+
+type command struct {
+	fn   func(now time.Time, n *Node)
+	done chan error
+}
+
+// Runtime drives one Node with real ports on a single goroutine: it reads the
+// transport, timers and commands, feeds them to the node, persists each Ready
+// before sending its frames, and publishes events. Its methods are safe for
+// concurrent use.
+type Runtime struct {
+	node  *Node
+	tr    ports.Transport
+	store ports.Store
+	clock ports.Clock
+	log   *slog.Logger
+
+	cmds    chan command
+	stopped chan struct{}
+	err     error
+
+	mu      sync.Mutex
+	subs    map[*Subscription]struct{}
+	waiters map[string]chan Event
+}
+
+// NewRuntime prepares a runtime; call Run to start it.
+func NewRuntime(node *Node, tr ports.Transport, store ports.Store, clock ports.Clock, log *slog.Logger) *Runtime {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Runtime{
+		node: node, tr: tr, store: store, clock: clock, log: log,
+		cmds:    make(chan command, 1024),
+		stopped: make(chan struct{}),
+		subs:    map[*Subscription]struct{}{},
+		waiters: map[string]chan Event{},
+	}
+}
+
+// Self is the node's peer id.
+func (r *Runtime) Self() mq.PeerID { return r.node.Self() }
+
+// Run runs the loop until ctx is cancelled or persisting fails (a node that
+// cannot store must not send). It returns nil on a clean stop.
+func (r *Runtime) Run(ctx context.Context) error {
+	defer r.stop()
+	timer := r.clock.NewTimer(time.Hour)
+	defer timer.Stop()
+	// Persist what restoring produced (e.g. a new epoch) and resend the outbox.
+	if err := r.flush(ctx, nil); err != nil {
+		return err
+	}
+	events := r.tr.Events()
+	for {
+		r.armTimer(timer)
+		var pending []command
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-events:
+			if !ok {
+				return nil
+			}
+			r.node.Handle(r.clock.Now(), ev)
+		case c := <-r.cmds:
+			c.fn(r.clock.Now(), r.node)
+			pending = append(pending, c)
+		case <-timer.C():
+			r.node.Tick(r.clock.Now())
+		}
+		// Take whatever else is ready, up to maxBatch inputs, then flush once.
+	more:
+		for i := 0; i < maxBatch; i++ {
+			select {
+			case ev, ok := <-events:
+				if !ok {
+					break more
+				}
+				r.node.Handle(r.clock.Now(), ev)
+			case c := <-r.cmds:
+				c.fn(r.clock.Now(), r.node)
+				pending = append(pending, c)
+			default:
+				break more
+			}
+		}
+		if err := r.flush(ctx, pending); err != nil {
+			return err
+		}
+	}
+}
+
+func (r *Runtime) armTimer(t ports.Timer) {
+	at, ok := r.node.NextWake()
+	if !t.Stop() {
+		select {
+		case <-t.C():
+		default:
+		}
+	}
+	if !ok {
+		t.Reset(time.Hour)
+		return
+	}
+	t.Reset(max(at.Sub(r.clock.Now()), 0))
+}
+
+// flush carries out the node's Ready: persist, then send, then publish, then
+// complete the commands of this iteration.
+func (r *Runtime) flush(ctx context.Context, pending []command) error {
+	rd := r.node.Ready()
+	if !rd.Batch.Empty() {
+		if err := r.store.Apply(context.WithoutCancel(ctx), rd.Batch); err != nil {
+			err = fmt.Errorf("persist node state: %w", err)
+			r.log.Error("stopping node: cannot persist", "err", err)
+			r.err = err
+			for _, c := range pending {
+				c.done <- err
+			}
+			return err
+		}
+	}
+	for _, o := range rd.Frames {
+		if err := r.tr.Send(o.To, o.Frame); err != nil && !errors.Is(err, ports.ErrBackpressure) {
+			r.log.Debug("transport send", "to", o.To, "err", err)
+		}
+	}
+	for _, c := range pending {
+		c.done <- nil
+	}
+	if len(rd.Events) > 0 {
+		r.publish(rd.Events)
+	}
+	return nil
+}
+
+func (r *Runtime) stop() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	select {
+	case <-r.stopped:
+		return
+	default:
+	}
+	close(r.stopped)
+	for s := range r.subs {
+		s.closeLocked()
+	}
+	r.subs = map[*Subscription]struct{}{}
+}
+
+// Err returns why the runtime stopped, if it failed.
+func (r *Runtime) Err() error {
+	select {
+	case <-r.stopped:
+		return r.err
+	default:
+		return nil
+	}
+}
+
+// Done is closed when Run has returned.
+func (r *Runtime) Done() <-chan struct{} { return r.stopped }
+
+// Do runs fn on the node's goroutine and returns once the state fn produced is
+// persisted (so a message queued by fn is durable). fn must not block.
+func (r *Runtime) Do(ctx context.Context, fn func(now time.Time, n *Node)) error {
+	c := command{fn: fn, done: make(chan error, 1)}
+	select {
+	case r.cmds <- c:
+	case <-r.stopped:
+		return ErrStopped
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-c.done:
+		return err
+	case <-r.stopped:
+		// The loop may have run fn and flushed just before stopping.
+		select {
+		case err := <-c.done:
+			return err
+		default:
+			return ErrStopped
+		}
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Send queues a message durably and returns its frame without waiting for
+// the peer.
+func (r *Runtime) Send(ctx context.Context, to mq.PeerID, topic string, payload []byte) (mq.Frame, error) {
+	var f mq.Frame
+	var serr error
+	if err := r.Do(ctx, func(now time.Time, n *Node) { f, serr = n.Send(now, to, topic, payload, "") }); err != nil {
+		return mq.Frame{}, err
+	}
+	return f, serr
+}
+
+// SendWait queues a message durably and waits until the peer's node
+// acknowledged it (EventDelivered), it failed (EventFailed), or ctx ends. On
+// ctx expiry the message stays queued and the returned frame is still valid.
+func (r *Runtime) SendWait(ctx context.Context, to mq.PeerID, topic string, payload []byte) (mq.Frame, Event, error) {
+	ch := make(chan Event, 1)
+	var f mq.Frame
+	var serr error
+	err := r.Do(ctx, func(now time.Time, n *Node) {
+		f, serr = n.Send(now, to, topic, payload, "")
+		if serr == nil {
+			r.mu.Lock()
+			r.waiters[f.ID] = ch
+			r.mu.Unlock()
+		}
+	})
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		return f, Event{}, err
+	}
+	defer func() {
+		r.mu.Lock()
+		delete(r.waiters, f.ID)
+		r.mu.Unlock()
+	}()
+	select {
+	case ev := <-ch:
+		if ev.Kind == EventFailed {
+			return f, ev, fmt.Errorf("message %s to %s failed: %s", f.ID, to, ev.Reason)
+		}
+		return f, ev, nil
+	case <-ctx.Done():
+		return f, Event{}, ctx.Err()
+	case <-r.stopped:
+		return f, Event{}, ErrStopped
+	}
+}
+
+// Subscription receives node events. When its buffer is full the
+// subscription is closed (C is closed) rather than ever blocking the node.
+type Subscription struct {
+	C      <-chan Event
+	c      chan Event
+	r      *Runtime
+	closed bool
+}
+
+// Subscribe returns a subscription with a buffer of n events.
+func (r *Runtime) Subscribe(n int) *Subscription {
+	c := make(chan Event, n)
+	s := &Subscription{C: c, c: c, r: r}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	select {
+	case <-r.stopped:
+		s.closeLocked()
+	default:
+		r.subs[s] = struct{}{}
+	}
+	return s
+}
+
+// Close ends the subscription; C is closed.
+func (s *Subscription) Close() {
+	s.r.mu.Lock()
+	defer s.r.mu.Unlock()
+	delete(s.r.subs, s)
+	s.closeLocked()
+}
+
+func (s *Subscription) closeLocked() {
+	if !s.closed {
+		s.closed = true
+		close(s.c)
+	}
+}
+
+func (r *Runtime) publish(evs []Event) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, ev := range evs {
+		if ev.Kind == EventDelivered || ev.Kind == EventFailed {
+			if ch, ok := r.waiters[ev.MsgID]; ok {
+				delete(r.waiters, ev.MsgID)
+				ch <- ev
+			}
+		}
+		for s := range r.subs {
+			select {
+			case s.c <- ev:
+			default:
+				r.log.Warn("event subscriber too slow; closing it")
+				delete(r.subs, s)
+				s.closeLocked()
+			}
+		}
+	}
+}

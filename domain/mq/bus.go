@@ -1,0 +1,524 @@
+package mq
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+)
+
+// ErrQueueFull is returned by Send when the destination already has
+// Options.MaxPending unacknowledged messages: the caller must back off.
+var ErrQueueFull = errors.New("mq: outbox for peer is full")
+
+// Options tune the bus. Zero fields take the defaults of DefaultOptions.
+type Options struct {
+	// Window is the number of messages in flight (sent, unacked) per destination.
+	Window int
+	// MaxPending bounds the unacknowledged messages queued per destination.
+	MaxPending int
+	// InitialRTO is the first retransmission timeout; it doubles per attempt up to MaxRTO.
+	InitialRTO time.Duration
+	MaxRTO     time.Duration
+	// MaxAttempts is how many times a message is sent before it is reported failed.
+	MaxAttempts int
+	// ReorderBuffer bounds the out-of-order messages held per sender.
+	ReorderBuffer int
+	// DedupeWindow is how many message ids from compat (epoch-less) senders are remembered.
+	DedupeWindow int
+}
+
+// DefaultOptions are the bus settings of a real node: a 2 s first ack timeout
+// as in Goop2, doubling to 60 s, 10 attempts (about 6 minutes) before failing.
+func DefaultOptions() Options {
+	return Options{
+		Window:        1024,
+		MaxPending:    100_000,
+		InitialRTO:    2 * time.Second,
+		MaxRTO:        60 * time.Second,
+		MaxAttempts:   10,
+		ReorderBuffer: 4096,
+		DedupeWindow:  1 << 16,
+	}
+}
+
+func (o Options) withDefaults() Options {
+	d := DefaultOptions()
+	if o.Window <= 0 {
+		o.Window = d.Window
+	}
+	if o.MaxPending <= 0 {
+		o.MaxPending = d.MaxPending
+	}
+	if o.InitialRTO <= 0 {
+		o.InitialRTO = d.InitialRTO
+	}
+	if o.MaxRTO <= 0 {
+		o.MaxRTO = d.MaxRTO
+	}
+	if o.MaxAttempts <= 0 {
+		o.MaxAttempts = d.MaxAttempts
+	}
+	if o.ReorderBuffer <= 0 {
+		o.ReorderBuffer = d.ReorderBuffer
+	}
+	if o.DedupeWindow <= 0 {
+		o.DedupeWindow = d.DedupeWindow
+	}
+	return o
+}
+
+// OutboxEntry is one durable, unacknowledged outgoing message.
+type OutboxEntry struct {
+	To    PeerID
+	Frame Frame
+}
+
+// Cursor is the receiver's durable position in one sender's ordered stream.
+type Cursor struct {
+	Epoch string
+	Next  int64 // next seq to deliver
+}
+
+// Snapshot is the bus's durable state, as loaded from storage at start-up.
+type Snapshot struct {
+	Epoch   string
+	Outbox  []OutboxEntry
+	NextSeq map[PeerID]int64
+	Cursors map[PeerID]Cursor
+}
+
+// ChangeKind names one durable change of bus state.
+type ChangeKind uint8
+
+// Change kinds. A batch of changes must be applied atomically and in order.
+const (
+	SetEpoch     ChangeKind = iota + 1 // Epoch
+	PutOutbox                          // Peer, Frame
+	DeleteOutbox                       // Peer, Seq
+	SetNextSeq                         // Peer, Seq = next seq to assign
+	SetCursor                          // Peer, Epoch, Seq = next seq to deliver
+)
+
+// Change is one durable change the runtime must persist before sending the
+// frames of the same Ready.
+type Change struct {
+	Kind  ChangeKind
+	Peer  PeerID
+	Seq   int64
+	Epoch string
+	Frame *Frame
+}
+
+// Outgoing is a frame to hand to the transport.
+type Outgoing struct {
+	To    PeerID
+	Frame Frame
+}
+
+// Delivery is a message handed to the application, exactly once.
+type Delivery struct {
+	From PeerID
+	Msg  Frame
+}
+
+// Result reports the fate of a message this node sent.
+type Result struct {
+	To     PeerID
+	ID     string
+	Topic  string
+	Failed bool
+	Reason string
+}
+
+// Ready is what the bus asks its runtime to do, in this order: persist
+// Changes, then send Frames, then hand Deliveries and Results to the app.
+type Ready struct {
+	Changes    []Change
+	Frames     []Outgoing
+	Deliveries []Delivery
+	Results    []Result
+}
+
+// Empty reports whether there is nothing to do.
+func (r *Ready) Empty() bool {
+	return len(r.Changes) == 0 && len(r.Frames) == 0 && len(r.Deliveries) == 0 && len(r.Results) == 0
+}
+
+type pending struct {
+	f        Frame
+	attempts int
+	acked    bool
+}
+
+type dest struct {
+	next     int64      // next seq to assign
+	queue    []*pending // unacked messages in seq order (acked ones popped from the head)
+	bySeq    map[int64]*pending
+	sent     int // number of queue entries (a prefix) that have been transmitted at least once
+	rto      time.Duration
+	due      time.Time // retransmit deadline when sent > 0
+	seqDirty bool
+}
+
+type source struct {
+	epoch string
+	next  int64
+	buf   map[int64]Frame
+	dirty bool
+}
+
+// Bus is the sans-I/O state machine of one node's message bus. It is not safe
+// for concurrent use: one goroutine (or the simulator's scheduler) drives it.
+type Bus struct {
+	self    PeerID
+	opts    Options
+	epoch   string
+	dests   map[PeerID]*dest
+	sources map[PeerID]*source
+	seen    map[string]struct{} // compat dedupe window
+	seenQ   []string
+	seenAt  int
+	out     Ready
+	// active holds destinations with unacked messages; dirty lists coalesce changes.
+	active       map[PeerID]*dest
+	dirtyDests   []PeerID
+	dirtySources []PeerID
+}
+
+// NewBus restores a bus from its durable snapshot. If snap.Epoch is empty the
+// node is new: newEpoch becomes its epoch and is persisted with the first Ready.
+func NewBus(self PeerID, snap Snapshot, newEpoch string, opts Options) *Bus {
+	b := &Bus{
+		self:    self,
+		opts:    opts.withDefaults(),
+		epoch:   snap.Epoch,
+		dests:   map[PeerID]*dest{},
+		sources: map[PeerID]*source{},
+		seen:    map[string]struct{}{},
+		active:  map[PeerID]*dest{},
+	}
+	if b.epoch == "" {
+		b.epoch = newEpoch
+		b.out.Changes = append(b.out.Changes, Change{Kind: SetEpoch, Epoch: newEpoch})
+	}
+	for p, n := range snap.NextSeq {
+		b.dest(p).next = n
+	}
+	entries := slices.Clone(snap.Outbox)
+	slices.SortFunc(entries, func(a, c OutboxEntry) int {
+		if a.To != c.To {
+			if a.To < c.To {
+				return -1
+			}
+			return 1
+		}
+		return int(a.Frame.Seq - c.Frame.Seq)
+	})
+	for _, e := range entries {
+		d := b.dest(e.To)
+		p := &pending{f: e.Frame}
+		d.queue = append(d.queue, p)
+		d.bySeq[e.Frame.Seq] = p
+		b.active[e.To] = d
+		if e.Frame.Seq >= d.next {
+			d.next = e.Frame.Seq + 1
+		}
+	}
+	for p, c := range snap.Cursors {
+		b.sources[p] = &source{epoch: c.Epoch, next: c.Next, buf: map[int64]Frame{}}
+	}
+	return b
+}
+
+// Self is the local peer id.
+func (b *Bus) Self() PeerID { return b.self }
+
+// Epoch is this node's outbox incarnation.
+func (b *Bus) Epoch() string { return b.epoch }
+
+func (b *Bus) dest(p PeerID) *dest {
+	d := b.dests[p]
+	if d == nil {
+		d = &dest{next: 1, bySeq: map[int64]*pending{}, rto: b.opts.InitialRTO}
+		b.dests[p] = d
+	}
+	return d
+}
+
+// Pending returns the number of unacknowledged messages queued for p.
+func (b *Bus) Pending(p PeerID) int {
+	if d := b.dests[p]; d != nil {
+		return len(d.queue)
+	}
+	return 0
+}
+
+// TotalPending returns the number of unacknowledged messages for all peers.
+func (b *Bus) TotalPending() int {
+	n := 0
+	for _, d := range b.dests {
+		n += len(d.queue)
+	}
+	return n
+}
+
+// Send enqueues a message for peer to. id must be unique (a UUID from the
+// node's random source). It returns the frame as it will travel. The message
+// is durable once the Ready holding its PutOutbox change is persisted.
+func (b *Bus) Send(now time.Time, to PeerID, id, topic string, payload []byte, origin PeerID) (Frame, error) {
+	if to == "" || len(to) > MaxPeerIDBytes {
+		return Frame{}, fmt.Errorf("%w: bad destination peer id", ErrBadFrame)
+	}
+	if to == b.self {
+		return Frame{}, fmt.Errorf("%w: cannot send to self", ErrBadFrame)
+	}
+	f := Frame{Type: TypeMsg, ID: id, Topic: topic, Payload: payload, Origin: origin}
+	if len(f.Payload) == 0 {
+		f.Payload = []byte("null")
+	}
+	if err := f.Validate(); err != nil {
+		return Frame{}, err
+	}
+	d := b.dest(to)
+	if len(d.queue) >= b.opts.MaxPending {
+		return Frame{}, fmt.Errorf("%w (%d messages to %s)", ErrQueueFull, len(d.queue), to)
+	}
+	f.Seq = d.next
+	d.next++
+	if !d.seqDirty {
+		d.seqDirty = true
+		b.dirtyDests = append(b.dirtyDests, to)
+	}
+	b.active[to] = d
+	p := &pending{f: f}
+	d.queue = append(d.queue, p)
+	d.bySeq[f.Seq] = p
+	stored := f
+	b.out.Changes = append(b.out.Changes, Change{Kind: PutOutbox, Peer: to, Seq: f.Seq, Frame: &stored})
+	b.fill(now, to, d)
+	return f, nil
+}
+
+// fill transmits queued messages up to the window.
+func (b *Bus) fill(now time.Time, to PeerID, d *dest) {
+	start := d.sent
+	for d.sent < len(d.queue) && d.sent < b.opts.Window {
+		b.transmit(to, d, d.queue[d.sent])
+		d.sent++
+	}
+	if start == 0 && d.sent > 0 {
+		d.due = now.Add(d.rto)
+	}
+}
+
+func (b *Bus) transmit(to PeerID, d *dest, p *pending) {
+	p.attempts++
+	f := p.f
+	f.Epoch = b.epoch
+	f.Floor = d.queue[0].f.Seq
+	b.out.Frames = append(b.out.Frames, Outgoing{To: to, Frame: f})
+}
+
+// Receive handles a frame that arrived from peer from (already validated).
+func (b *Bus) Receive(now time.Time, from PeerID, f Frame) {
+	if f.Type == TypeAck {
+		b.onAck(now, from, f)
+		return
+	}
+	if f.Epoch == "" {
+		b.onCompatMsg(from, f)
+		return
+	}
+	s := b.sources[from]
+	if s == nil || s.epoch != f.Epoch {
+		s = &source{epoch: f.Epoch, next: 1, buf: map[int64]Frame{}}
+		b.sources[from] = s
+		b.markSource(from, s)
+	}
+	if f.Floor > s.next {
+		for seq := range s.buf {
+			if seq < f.Floor {
+				delete(s.buf, seq)
+			}
+		}
+		s.next = f.Floor
+		b.markSource(from, s)
+	}
+	switch {
+	case f.Seq < s.next:
+		b.out.Frames = append(b.out.Frames, Outgoing{To: from, Frame: AckFor(&f)})
+	case f.Seq == s.next:
+		b.deliver(from, s, f)
+	default:
+		if _, ok := s.buf[f.Seq]; !ok && len(s.buf) < b.opts.ReorderBuffer {
+			s.buf[f.Seq] = f
+		}
+	}
+	// Deliver whatever is now in order.
+	for {
+		nf, ok := s.buf[s.next]
+		if !ok {
+			break
+		}
+		delete(s.buf, s.next)
+		b.deliver(from, s, nf)
+	}
+}
+
+func (b *Bus) markSource(from PeerID, s *source) {
+	if !s.dirty {
+		s.dirty = true
+		b.dirtySources = append(b.dirtySources, from)
+	}
+}
+
+func (b *Bus) deliver(from PeerID, s *source, f Frame) {
+	s.next = f.Seq + 1
+	b.markSource(from, s)
+	ack := AckFor(&f)
+	f.Epoch, f.Floor = "", 0
+	b.out.Deliveries = append(b.out.Deliveries, Delivery{From: from, Msg: f})
+	b.out.Frames = append(b.out.Frames, Outgoing{To: from, Frame: ack})
+}
+
+func (b *Bus) onCompatMsg(from PeerID, f Frame) {
+	key := string(from) + "\x00" + f.ID
+	b.out.Frames = append(b.out.Frames, Outgoing{To: from, Frame: AckFor(&f)})
+	if _, dup := b.seen[key]; dup {
+		return
+	}
+	if len(b.seenQ) < b.opts.DedupeWindow {
+		b.seenQ = append(b.seenQ, key)
+	} else {
+		delete(b.seen, b.seenQ[b.seenAt])
+		b.seenQ[b.seenAt] = key
+		b.seenAt = (b.seenAt + 1) % len(b.seenQ)
+	}
+	b.seen[key] = struct{}{}
+	b.out.Deliveries = append(b.out.Deliveries, Delivery{From: from, Msg: f})
+}
+
+func (b *Bus) onAck(now time.Time, from PeerID, f Frame) {
+	d := b.dests[from]
+	if d == nil {
+		return
+	}
+	p := d.bySeq[f.Seq]
+	if p == nil || p.f.ID != f.ID || p.acked {
+		return
+	}
+	p.acked = true
+	delete(d.bySeq, f.Seq)
+	b.out.Changes = append(b.out.Changes, Change{Kind: DeleteOutbox, Peer: from, Seq: f.Seq})
+	b.out.Results = append(b.out.Results, Result{To: from, ID: p.f.ID, Topic: p.f.Topic})
+	// Pop acked entries from the head; progress resets the backoff.
+	popped := 0
+	for popped < len(d.queue) && d.queue[popped].acked {
+		popped++
+	}
+	if popped > 0 {
+		clear(d.queue[:popped])
+		d.queue = d.queue[popped:]
+		d.sent -= popped
+		if d.sent < 0 {
+			d.sent = 0
+		}
+	}
+	d.rto = b.opts.InitialRTO
+	if d.sent > 0 {
+		d.due = now.Add(d.rto)
+	}
+	b.fill(now, from, d)
+	if len(d.queue) == 0 {
+		delete(b.active, from)
+	}
+}
+
+// Connected tells the bus a connection to p (re)appeared: unacked messages to
+// it are retransmitted at once instead of waiting for their timeout.
+func (b *Bus) Connected(now time.Time, p PeerID) {
+	d := b.dests[p]
+	if d == nil || len(d.queue) == 0 {
+		return
+	}
+	d.rto = b.opts.InitialRTO
+	b.retransmit(now, p, d)
+}
+
+// NextWake returns when Tick must next be called, if ever.
+func (b *Bus) NextWake() (time.Time, bool) {
+	var at time.Time
+	ok := false
+	for _, d := range b.active {
+		if !ok || d.due.Before(at) {
+			at, ok = d.due, true
+		}
+	}
+	return at, ok
+}
+
+// Tick retransmits or fails messages whose ack timed out by now.
+func (b *Bus) Tick(now time.Time) {
+	var due []PeerID
+	for p, d := range b.active {
+		if !now.Before(d.due) {
+			due = append(due, p)
+		}
+	}
+	slices.Sort(due)
+	for _, p := range due {
+		d := b.dests[p]
+		d.rto = min(d.rto*2, b.opts.MaxRTO)
+		b.retransmit(now, p, d)
+	}
+}
+
+// retransmit fails messages out of attempts and resends the rest of the window.
+func (b *Bus) retransmit(now time.Time, to PeerID, d *dest) {
+	kept := d.queue[:0]
+	for i, p := range d.queue {
+		if i < d.sent && p.attempts >= b.opts.MaxAttempts {
+			delete(d.bySeq, p.f.Seq)
+			b.out.Changes = append(b.out.Changes, Change{Kind: DeleteOutbox, Peer: to, Seq: p.f.Seq})
+			b.out.Results = append(b.out.Results, Result{To: to, ID: p.f.ID, Topic: p.f.Topic, Failed: true,
+				Reason: fmt.Sprintf("no ack from %s after %d attempts", to, p.attempts)})
+			continue
+		}
+		kept = append(kept, p)
+	}
+	clear(d.queue[len(kept):])
+	d.queue = kept
+	d.sent = 0
+	if len(d.queue) == 0 {
+		delete(b.active, to)
+		return
+	}
+	for d.sent < len(d.queue) && d.sent < b.opts.Window {
+		b.transmit(to, d, d.queue[d.sent])
+		d.sent++
+	}
+	d.due = now.Add(d.rto)
+}
+
+// Drain returns the accumulated outputs and resets them. Cursor and sequence
+// changes are coalesced: one per peer per Ready, in peer order.
+func (b *Bus) Drain() Ready {
+	slices.Sort(b.dirtyDests)
+	for _, p := range b.dirtyDests {
+		d := b.dests[p]
+		d.seqDirty = false
+		b.out.Changes = append(b.out.Changes, Change{Kind: SetNextSeq, Peer: p, Seq: d.next})
+	}
+	b.dirtyDests = b.dirtyDests[:0]
+	slices.Sort(b.dirtySources)
+	for _, p := range b.dirtySources {
+		s := b.sources[p]
+		s.dirty = false
+		b.out.Changes = append(b.out.Changes, Change{Kind: SetCursor, Peer: p, Epoch: s.epoch, Seq: s.next})
+	}
+	b.dirtySources = b.dirtySources[:0]
+	r := b.out
+	b.out = Ready{}
+	return r
+}

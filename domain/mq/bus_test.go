@@ -1,0 +1,450 @@
+package mq
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// durable is a test store: it applies Changes the way a real store must.
+type durable struct {
+	epoch   string
+	outbox  map[PeerID]map[int64]Frame
+	nextSeq map[PeerID]int64
+	cursors map[PeerID]Cursor
+}
+
+func newDurable() *durable {
+	return &durable{outbox: map[PeerID]map[int64]Frame{}, nextSeq: map[PeerID]int64{}, cursors: map[PeerID]Cursor{}}
+}
+
+func (d *durable) apply(cs []Change) {
+	for _, c := range cs {
+		switch c.Kind {
+		case SetEpoch:
+			d.epoch = c.Epoch
+		case PutOutbox:
+			if d.outbox[c.Peer] == nil {
+				d.outbox[c.Peer] = map[int64]Frame{}
+			}
+			d.outbox[c.Peer][c.Seq] = *c.Frame
+		case DeleteOutbox:
+			delete(d.outbox[c.Peer], c.Seq)
+		case SetNextSeq:
+			d.nextSeq[c.Peer] = c.Seq
+		case SetCursor:
+			d.cursors[c.Peer] = Cursor{Epoch: c.Epoch, Next: c.Seq}
+		}
+	}
+}
+
+func (d *durable) snapshot() Snapshot {
+	s := Snapshot{Epoch: d.epoch, NextSeq: map[PeerID]int64{}, Cursors: map[PeerID]Cursor{}}
+	for p, m := range d.outbox {
+		for _, f := range m {
+			s.Outbox = append(s.Outbox, OutboxEntry{To: p, Frame: f})
+		}
+	}
+	for p, n := range d.nextSeq {
+		s.NextSeq[p] = n
+	}
+	for p, c := range d.cursors {
+		s.Cursors[p] = c
+	}
+	return s
+}
+
+// peer is a bus with its durable store and what it delivered / learned.
+type peer struct {
+	id        PeerID
+	bus       *Bus
+	store     *durable
+	delivered []Delivery
+	results   []Result
+	epochN    int
+}
+
+func newPeer(id PeerID, opts Options) *peer {
+	p := &peer{id: id, store: newDurable()}
+	p.restart(opts)
+	return p
+}
+
+func (p *peer) restart(opts Options) {
+	p.epochN++
+	p.bus = NewBus(p.id, p.store.snapshot(), fmt.Sprintf("%s-epoch-%d", p.id, p.epochN), opts)
+}
+
+// drain persists and returns frames to send.
+func (p *peer) drain() []Outgoing {
+	r := p.bus.Drain()
+	p.store.apply(r.Changes)
+	p.delivered = append(p.delivered, r.Deliveries...)
+	p.results = append(p.results, r.Results...)
+	return r.Frames
+}
+
+// pump moves frames between peers until quiet; drop decides per frame.
+func pump(t *testing.T, now time.Time, peers map[PeerID]*peer, drop func(o Outgoing) bool) {
+	t.Helper()
+	for i := 0; i < 10_000; i++ {
+		moved := false
+		for _, id := range sortedIDs(peers) {
+			from := peers[id]
+			for _, o := range from.drain() {
+				moved = true
+				if drop != nil && drop(o) {
+					continue
+				}
+				if to := peers[o.To]; to != nil {
+					to.bus.Receive(now, from.id, o.Frame)
+				}
+			}
+		}
+		if !moved {
+			return
+		}
+	}
+	t.Fatal("pump did not quiesce")
+}
+
+func sortedIDs(m map[PeerID]*peer) []PeerID {
+	var ids []PeerID
+	for id := range m {
+		ids = append(ids, id)
+	}
+	for i := range ids {
+		for j := i + 1; j < len(ids); j++ {
+			if ids[j] < ids[i] {
+				ids[i], ids[j] = ids[j], ids[i]
+			}
+		}
+	}
+	return ids
+}
+
+func topics(ds []Delivery) []string {
+	var out []string
+	for _, d := range ds {
+		out = append(out, d.Msg.Topic)
+	}
+	return out
+}
+
+func send(t *testing.T, p *peer, now time.Time, to PeerID, n int) {
+	t.Helper()
+	for i := 0; i < n; i++ {
+		_, err := p.bus.Send(now, to, fmt.Sprintf("%s-%d-%d", p.id, p.epochN, len(p.store.outbox[to])+i+int(p.bus.dest(to).next)), fmt.Sprintf("t%d", p.bus.dest(to).next), []byte(`{"n":1}`), "")
+		require.NoError(t, err)
+	}
+}
+
+func TestSendAckDeliversOnceAndClearsOutbox(t *testing.T) {
+	a, b := newPeer("A", Options{}), newPeer("B", Options{})
+	peers := map[PeerID]*peer{"A": a, "B": b}
+	f, err := a.bus.Send(t0, "B", "id-1", "chat", []byte(`{"text":"hi"}`), "")
+	require.NoError(t, err)
+	assert.Equal(t, int64(1), f.Seq)
+	pump(t, t0, peers, nil)
+
+	require.Len(t, b.delivered, 1)
+	assert.Equal(t, PeerID("A"), b.delivered[0].From)
+	assert.Equal(t, "chat", b.delivered[0].Msg.Topic)
+	assert.JSONEq(t, `{"text":"hi"}`, string(b.delivered[0].Msg.Payload))
+	assert.Empty(t, b.delivered[0].Msg.Epoch, "bus-internal fields do not reach the application")
+	require.Len(t, a.results, 1)
+	assert.False(t, a.results[0].Failed)
+	assert.Equal(t, "id-1", a.results[0].ID)
+	assert.Empty(t, a.store.outbox["B"], "acked message leaves the durable outbox")
+	assert.Equal(t, int64(2), a.store.nextSeq["B"])
+	assert.Equal(t, Cursor{Epoch: a.bus.Epoch(), Next: 2}, b.store.cursors["A"])
+	_, ok := a.bus.NextWake()
+	assert.False(t, ok, "nothing outstanding, no timer")
+}
+
+func TestFramesCarryEpochAndFloor(t *testing.T) {
+	a := newPeer("A", Options{})
+	send(t, a, t0, "B", 3)
+	frames := a.drain()
+	require.Len(t, frames, 3)
+	for i, o := range frames {
+		assert.Equal(t, int64(i+1), o.Frame.Seq)
+		assert.Equal(t, a.bus.Epoch(), o.Frame.Epoch)
+		assert.Equal(t, int64(1), o.Frame.Floor)
+	}
+}
+
+func TestDuplicatesAreAckedButDeliveredOnce(t *testing.T) {
+	a, b := newPeer("A", Options{}), newPeer("B", Options{})
+	send(t, a, t0, "B", 5)
+	frames := a.drain()
+	for round := 0; round < 3; round++ { // the network duplicates everything three times
+		for _, o := range frames {
+			b.bus.Receive(t0, "A", o.Frame)
+		}
+	}
+	acks := b.drain()
+	assert.Len(t, b.delivered, 5)
+	assert.Len(t, acks, 15, "every copy is acked so the sender stops retrying")
+}
+
+func TestOutOfOrderArrivalIsDeliveredInOrder(t *testing.T) {
+	a, b := newPeer("A", Options{}), newPeer("B", Options{})
+	send(t, a, t0, "B", 5)
+	frames := a.drain()
+	for _, i := range []int{4, 2, 3, 0, 1} {
+		b.bus.Receive(t0, "A", frames[i].Frame)
+	}
+	b.drain()
+	assert.Equal(t, []string{"t1", "t2", "t3", "t4", "t5"}, topics(b.delivered))
+}
+
+func TestLostAcksAreRetransmittedWithBackoffAndNotRedelivered(t *testing.T) {
+	opts := Options{InitialRTO: time.Second, MaxRTO: 4 * time.Second, MaxAttempts: 100}
+	a, b := newPeer("A", opts), newPeer("B", opts)
+	peers := map[PeerID]*peer{"A": a, "B": b}
+	send(t, a, t0, "B", 3)
+	dropAcks := func(o Outgoing) bool { return o.Frame.Type == TypeAck }
+	pump(t, t0, peers, dropAcks)
+	require.Len(t, b.delivered, 3)
+
+	// Retransmission waits for the timeout, then backs off: 1s, 2s, 4s, 4s (capped).
+	now := t0
+	var gaps []time.Duration
+	for i := 0; i < 4; i++ {
+		at, ok := a.bus.NextWake()
+		require.True(t, ok)
+		gaps = append(gaps, at.Sub(now))
+		now = at
+		a.bus.Tick(now)
+		pump(t, now, peers, dropAcks)
+	}
+	assert.Equal(t, []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 4 * time.Second}, gaps)
+	assert.Len(t, b.delivered, 3, "retransmissions are not delivered again")
+
+	// Acks get through now: everything is settled, backoff resets.
+	at, _ := a.bus.NextWake()
+	a.bus.Tick(at)
+	pump(t, at, peers, nil)
+	assert.Len(t, a.results, 3)
+	assert.Equal(t, 0, a.bus.Pending("B"))
+	assert.Len(t, b.delivered, 3)
+}
+
+func TestTickBeforeDueDoesNothing(t *testing.T) {
+	a := newPeer("A", Options{InitialRTO: time.Second})
+	send(t, a, t0, "B", 1)
+	a.drain()
+	a.bus.Tick(t0.Add(999 * time.Millisecond))
+	assert.Empty(t, a.drain())
+}
+
+func TestMessageFailsAfterMaxAttemptsAndReceiverSkipsIt(t *testing.T) {
+	opts := Options{InitialRTO: time.Second, MaxRTO: time.Second, MaxAttempts: 3}
+	a, b := newPeer("A", opts), newPeer("B", opts)
+	peers := map[PeerID]*peer{"A": a, "B": b}
+	send(t, a, t0, "B", 1) // seq 1 will be lost for good
+	now := t0
+	blackhole := func(Outgoing) bool { return true }
+	pump(t, now, peers, blackhole)
+	for i := 0; i < 3; i++ {
+		at, ok := a.bus.NextWake()
+		require.True(t, ok)
+		now = at
+		a.bus.Tick(now)
+		pump(t, now, peers, blackhole)
+	}
+	require.Len(t, a.results, 1)
+	assert.True(t, a.results[0].Failed, "the failure is reported, never silent")
+	assert.Contains(t, a.results[0].Reason, "3 attempts")
+	assert.Empty(t, a.store.outbox["B"])
+
+	// The next message carries floor 2: the receiver does not wait for seq 1.
+	send(t, a, now, "B", 1)
+	pump(t, now, peers, nil)
+	require.Len(t, b.delivered, 1)
+	assert.Equal(t, int64(2), b.delivered[0].Msg.Seq)
+}
+
+func TestSenderRestartResumesDurableOutbox(t *testing.T) {
+	a, b := newPeer("A", Options{}), newPeer("B", Options{})
+	peers := map[PeerID]*peer{"A": a, "B": b}
+	send(t, a, t0, "B", 4)
+	a.drain() // persisted and "sent", but the network lost it all
+
+	a.restart(Options{}) // crash: only the durable store survives
+	assert.Equal(t, 4, a.bus.Pending("B"))
+	a.bus.Connected(t0, "B")
+	pump(t, t0, peers, nil)
+	assert.Equal(t, []string{"t1", "t2", "t3", "t4"}, topics(b.delivered))
+
+	send(t, a, t0, "B", 1)
+	pump(t, t0, peers, nil)
+	require.Len(t, b.delivered, 5)
+	assert.Equal(t, int64(5), b.delivered[4].Msg.Seq, "sequence continues after restart")
+}
+
+func TestReceiverRestartKeepsCursorSoNoRedelivery(t *testing.T) {
+	a, b := newPeer("A", Options{}), newPeer("B", Options{})
+	peers := map[PeerID]*peer{"A": a, "B": b}
+	send(t, a, t0, "B", 3)
+	frames := a.drain()
+	for _, o := range frames {
+		b.bus.Receive(t0, "A", o.Frame)
+	}
+	b.drain() // delivered and persisted; acks lost
+	b.restart(Options{})
+	for _, o := range frames { // sender retransmits after its timeout
+		b.bus.Receive(t0, "A", o.Frame)
+	}
+	pump(t, t0, peers, nil)
+	assert.Len(t, b.delivered, 3)
+}
+
+func TestUnpersistedDeliveryIsRedeliveredAfterCrash(t *testing.T) {
+	// If the receiver crashes before its Ready is persisted, it never acked,
+	// so the message comes again and is delivered then (at-least-once below
+	// the durable line, exactly-once above it).
+	a, b := newPeer("A", Options{}), newPeer("B", Options{})
+	peers := map[PeerID]*peer{"A": a, "B": b}
+	send(t, a, t0, "B", 1)
+	frames := a.drain()
+	b.bus.Receive(t0, "A", frames[0].Frame)
+	b.restart(Options{}) // crashed before drain: nothing persisted, no ack sent
+	b.bus.Receive(t0, "A", frames[0].Frame)
+	pump(t, t0, peers, nil)
+	assert.Len(t, b.delivered, 1)
+}
+
+func TestNewSenderEpochResetsCursor(t *testing.T) {
+	a, b := newPeer("A", Options{}), newPeer("B", Options{})
+	peers := map[PeerID]*peer{"A": a, "B": b}
+	send(t, a, t0, "B", 3)
+	pump(t, t0, peers, nil)
+	// A loses its data (new store, new epoch) and starts again at seq 1.
+	a.store = newDurable()
+	a.restart(Options{})
+	send(t, a, t0, "B", 2)
+	pump(t, t0, peers, nil)
+	assert.Len(t, b.delivered, 5, "messages of the new incarnation are not mistaken for duplicates")
+}
+
+func TestCompatMessagesDedupedByID(t *testing.T) {
+	b := newPeer("B", Options{DedupeWindow: 2})
+	m := Frame{Type: TypeMsg, ID: "u1", Seq: 1, Topic: "chat", Payload: []byte(`1`)}
+	b.bus.Receive(t0, "G", m)
+	b.bus.Receive(t0, "G", m) // Goop2's retry after 300 ms
+	out := b.drain()
+	assert.Len(t, b.delivered, 1)
+	assert.Len(t, out, 2, "both copies are acked")
+	assert.Equal(t, Frame{Type: TypeAck, ID: "u1", Seq: 1}, out[0].Frame)
+
+	// The same id from another peer is another message.
+	b.bus.Receive(t0, "H", m)
+	b.drain()
+	assert.Len(t, b.delivered, 2)
+
+	// The window is bounded: old ids are forgotten.
+	for _, id := range []string{"u2", "u3", "u4"} {
+		b.bus.Receive(t0, "G", Frame{Type: TypeMsg, ID: id, Seq: 1, Topic: "chat", Payload: []byte(`1`)})
+	}
+	b.drain()
+	assert.LessOrEqual(t, len(b.bus.seen), 2)
+}
+
+func TestWindowLimitsInFlight(t *testing.T) {
+	a, b := newPeer("A", Options{Window: 4}), newPeer("B", Options{})
+	send(t, a, t0, "B", 10)
+	frames := a.drain()
+	assert.Len(t, frames, 4)
+	for _, o := range frames {
+		b.bus.Receive(t0, "A", o.Frame)
+	}
+	for _, o := range b.drain() {
+		a.bus.Receive(t0, "B", o.Frame)
+	}
+	assert.Len(t, a.drain(), 4, "acks open the window again")
+}
+
+func TestQueueFullIsBackpressure(t *testing.T) {
+	a := newPeer("A", Options{MaxPending: 3})
+	send(t, a, t0, "B", 3)
+	_, err := a.bus.Send(t0, "B", "x", "chat", nil, "")
+	require.ErrorIs(t, err, ErrQueueFull)
+	_, err = a.bus.Send(t0, "C", "y", "chat", nil, "")
+	assert.NoError(t, err, "one full peer does not block others")
+}
+
+func TestSendValidates(t *testing.T) {
+	a := newPeer("A", Options{})
+	cases := []struct {
+		name    string
+		to      PeerID
+		topic   string
+		payload []byte
+		want    error
+	}{
+		{"empty peer", "", "t", nil, ErrBadFrame},
+		{"self", "A", "t", nil, ErrBadFrame},
+		{"empty topic", "B", "", nil, ErrBadFrame},
+		{"control char topic", "B", "a\nb", nil, ErrBadFrame},
+		{"oversize payload", "B", "t", make([]byte, MaxPayloadBytes+1), ErrPayloadTooLarge},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := a.bus.Send(t0, tc.to, "id", tc.topic, tc.payload, "")
+			assert.ErrorIs(t, err, tc.want)
+		})
+	}
+	assert.Empty(t, a.drain())
+	assert.Empty(t, a.store.outbox)
+}
+
+func TestAckFromWrongPeerOrWrongIDIsIgnored(t *testing.T) {
+	a := newPeer("A", Options{})
+	send(t, a, t0, "B", 1)
+	f := a.drain()[0].Frame
+	a.bus.Receive(t0, "C", AckFor(&f)) // C cannot ack B's message
+	a.bus.Receive(t0, "B", Frame{Type: TypeAck, ID: "forged", Seq: f.Seq})
+	a.drain()
+	assert.Empty(t, a.results)
+	assert.Equal(t, 1, a.bus.Pending("B"))
+}
+
+func TestReorderBufferIsBounded(t *testing.T) {
+	a, b := newPeer("A", Options{}), newPeer("B", Options{ReorderBuffer: 2})
+	send(t, a, t0, "B", 6)
+	frames := a.drain()
+	for _, o := range frames[1:] { // seq 2..6 arrive, seq 1 missing
+		b.bus.Receive(t0, "A", o.Frame)
+	}
+	b.drain()
+	assert.Len(t, b.bus.sources["A"].buf, 2)
+	b.bus.Receive(t0, "A", frames[0].Frame)
+	b.drain()
+	assert.Equal(t, []string{"t1", "t2", "t3"}, topics(b.delivered), "buffered ones follow; dropped ones come on retransmit")
+}
+
+func TestReconnectRetransmitsAtOnce(t *testing.T) {
+	a := newPeer("A", Options{InitialRTO: time.Minute})
+	send(t, a, t0, "B", 2)
+	a.drain()
+	a.bus.Connected(t0.Add(time.Second), "B")
+	assert.Len(t, a.drain(), 2)
+	a.bus.Connected(t0, "C") // nothing for C
+	assert.Empty(t, a.drain())
+}
+
+func TestNewBusPersistsEpochOnce(t *testing.T) {
+	a := newPeer("A", Options{})
+	assert.Empty(t, a.store.epoch)
+	a.drain()
+	assert.Equal(t, "A-epoch-1", a.store.epoch, "a new node's epoch is stored with its first Ready")
+	a.restart(Options{})
+	assert.Equal(t, "A-epoch-1", a.bus.Epoch(), "a restarted node keeps its epoch")
+}

@@ -1,0 +1,204 @@
+// Package mq is the sans-I/O core of the Goop message bus (SPEC §2).
+//
+// It holds the wire envelope (Frame) and its codec, and the Bus state machine:
+// durable outbox with per-destination sequence numbers, bounded retry with
+// backoff, receiver-side ordering and de-duplication. It performs no I/O: the
+// caller feeds inputs with the current time and carries out the outputs.
+package mq
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"unicode/utf8"
+)
+
+// PeerID is a libp2p peer id in its string form.
+type PeerID string
+
+// Frame types on the wire.
+const (
+	TypeMsg = "msg"
+	TypeAck = "ack"
+)
+
+// Limits for what the network may send us. A line longer than MaxLineBytes is a
+// protocol error and the stream carrying it is reset.
+const (
+	MaxPayloadBytes = 1 << 20 // 1 MiB of JSON payload per message
+	MaxTopicBytes   = 512
+	MaxIDBytes      = 128
+	MaxPeerIDBytes  = 256
+	MaxLineBytes    = MaxPayloadBytes + 4096
+)
+
+// Sentinel errors callers branch on.
+var (
+	ErrBadFrame        = errors.New("mq: malformed frame")
+	ErrPayloadTooLarge = errors.New("mq: payload too large")
+)
+
+// Frame is one JSON line on a bus stream: either a msg or an ack.
+//
+// Compat fields: type, id, seq, topic, payload. Ours (ignored by Goop2 peers):
+// origin (original sender of a relayed message), epoch (the sender's outbox
+// incarnation; its presence selects ordered, exactly-once delivery) and floor
+// (every seq below it is acknowledged or abandoned by the sender).
+type Frame struct {
+	Type    string          `json:"type"`
+	ID      string          `json:"id"`
+	Seq     int64           `json:"seq"`
+	Topic   string          `json:"topic,omitempty"`
+	Payload json.RawMessage `json:"payload,omitempty"`
+	Origin  PeerID          `json:"origin,omitempty"`
+	Epoch   string          `json:"epoch,omitempty"`
+	Floor   int64           `json:"floor,omitempty"`
+}
+
+// IsMsg reports whether f is a msg frame.
+func (f *Frame) IsMsg() bool { return f.Type == TypeMsg }
+
+// AckFor returns the ack frame that answers msg m.
+func AckFor(m *Frame) Frame { return Frame{Type: TypeAck, ID: m.ID, Seq: m.Seq} }
+
+// Validate checks a frame against the spec and our limits.
+func (f *Frame) Validate() error {
+	switch f.Type {
+	case TypeMsg, TypeAck:
+	default:
+		return fmt.Errorf("%w: unknown type %q", ErrBadFrame, truncate(f.Type, 32))
+	}
+	if f.ID == "" || len(f.ID) > MaxIDBytes {
+		return fmt.Errorf("%w: id must be 1..%d bytes", ErrBadFrame, MaxIDBytes)
+	}
+	if f.Type == TypeAck {
+		return nil
+	}
+	if err := ValidateTopic(f.Topic); err != nil {
+		return err
+	}
+	if len(f.Payload) > MaxPayloadBytes {
+		return fmt.Errorf("%w: %d bytes (max %d)", ErrPayloadTooLarge, len(f.Payload), MaxPayloadBytes)
+	}
+	if len(f.Origin) > MaxPeerIDBytes || len(f.Epoch) > MaxIDBytes {
+		return fmt.Errorf("%w: origin or epoch too long", ErrBadFrame)
+	}
+	if f.Seq < 0 || f.Floor < 0 {
+		return fmt.Errorf("%w: negative seq or floor", ErrBadFrame)
+	}
+	return nil
+}
+
+// ValidateTopic checks that a topic is non-empty, printable UTF-8 and bounded.
+func ValidateTopic(t string) error {
+	if t == "" {
+		return fmt.Errorf("%w: empty topic", ErrBadFrame)
+	}
+	if len(t) > MaxTopicBytes {
+		return fmt.Errorf("%w: topic longer than %d bytes", ErrBadFrame, MaxTopicBytes)
+	}
+	if !utf8.ValidString(t) {
+		return fmt.Errorf("%w: topic is not UTF-8", ErrBadFrame)
+	}
+	for _, r := range t {
+		if r < 0x20 || r == 0x7f {
+			return fmt.Errorf("%w: control character in topic", ErrBadFrame)
+		}
+	}
+	return nil
+}
+
+// DecodeFrame parses and validates one line (without its trailing newline).
+func DecodeFrame(line []byte) (Frame, error) {
+	var f Frame
+	if len(line) > MaxLineBytes {
+		return f, fmt.Errorf("%w: line of %d bytes exceeds %d", ErrBadFrame, len(line), MaxLineBytes)
+	}
+	dec := json.NewDecoder(bytes.NewReader(line))
+	if err := dec.Decode(&f); err != nil {
+		return Frame{}, fmt.Errorf("%w: %v", ErrBadFrame, err)
+	}
+	if dec.More() {
+		return Frame{}, fmt.Errorf("%w: trailing data after JSON object", ErrBadFrame)
+	}
+	if f.Type == TypeMsg && len(f.Payload) == 0 {
+		f.Payload = json.RawMessage("null")
+	}
+	if err := f.Validate(); err != nil {
+		return Frame{}, err
+	}
+	return f, nil
+}
+
+// AppendFrame appends the JSON encoding of f and a newline to dst. The field
+// order matches Goop2's encoder; an ack carries exactly type, id and seq.
+func AppendFrame(dst []byte, f *Frame) []byte {
+	dst = append(dst, `{"type":`...)
+	dst = strconv.AppendQuote(dst, f.Type)
+	dst = append(dst, `,"id":`...)
+	dst = appendJSONString(dst, f.ID)
+	dst = append(dst, `,"seq":`...)
+	dst = strconv.AppendInt(dst, f.Seq, 10)
+	if f.Type != TypeAck {
+		dst = append(dst, `,"topic":`...)
+		dst = appendJSONString(dst, f.Topic)
+		dst = append(dst, `,"payload":`...)
+		if len(f.Payload) == 0 {
+			dst = append(dst, "null"...)
+		} else {
+			dst = appendCompact(dst, f.Payload)
+		}
+		if f.Origin != "" {
+			dst = append(dst, `,"origin":`...)
+			dst = appendJSONString(dst, string(f.Origin))
+		}
+		if f.Epoch != "" {
+			dst = append(dst, `,"epoch":`...)
+			dst = appendJSONString(dst, f.Epoch)
+		}
+		if f.Floor != 0 {
+			dst = append(dst, `,"floor":`...)
+			dst = strconv.AppendInt(dst, f.Floor, 10)
+		}
+	}
+	return append(dst, '}', '\n')
+}
+
+// appendCompact appends raw JSON without newlines (a payload must fit one line).
+func appendCompact(dst []byte, raw []byte) []byte {
+	if bytes.IndexByte(raw, '\n') < 0 && bytes.IndexByte(raw, '\r') < 0 {
+		return append(dst, raw...)
+	}
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, raw); err != nil {
+		return append(dst, "null"...)
+	}
+	return append(dst, buf.Bytes()...)
+}
+
+func appendJSONString(dst []byte, s string) []byte {
+	simple := true
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 || c == '"' || c == '\\' || c >= 0x80 || c == '<' || c == '>' || c == '&' {
+			simple = false
+			break
+		}
+	}
+	if simple {
+		dst = append(dst, '"')
+		dst = append(dst, s...)
+		return append(dst, '"')
+	}
+	b, _ := json.Marshal(s)
+	return append(dst, b...)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}

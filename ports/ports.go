@@ -1,0 +1,102 @@
+// Package ports declares the small interfaces the app layer needs from the
+// outside world. Each has an in-memory fake in ports/memory, a simulated
+// implementation in simnet, and real adapters under adapters/.
+package ports
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/goop-p2p/goop/domain/mq"
+)
+
+// Clock is the source of time. Real nodes use the wall clock; simnet a virtual one.
+type Clock interface {
+	// Now returns the current time.
+	Now() time.Time
+	// NewTimer returns a timer that fires once after d.
+	NewTimer(d time.Duration) Timer
+}
+
+// Timer is a one-shot timer, as time.Timer.
+type Timer interface {
+	C() <-chan time.Time
+	// Stop prevents the timer from firing; it reports whether it was active.
+	Stop() bool
+	// Reset re-arms the timer to fire after d.
+	Reset(d time.Duration)
+}
+
+// Rand is the source of randomness (ids, jitter). Real nodes read crypto/rand;
+// simnet derives a per-peer stream from the seed.
+type Rand interface {
+	Uint64() uint64
+	// Read fills p completely; it never fails.
+	Read(p []byte) (int, error)
+}
+
+// ErrBackpressure is returned by Transport.Send when the per-peer queue is
+// full (the peer does not read). The frame is dropped; the bus retransmits.
+var ErrBackpressure = errors.New("transport: peer queue full")
+
+// ErrClosed is returned by operations on a closed transport or store.
+var ErrClosed = errors.New("closed")
+
+// TransportEventKind tells what a TransportEvent carries.
+type TransportEventKind uint8
+
+// Transport event kinds.
+const (
+	// FrameReceived: Frame arrived from From (already decoded and validated).
+	FrameReceived TransportEventKind = iota + 1
+	// PeerConnected: a connection to From is up (first one, or again after loss).
+	PeerConnected
+	// PeerDisconnected: the last connection to From is gone.
+	PeerDisconnected
+)
+
+// TransportEvent is something the transport reports to the node's runtime.
+type TransportEvent struct {
+	Kind  TransportEventKind
+	From  mq.PeerID
+	Frame mq.Frame
+}
+
+// Transport carries bus frames between peers (SPEC §1–2: /goop/mq/1.1.0 with
+// fallback to /goop/mq/1.0.0 on libp2p). It is safe for concurrent use.
+type Transport interface {
+	// Self is the local peer id.
+	Self() mq.PeerID
+	// Send hands f to the network for peer to and returns at once: it never
+	// blocks on the peer. Delivery is best effort; the bus retries. An ack
+	// frame answers the msg with the same id on the stream it came in on when
+	// that stream is still open. Returns ErrBackpressure when the peer's queue
+	// is full, ErrClosed after Close.
+	Send(to mq.PeerID, f mq.Frame) error
+	// Events is the stream of received frames and connectivity changes. It is
+	// closed by Close. The transport never blocks the network on a slow reader
+	// for longer than its read deadline: a full channel drops the stream.
+	Events() <-chan TransportEvent
+	// Close releases the transport; Events is closed afterwards.
+	Close() error
+}
+
+// Batch is one atomic set of durable changes produced by a node step. The
+// runtime persists it before sending any frame of the same step.
+type Batch struct {
+	Bus []mq.Change
+}
+
+// Empty reports whether the batch holds no change.
+func (b *Batch) Empty() bool { return len(b.Bus) == 0 }
+
+// Store is the node's durable state (data.db). Safe for concurrent use.
+type Store interface {
+	// LoadBus returns the bus snapshot (empty for a new store).
+	LoadBus(ctx context.Context) (mq.Snapshot, error)
+	// Apply persists a batch atomically: all of it or none of it.
+	Apply(ctx context.Context, b Batch) error
+	// Close flushes and closes the store.
+	Close() error
+}
