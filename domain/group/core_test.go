@@ -1,0 +1,661 @@
+package group
+
+import (
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// store applies Changes as a real store must.
+type store struct {
+	groups  map[string]Group
+	members map[string]map[PeerID]Member
+	invites map[string]map[PeerID]bool
+	subs    map[string]Subscription
+	history []HistoryEntry
+}
+
+func newStore() *store {
+	return &store{groups: map[string]Group{}, members: map[string]map[PeerID]Member{}, invites: map[string]map[PeerID]bool{}, subs: map[string]Subscription{}}
+}
+
+func (s *store) apply(cs []Change) {
+	for _, c := range cs {
+		switch c.Kind {
+		case PutGroup:
+			s.groups[c.GroupID] = *c.Group
+		case DeleteGroup:
+			delete(s.groups, c.GroupID)
+			delete(s.members, c.GroupID)
+			delete(s.invites, c.GroupID)
+		case PutMember:
+			if s.members[c.GroupID] == nil {
+				s.members[c.GroupID] = map[PeerID]Member{}
+			}
+			s.members[c.GroupID][c.Peer] = *c.Member
+		case DeleteMember:
+			delete(s.members[c.GroupID], c.Peer)
+		case PutInvite:
+			if s.invites[c.GroupID] == nil {
+				s.invites[c.GroupID] = map[PeerID]bool{}
+			}
+			s.invites[c.GroupID][c.Peer] = true
+		case DeleteInvite:
+			delete(s.invites[c.GroupID], c.Peer)
+		case PutSubscription:
+			s.subs[string(c.Peer)+"/"+c.GroupID] = *c.Sub
+		case DeleteSubscription:
+			delete(s.subs, string(c.Peer)+"/"+c.GroupID)
+		case AppendHistory:
+			s.history = append(s.history, *c.History)
+		}
+	}
+}
+
+func (s *store) snapshot() Snapshot {
+	snap := Snapshot{Members: map[string][]Member{}, Invites: map[string][]PeerID{}}
+	for _, g := range s.groups {
+		snap.Groups = append(snap.Groups, g)
+	}
+	for id, ms := range s.members {
+		for _, m := range ms {
+			snap.Members[id] = append(snap.Members[id], m)
+		}
+	}
+	for id, inv := range s.invites {
+		for p := range inv {
+			snap.Invites[id] = append(snap.Invites[id], p)
+		}
+	}
+	for _, sub := range s.subs {
+		snap.Subscriptions = append(snap.Subscriptions, sub)
+	}
+	return snap
+}
+
+type node struct {
+	id     PeerID
+	core   *Core
+	store  *store
+	events []Event
+}
+
+type world struct {
+	t     *testing.T
+	now   time.Time
+	cfg   Config
+	nodes map[PeerID]*node
+	queue []Send
+	from  []PeerID
+	cut   map[PeerID]bool // peers whose traffic is dropped (partitioned)
+	sent  []Send
+}
+
+func newWorld(t *testing.T, ids ...PeerID) *world {
+	w := &world{t: t, now: t0, cfg: Config{PingInterval: 10 * time.Second, EvictAfter: 30 * time.Second,
+		JoinTimeout: 5 * time.Second, RejoinInterval: 10 * time.Second}, nodes: map[PeerID]*node{}, cut: map[PeerID]bool{}}
+	for _, id := range ids {
+		n := &node{id: id, store: newStore()}
+		n.core = NewCore(id, "name-"+string(id), Snapshot{}, w.cfg, w.now)
+		w.nodes[id] = n
+	}
+	return w
+}
+
+func (w *world) restart(id PeerID) {
+	n := w.nodes[id]
+	n.core = NewCore(id, "name-"+string(id), n.store.snapshot(), w.cfg, w.now)
+	n.events = nil
+}
+
+// settle drains every core and delivers messages in FIFO order until quiet.
+func (w *world) settle() {
+	w.t.Helper()
+	for i := 0; i < 100_000; i++ {
+		for _, id := range sortedPeers(w.nodes) {
+			n := w.nodes[id]
+			r := n.core.Drain()
+			n.store.apply(r.Changes)
+			n.events = append(n.events, r.Events...)
+			for _, s := range r.Sends {
+				w.queue = append(w.queue, s)
+				w.from = append(w.from, id)
+			}
+		}
+		if len(w.queue) == 0 {
+			return
+		}
+		s, from := w.queue[0], w.from[0]
+		w.queue, w.from = w.queue[1:], w.from[1:]
+		w.sent = append(w.sent, s)
+		if w.cut[from] || w.cut[s.To] {
+			continue
+		}
+		if to := w.nodes[s.To]; to != nil {
+			require.True(w.t, to.core.Receive(w.now, from, s.Topic, s.Payload, s.Origin), "topic %s", s.Topic)
+		}
+	}
+	w.t.Fatal("no quiescence")
+}
+
+// advance moves time forward, firing ticks as the cores ask.
+func (w *world) advance(d time.Duration) {
+	end := w.now.Add(d)
+	for {
+		next := end
+		for _, id := range sortedPeers(w.nodes) {
+			if at, ok := w.nodes[id].core.NextWake(); ok && at.Before(next) {
+				next = at
+			}
+		}
+		if next.Before(w.now) {
+			next = w.now
+		}
+		w.now = next
+		for _, id := range sortedPeers(w.nodes) {
+			w.nodes[id].core.Tick(w.now)
+		}
+		w.settle()
+		if !w.now.Before(end) {
+			return
+		}
+	}
+}
+
+func sortedPeers(m map[PeerID]*node) []PeerID {
+	var out []PeerID
+	for id := range m {
+		out = append(out, id)
+	}
+	for i := range out {
+		for j := i + 1; j < len(out); j++ {
+			if out[j] < out[i] {
+				out[i], out[j] = out[j], out[i]
+			}
+		}
+	}
+	return out
+}
+
+func (n *node) eventsOf(typ string) []Event {
+	var out []Event
+	for _, e := range n.events {
+		if e.Type == typ {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func peersOf(ms []Member) []string {
+	var out []string
+	for _, m := range ms {
+		out = append(out, m.PeerID)
+	}
+	return out
+}
+
+const gid = "0123456789abcdef"
+
+func (w *world) create(host PeerID, spec CreateSpec) Group {
+	w.t.Helper()
+	if spec.ID == "" {
+		spec.ID = gid
+	}
+	if spec.Name == "" {
+		spec.Name = "game"
+	}
+	g, err := w.nodes[host].core.Create(w.now, spec)
+	require.NoError(w.t, err)
+	w.settle()
+	return g
+}
+
+func (w *world) join(member, host PeerID, id string) {
+	w.t.Helper()
+	require.NoError(w.t, w.nodes[member].core.Join(w.now, host, id))
+	w.settle()
+}
+
+func TestJoinFlowWelcomeThenMembersToOthers(t *testing.T) {
+	w := newWorld(t, "H", "A", "B")
+	w.create("H", CreateSpec{HostJoin: true})
+	w.join("A", "H", gid)
+	w.join("B", "H", gid)
+
+	a, b, h := w.nodes["A"], w.nodes["B"], w.nodes["H"]
+	joined := a.eventsOf(EvJoined)
+	require.Len(t, joined, 1)
+	assert.Equal(t, []string{"H", "A"}, peersOf(joined[0].Members), "welcome carries the current member list")
+	assert.Equal(t, []string{"H", "A", "B"}, peersOf(a.eventsOf(EvMembers)[0].Members), "others get the update")
+	assert.Len(t, b.eventsOf(EvJoined), 1)
+	assert.Len(t, h.eventsOf(EvMemberJoined), 2)
+
+	sa, ok := a.core.Subscription("H", gid)
+	require.True(t, ok)
+	assert.True(t, sa.Joined)
+	assert.Equal(t, DefaultRoleName, sa.Sub.Role)
+	assert.Equal(t, "game", sa.Sub.GroupName)
+	hv, _ := h.core.HostedGroup(gid)
+	assert.Equal(t, RoleOwner, hv.Members[0].Role)
+	assert.Equal(t, "name-A", hv.Members[1].Name)
+	assert.Len(t, h.store.members[gid], 3)
+	assert.Len(t, a.store.subs, 1, "subscription stored for re-join after restart")
+}
+
+func TestRelayReachesOthersWithOriginalSender(t *testing.T) {
+	w := newWorld(t, "H", "A", "B", "C")
+	w.create("H", CreateSpec{})
+	for _, p := range []PeerID{"A", "B", "C"} {
+		w.join(p, "H", gid)
+	}
+	require.NoError(t, w.nodes["A"].core.SendToGroup(w.now, "H", gid, TypeMsg, []byte(`{"move":"e2e4"}`)))
+	w.settle()
+	for _, p := range []PeerID{"B", "C"} {
+		msgs := w.nodes[p].eventsOf(EvMsg)
+		require.Len(t, msgs, 1, "peer %s", p)
+		assert.Equal(t, PeerID("A"), msgs[0].From, "the event names the original sender, not the host")
+		assert.JSONEq(t, `{"move":"e2e4"}`, string(msgs[0].Payload))
+	}
+	assert.Empty(t, w.nodes["A"].eventsOf(EvMsg), "no echo to the sender")
+	hostMsgs := w.nodes["H"].eventsOf(EvMsg)
+	require.Len(t, hostMsgs, 1)
+	assert.Equal(t, PeerID("A"), hostMsgs[0].From)
+	require.Len(t, w.nodes["H"].store.history, 1, "the host keeps the history")
+
+	// The host's own message goes to every member.
+	require.NoError(t, w.nodes["H"].core.SendToGroup(w.now, "H", gid, TypeMsg, []byte(`1`)))
+	w.settle()
+	for _, p := range []PeerID{"A", "B", "C"} {
+		assert.Len(t, w.nodes[p].eventsOf(EvMsg), map[PeerID]int{"A": 1, "B": 2, "C": 2}[p])
+	}
+}
+
+func TestHostRelaysOnlyMembersMessages(t *testing.T) {
+	w := newWorld(t, "H", "A", "X")
+	w.create("H", CreateSpec{})
+	w.join("A", "H", gid)
+	// X is not a member but sends a msg anyway.
+	require.True(t, w.nodes["H"].core.Receive(w.now, "X", Topic(gid, TypeMsg), []byte(`{"spam":1}`), ""))
+	w.settle()
+	assert.Empty(t, w.nodes["A"].eventsOf(EvMsg), "nothing relayed from a non-member")
+	assert.Empty(t, w.nodes["H"].eventsOf(EvMsg))
+	// X was told it is not a member (it had no subscription, so it just ignores it).
+	var errs []Send
+	for _, s := range w.sent {
+		if s.To == "X" && s.Topic == Topic(gid, TypeError) {
+			errs = append(errs, s)
+		}
+	}
+	require.Len(t, errs, 1)
+	assert.Contains(t, string(errs[0].Payload), CodeNotMember)
+}
+
+func TestJoinErrorsReachCallerIntact(t *testing.T) {
+	cases := []struct {
+		name  string
+		spec  CreateSpec
+		setup func(w *world)
+		code  string
+		msg   string
+	}{
+		{"invite-only rejects the uninvited", CreateSpec{Access: InviteOnly}, nil, CodeNotInvited, "invite-only"},
+		{"full", CreateSpec{MaxMembers: 1}, func(w *world) { w.join("B", "H", gid) }, CodeFull, "group is full"},
+		{"unknown group", CreateSpec{ID: "ffffffffffffffff"}, nil, CodeNotFound, "does not exist"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t, "H", "A", "B")
+			w.create("H", tc.spec)
+			if tc.setup != nil {
+				tc.setup(w)
+			}
+			w.join("A", "H", gid)
+			failed := w.nodes["A"].eventsOf(EvJoinFailed)
+			require.Len(t, failed, 1)
+			assert.Equal(t, tc.code, failed[0].Err.Code)
+			assert.Contains(t, failed[0].Err.Message, tc.msg)
+			_, ok := w.nodes["A"].core.Subscription("H", gid)
+			assert.False(t, ok)
+		})
+	}
+}
+
+func TestInviteLetsPeerJoinInviteOnlyGroup(t *testing.T) {
+	w := newWorld(t, "H", "A")
+	w.create("H", CreateSpec{Access: InviteOnly})
+	require.NoError(t, w.nodes["H"].core.Invite(w.now, gid, "A"))
+	w.settle()
+	inv := w.nodes["A"].eventsOf(EvInvite)
+	require.Len(t, inv, 1)
+	var payload Invite
+	require.NoError(t, json.Unmarshal(inv[0].Payload, &payload))
+	assert.Equal(t, "H", payload.HostPeerID)
+	assert.Equal(t, InviteOnly, payload.Access)
+	w.join("A", "H", gid)
+	assert.Len(t, w.nodes["A"].eventsOf(EvJoined), 1)
+	assert.True(t, w.nodes["H"].store.invites[gid]["A"], "invites are durable")
+}
+
+func TestForgedInviteIgnored(t *testing.T) {
+	w := newWorld(t, "A")
+	inv := mustJSON(Invite{GroupID: gid, GroupName: "x", HostPeerID: "SOMEONE-ELSE"})
+	w.nodes["A"].core.Receive(w.now, "M", TopicInvite, inv, "")
+	w.settle()
+	assert.Empty(t, w.nodes["A"].eventsOf(EvInvite), "a peer can only invite to its own groups")
+}
+
+func TestLeaveUpdatesMembersAndEphemeralDissolves(t *testing.T) {
+	w := newWorld(t, "H", "A", "B")
+	w.create("H", CreateSpec{Lifecycle: Ephemeral})
+	w.join("A", "H", gid)
+	w.join("B", "H", gid)
+	require.NoError(t, w.nodes["A"].core.Leave(w.now, "H", gid))
+	w.settle()
+	last := w.nodes["B"].eventsOf(EvMembers)
+	assert.Equal(t, []string{"B"}, peersOf(last[len(last)-1].Members))
+	require.NoError(t, w.nodes["B"].core.Leave(w.now, "H", gid))
+	w.settle()
+	d := w.nodes["H"].eventsOf(EvDissolved)
+	require.Len(t, d, 1, "the last member gone dissolves an ephemeral group")
+	assert.Equal(t, "last member left", d[0].Reason)
+	assert.Empty(t, w.nodes["H"].store.groups)
+}
+
+func TestEphemeralDissolvesWhenIdleAndHistoryStays(t *testing.T) {
+	w := newWorld(t, "H", "A")
+	w.create("H", CreateSpec{Lifecycle: Ephemeral, IdleTimeout: time.Minute, HostJoin: true})
+	w.join("A", "H", gid)
+	require.NoError(t, w.nodes["A"].core.SendToGroup(w.now, "H", gid, TypeMsg, []byte(`{"move":"e4"}`)))
+	w.settle()
+	w.advance(50 * time.Second)
+	assert.Empty(t, w.nodes["H"].eventsOf(EvDissolved), "still active")
+	w.advance(20 * time.Second)
+	require.Len(t, w.nodes["H"].eventsOf(EvDissolved), 1)
+	assert.Len(t, w.nodes["A"].eventsOf(EvClosed), 1, "members are told")
+	assert.Len(t, w.nodes["H"].store.history, 1, "what the application stored stays")
+	_, ok := w.nodes["A"].core.Subscription("H", gid)
+	assert.False(t, ok)
+}
+
+func TestPersistentGroupSurvivesIdleAndEmpty(t *testing.T) {
+	w := newWorld(t, "H", "A")
+	w.create("H", CreateSpec{})
+	w.join("A", "H", gid)
+	require.NoError(t, w.nodes["A"].core.Leave(w.now, "H", gid))
+	w.settle()
+	w.advance(2 * time.Hour)
+	_, ok := w.nodes["H"].core.HostedGroup(gid)
+	assert.True(t, ok)
+}
+
+func TestKickAndClose(t *testing.T) {
+	w := newWorld(t, "H", "A", "B")
+	w.create("H", CreateSpec{Access: InviteOnly})
+	for _, p := range []PeerID{"A", "B"} {
+		require.NoError(t, w.nodes["H"].core.Invite(w.now, gid, p))
+		w.settle()
+		w.join(p, "H", gid)
+	}
+	require.NoError(t, w.nodes["H"].core.Kick(w.now, gid, "A"))
+	w.settle()
+	closed := w.nodes["A"].eventsOf(EvClosed)
+	require.Len(t, closed, 1)
+	assert.Equal(t, CodeKicked, closed[0].Err.Code)
+	last := w.nodes["B"].eventsOf(EvMembers)
+	assert.Equal(t, []string{"B"}, peersOf(last[len(last)-1].Members))
+	w.join("A", "H", gid)
+	assert.Equal(t, CodeNotInvited, w.nodes["A"].eventsOf(EvJoinFailed)[0].Err.Code, "a kick revokes the invite")
+
+	require.NoError(t, w.nodes["H"].core.Close(w.now, gid))
+	w.settle()
+	assert.Len(t, w.nodes["B"].eventsOf(EvClosed), 1)
+	assert.Empty(t, w.nodes["B"].store.subs)
+	assert.Error(t, w.nodes["H"].core.Kick(w.now, gid, "B"))
+}
+
+func TestSilentMemberEvictedAndRejoinsAfterHeal(t *testing.T) {
+	w := newWorld(t, "H", "A", "B")
+	w.create("H", CreateSpec{})
+	w.join("A", "H", gid)
+	w.join("B", "H", gid)
+	w.cut["A"] = true
+	w.advance(45 * time.Second)
+	left := w.nodes["H"].eventsOf(EvMemberLeft)
+	require.Len(t, left, 1, "the silent member is evicted with a real leave")
+	assert.Equal(t, PeerID("A"), left[0].From)
+	assert.Equal(t, "timeout", left[0].Reason)
+	last := w.nodes["B"].eventsOf(EvMembers)
+	assert.Equal(t, []string{"B"}, peersOf(last[len(last)-1].Members))
+
+	delete(w.cut, "A")
+	w.advance(30 * time.Second)
+	hv, _ := w.nodes["H"].core.HostedGroup(gid)
+	assert.ElementsMatch(t, []string{"A", "B"}, peersOf(hv.Members), "the member came back by itself")
+	sa, _ := w.nodes["A"].core.Subscription("H", gid)
+	assert.True(t, sa.Joined)
+	assert.ElementsMatch(t, peersOf(hv.Members), peersOf(sa.Members), "member sees the host's list")
+}
+
+func TestHostRestartReloadsGroupsAndMembers(t *testing.T) {
+	w := newWorld(t, "H", "A")
+	w.create("H", CreateSpec{Access: InviteOnly, Roles: []string{"player"}})
+	require.NoError(t, w.nodes["H"].core.Invite(w.now, gid, "A"))
+	w.settle()
+	w.join("A", "H", gid)
+	w.restart("H")
+	hv, ok := w.nodes["H"].core.HostedGroup(gid)
+	require.True(t, ok)
+	assert.Equal(t, []string{"A"}, peersOf(hv.Members))
+	assert.Equal(t, []string{"player"}, hv.Group.Roles)
+	require.NoError(t, w.nodes["A"].core.SendToGroup(w.now, "H", gid, TypeMsg, []byte(`1`)))
+	w.settle()
+	assert.Len(t, w.nodes["H"].eventsOf(EvMsg), 1, "a member's message is relayed after the host restarted")
+	w.advance(time.Minute)
+	hv, _ = w.nodes["H"].core.HostedGroup(gid)
+	assert.Len(t, hv.Members, 1, "the member answers pings: not evicted")
+}
+
+func TestMemberRestartRejoinsStoredSubscriptions(t *testing.T) {
+	w := newWorld(t, "H", "A")
+	w.create("H", CreateSpec{})
+	w.join("A", "H", gid)
+	w.restart("A")
+	w.settle()
+	sa, ok := w.nodes["A"].core.Subscription("H", gid)
+	require.True(t, ok)
+	assert.True(t, sa.Joined)
+	hv, _ := w.nodes["H"].core.HostedGroup(gid)
+	assert.Len(t, hv.Members, 1, "re-join is idempotent at the host")
+}
+
+func TestJoinTimesOut(t *testing.T) {
+	w := newWorld(t, "A")
+	require.NoError(t, w.nodes["A"].core.Join(w.now, "GONE", gid))
+	w.advance(6 * time.Second)
+	f := w.nodes["A"].eventsOf(EvJoinFailed)
+	require.Len(t, f, 1)
+	assert.Equal(t, CodeTimeout, f[0].Err.Code)
+}
+
+func TestWelcomeCarriesState(t *testing.T) {
+	w := newWorld(t, "H", "A", "B")
+	w.create("H", CreateSpec{})
+	w.join("A", "H", gid)
+	require.NoError(t, w.nodes["A"].core.SendToGroup(w.now, "H", gid, TypeState, []byte(`{"board":"rnbqkbnr"}`)))
+	w.settle()
+	w.join("B", "H", gid)
+	j := w.nodes["B"].eventsOf(EvJoined)
+	require.Len(t, j, 1)
+	assert.JSONEq(t, `{"board":"rnbqkbnr"}`, string(j[0].Payload))
+}
+
+func TestRolesAndMeta(t *testing.T) {
+	w := newWorld(t, "H", "A")
+	w.create("H", CreateSpec{Roles: []string{"player", "judge"}, HostJoin: true})
+	w.join("A", "H", gid)
+	h := w.nodes["H"].core
+	require.NoError(t, h.SetRole(w.now, gid, "A", "player"))
+	w.settle()
+	sa, _ := w.nodes["A"].core.Subscription("H", gid)
+	assert.Equal(t, "player", sa.Sub.Role)
+	assert.Equal(t, CodeInvalid, CodeOf(h.SetRole(w.now, gid, "A", "emperor")))
+	assert.Equal(t, CodeNotMember, CodeOf(h.SetRole(w.now, gid, "Z", "player")))
+	require.NoError(t, h.SetDefaultRole(w.now, gid, "judge"))
+	assert.Equal(t, CodeInvalid, CodeOf(h.SetDefaultRole(w.now, gid, "bad role!")))
+	require.NoError(t, h.SetRoles(w.now, gid, []string{"a", "b", "a"}))
+	hv, _ := h.HostedGroup(gid)
+	assert.Equal(t, []string{"a", "b"}, hv.Group.Roles)
+	assert.Equal(t, "judge", hv.Group.DefaultRole)
+
+	name, max := "renamed", 5
+	require.NoError(t, h.SetMeta(w.now, gid, &name, &max))
+	w.settle()
+	meta := w.nodes["A"].eventsOf(EvMeta)
+	require.Len(t, meta, 1)
+	assert.JSONEq(t, `{"group_name":"renamed","group_type":"general","max_members":5}`, string(meta[0].Payload))
+	sa, _ = w.nodes["A"].core.Subscription("H", gid)
+	assert.Equal(t, "renamed", sa.Sub.GroupName)
+	neg := -1
+	assert.Equal(t, CodeInvalid, CodeOf(h.SetMeta(w.now, gid, nil, &neg)))
+}
+
+func TestCreateValidation(t *testing.T) {
+	w := newWorld(t, "H")
+	c := w.nodes["H"].core
+	cases := []struct {
+		name string
+		spec CreateSpec
+		code string
+	}{
+		{"bad id", CreateSpec{ID: "a:b", Name: "x"}, CodeInvalid},
+		{"empty name", CreateSpec{ID: gid, Name: "  "}, CodeInvalid},
+		{"bad lifecycle", CreateSpec{ID: gid, Name: "x", Lifecycle: "forever"}, CodeInvalid},
+		{"bad access", CreateSpec{ID: gid, Name: "x", Access: "secret"}, CodeInvalid},
+		{"negative max", CreateSpec{ID: gid, Name: "x", MaxMembers: -1}, CodeInvalid},
+		{"bad role", CreateSpec{ID: gid, Name: "x", Roles: []string{"ok", "not ok"}}, CodeInvalid},
+		{"cluster host cannot join", CreateSpec{ID: gid, Name: "x", Type: AppCluster, HostJoin: true}, CodeHostCantJoin},
+		{"control chars in name", CreateSpec{ID: gid, Name: "a\x00b"}, CodeInvalid},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := c.Create(w.now, tc.spec)
+			assert.Equal(t, tc.code, CodeOf(err), "%v", err)
+		})
+	}
+	assert.Empty(t, c.Drain().Changes, "a refused create changes nothing")
+}
+
+func TestHostedLimitAndVolatileCluster(t *testing.T) {
+	w := newWorld(t, "H", "A")
+	c := w.nodes["H"].core
+	for i := 0; i < 50; i++ {
+		_, err := c.Create(w.now, CreateSpec{ID: fmt.Sprintf("%016x", i), Name: "g"})
+		require.NoError(t, err)
+	}
+	_, err := c.Create(w.now, CreateSpec{ID: "ffffffffffffff00", Name: "one too many"})
+	assert.Equal(t, CodeLimit, CodeOf(err))
+	g, err := c.Create(w.now, CreateSpec{ID: "ffffffffffffff01", Name: "compute", Type: AppCluster})
+	require.NoError(t, err, "volatile groups do not count")
+	assert.True(t, g.Volatile)
+	w.settle()
+	w.join("A", "H", "ffffffffffffff01")
+	assert.Empty(t, w.nodes["H"].store.members["ffffffffffffff01"], "volatile: no member persistence")
+	assert.Equal(t, CodeHostCantJoin, CodeOf(c.Join(w.now, "H", "ffffffffffffff01")))
+}
+
+func TestMalformedPayloadsAreIgnored(t *testing.T) {
+	w := newWorld(t, "H", "A")
+	w.create("H", CreateSpec{})
+	w.join("A", "H", gid)
+	for _, typ := range []string{TypeJoin, TypeWelcome, TypeMembers, TypeMsg, TypeState, TypeMeta, TypeError, TypeClose, TypePing, "bogus"} {
+		for _, payload := range [][]byte{nil, []byte("{"), []byte(`"x"`), []byte(`{"members":"no"}`)} {
+			w.nodes["H"].core.Receive(w.now, "A", Topic(gid, typ), payload, "")
+			w.nodes["A"].core.Receive(w.now, "H", Topic(gid, typ), payload, "")
+		}
+	}
+	w.nodes["A"].core.Receive(w.now, "H", TopicInvite, []byte("garbage"), "")
+	assert.False(t, w.nodes["A"].core.Receive(w.now, "H", "chat", nil, ""), "not a group topic")
+	w.settle()
+}
+
+func TestParseTopic(t *testing.T) {
+	id, typ, ok := ParseTopic("group:0123456789abcdef:msg")
+	assert.True(t, ok)
+	assert.Equal(t, gid, id)
+	assert.Equal(t, "msg", typ)
+	for _, bad := range []string{"group:", "group::msg", "group:id", "chat", "group:a b:msg"} {
+		_, _, ok := ParseTopic(bad)
+		assert.False(t, ok, bad)
+	}
+}
+
+func TestHostJoinsAndLeavesItsOwnGroup(t *testing.T) {
+	w := newWorld(t, "H", "A")
+	w.create("H", CreateSpec{Lifecycle: Ephemeral})
+	w.join("A", "H", gid)
+	h := w.nodes["H"].core
+	require.NoError(t, h.Join(w.now, "H", gid))
+	require.NoError(t, h.Join(w.now, "H", gid), "joining twice is a no-op")
+	w.settle()
+	assert.Len(t, w.nodes["H"].eventsOf(EvJoined), 1)
+	last := w.nodes["A"].eventsOf(EvMembers)
+	assert.Equal(t, []string{"A", "H"}, peersOf(last[len(last)-1].Members))
+	assert.True(t, w.nodes["H"].store.groups[gid].HostJoined)
+
+	require.NoError(t, w.nodes["A"].core.Leave(w.now, "H", gid))
+	w.settle()
+	_, ok := h.HostedGroup(gid)
+	assert.True(t, ok, "the host is still a member: not dissolved")
+	require.NoError(t, h.Leave(w.now, "H", gid))
+	w.settle()
+	assert.Len(t, w.nodes["H"].eventsOf(EvDissolved), 1)
+	assert.Equal(t, CodeNotFound, CodeOf(h.Leave(w.now, "H", gid)))
+	assert.Equal(t, CodeNotMember, CodeOf(w.nodes["A"].core.Leave(w.now, "H", gid)))
+}
+
+func TestListings(t *testing.T) {
+	w := newWorld(t, "H", "A")
+	w.create("H", CreateSpec{ID: "bbbbbbbbbbbbbbbb", Name: "second"})
+	w.now = w.now.Add(time.Second)
+	w.create("H", CreateSpec{ID: "aaaaaaaaaaaaaaaa", Name: "third"})
+	require.NoError(t, w.nodes["H"].core.Invite(w.now, "aaaaaaaaaaaaaaaa", "A"))
+	w.settle()
+	w.join("A", "H", "aaaaaaaaaaaaaaaa")
+	hv := w.nodes["H"].core.Hosted()
+	require.Len(t, hv, 2)
+	assert.Equal(t, "second", hv[0].Group.Name, "sorted by creation time")
+	assert.Equal(t, []PeerID{"A"}, hv[1].Invited)
+	subs := w.nodes["A"].core.Subscriptions()
+	require.Len(t, subs, 1)
+	assert.Equal(t, "third", subs[0].Sub.GroupName)
+	assert.Equal(t, []string{"A"}, peersOf(subs[0].Members))
+}
+
+func TestSendToGroupValidates(t *testing.T) {
+	w := newWorld(t, "H", "A")
+	w.create("H", CreateSpec{})
+	a := w.nodes["A"].core
+	assert.Equal(t, CodeNotMember, CodeOf(a.SendToGroup(w.now, "H", gid, TypeMsg, []byte(`1`))))
+	w.join("A", "H", gid)
+	assert.Equal(t, CodeInvalid, CodeOf(a.SendToGroup(w.now, "H", gid, "join", []byte(`1`))))
+	assert.Equal(t, CodeInvalid, CodeOf(a.SendToGroup(w.now, "H", gid, TypeMsg, []byte(`{bad`))))
+	big := []byte(`"` + string(make([]byte, 0)) + `"`)
+	assert.NoError(t, a.SendToGroup(w.now, "H", gid, TypeMsg, big))
+	huge := append([]byte(`"`), append(bytesOf('x', MaxStateBytes), '"')...)
+	assert.Equal(t, CodeInvalid, CodeOf(w.nodes["H"].core.SendToGroup(w.now, "H", gid, TypeState, huge)))
+}
+
+func bytesOf(c byte, n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = c
+	}
+	return b
+}
