@@ -13,6 +13,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/goop-p2p/goop/domain/group"
 	"github.com/goop-p2p/goop/domain/mq"
 	"github.com/goop-p2p/goop/ports"
 )
@@ -34,6 +35,8 @@ const (
 	EventFailed
 	// EventReceipt: Peer's application confirmed our message MsgID (topic mq.ack).
 	EventReceipt
+	// EventGroup: something happened in a group (Group holds it).
+	EventGroup
 )
 
 // Event is something the node publishes to its local subscribers (SSE, tests).
@@ -44,6 +47,7 @@ type Event struct {
 	MsgID  string
 	Topic  string
 	Reason string
+	Group  *group.Event
 }
 
 // Ready is the output of node steps since the previous Ready, to be carried
@@ -61,12 +65,16 @@ func (r *Ready) Empty() bool {
 
 // NodeOptions configure a Node.
 type NodeOptions struct {
-	Bus mq.Options
+	Bus    mq.Options
+	Groups group.Config
+	// Label is this peer's display name (sent with group joins).
+	Label string
 }
 
 // State is a node's durable state as loaded from its store.
 type State struct {
-	Bus mq.Snapshot
+	Bus    mq.Snapshot
+	Groups group.Snapshot
 }
 
 // Node is one peer's composition of domain cores. Not safe for concurrent
@@ -75,6 +83,8 @@ type Node struct {
 	self   mq.PeerID
 	rnd    ports.Rand
 	bus    *mq.Bus
+	groups *group.Core
+	now    time.Time // time of the latest step, for outputs produced in Ready
 	events []Event
 	stats  Stats
 }
@@ -93,7 +103,31 @@ func NewNode(self mq.PeerID, st State, rnd ports.Rand, opts NodeOptions) *Node {
 		epoch = n.newID()
 	}
 	n.bus = mq.NewBus(self, st.Bus, epoch, opts.Bus)
+	n.groups = group.NewCore(self, opts.Label, st.Groups, opts.Groups)
 	return n
+}
+
+// Groups returns the group core for queries (Hosted, Subscriptions, ...).
+// For commands use Group(now).
+func (n *Node) Groups() *group.Core { return n.groups }
+
+// Group returns the group core for a command at time now (the same now must
+// be passed to the command). Call it only from the goroutine that drives the
+// node (Runtime.Do); the command's outputs go out with the next Ready.
+func (n *Node) Group(now time.Time) *group.Core {
+	n.now = now
+	return n.groups
+}
+
+// NewGroupID returns a fresh group id: 16 hex characters, as Goop2's.
+func (n *Node) NewGroupID() string {
+	const hex = "0123456789abcdef"
+	v := n.rnd.Uint64()
+	b := make([]byte, 16)
+	for i := range b {
+		b[i] = hex[v>>(60-4*i)&0xf]
+	}
+	return string(b)
 }
 
 // Self is the node's peer id.
@@ -120,6 +154,7 @@ func (r randReader) Read(p []byte) (int, error) { return r.r.Read(p) }
 // Send queues an application message to peer to on topic. It returns the
 // frame with its id; the message is durable once the next Ready is persisted.
 func (n *Node) Send(now time.Time, to mq.PeerID, topic string, payload []byte, origin mq.PeerID) (mq.Frame, error) {
+	n.now = now
 	f, err := n.bus.Send(now, to, n.newID(), topic, payload, origin)
 	if err != nil {
 		return mq.Frame{}, fmt.Errorf("send to %s: %w", to, err)
@@ -136,6 +171,7 @@ func (n *Node) SendReceipt(now time.Time, from mq.PeerID, msgID string) (mq.Fram
 
 // Handle feeds one transport event into the node.
 func (n *Node) Handle(now time.Time, ev ports.TransportEvent) {
+	n.now = now
 	switch ev.Kind {
 	case ports.FrameReceived:
 		if ev.Frame.IsMsg() {
@@ -149,17 +185,58 @@ func (n *Node) Handle(now time.Time, ev ports.TransportEvent) {
 }
 
 // Tick lets timers that are due by now fire.
-func (n *Node) Tick(now time.Time) { n.bus.Tick(now) }
+func (n *Node) Tick(now time.Time) {
+	n.bus.Tick(now)
+	n.groups.Tick(now)
+	n.now = now
+}
 
 // NextWake returns when Tick must next be called, if ever.
-func (n *Node) NextWake() (time.Time, bool) { return n.bus.NextWake() }
+func (n *Node) NextWake() (time.Time, bool) {
+	at, ok := n.bus.NextWake()
+	if gat, gok := n.groups.NextWake(); gok && (!ok || gat.Before(at)) {
+		at, ok = gat, true
+	}
+	return at, ok
+}
 
-// Ready collects the outputs of all steps since the last call.
+// Ready collects the outputs of all steps since the last call. Deliveries on
+// group topics go through the group core, whose messages go out on the bus
+// in the same Ready (one atomic batch).
 func (n *Node) Ready() Ready {
-	br := n.bus.Drain()
-	r := Ready{Batch: ports.Batch{Bus: br.Changes}, Frames: br.Frames}
+	var r Ready
+	for round := 0; ; round++ {
+		br := n.bus.Drain()
+		r.Batch.Bus = append(r.Batch.Bus, br.Changes...)
+		r.Frames = append(r.Frames, br.Frames...)
+		n.route(br)
+		gr := n.groups.Drain()
+		r.Batch.Groups = append(r.Batch.Groups, gr.Changes...)
+		for i := range gr.Events {
+			n.events = append(n.events, Event{Kind: EventGroup, Peer: gr.Events[i].From, Group: &gr.Events[i]})
+		}
+		for _, s := range gr.Sends {
+			if _, err := n.bus.Send(n.now, s.To, n.newID(), s.Topic, s.Payload, s.Origin); err != nil {
+				n.stats.Failed++
+				n.events = append(n.events, Event{Kind: EventFailed, Peer: s.To, Topic: s.Topic, Reason: err.Error()})
+			} else {
+				n.stats.Sent++
+			}
+		}
+		if len(gr.Sends) == 0 || round > 8 {
+			break
+		}
+	}
+	r.Events = n.events
+	n.events = nil
+	return r
+}
+
+// route turns bus outputs into events, feeding group topics to the group core.
+func (n *Node) route(br mq.Ready) {
 	for _, d := range br.Deliveries {
 		n.stats.Delivered++
+		n.groups.Receive(n.now, d.From, d.Msg.Topic, d.Msg.Payload, d.Msg.Origin)
 		if d.Msg.Topic == TopicReceipt {
 			var rc struct {
 				MsgID string `json:"msg_id"`
@@ -180,7 +257,4 @@ func (n *Node) Ready() Ready {
 			n.events = append(n.events, Event{Kind: EventDelivered, Peer: res.To, MsgID: res.ID, Topic: res.Topic})
 		}
 	}
-	r.Events = n.events
-	n.events = nil
-	return r
 }

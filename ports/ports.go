@@ -8,6 +8,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/goop-p2p/goop/domain/group"
 	"github.com/goop-p2p/goop/domain/mq"
 )
 
@@ -85,11 +86,12 @@ type Transport interface {
 // Batch is one atomic set of durable changes produced by a node step. The
 // runtime persists it before sending any frame of the same step.
 type Batch struct {
-	Bus []mq.Change
+	Bus    []mq.Change
+	Groups []group.Change
 }
 
 // Empty reports whether the batch holds no change.
-func (b *Batch) Empty() bool { return len(b.Bus) == 0 }
+func (b *Batch) Empty() bool { return len(b.Bus) == 0 && len(b.Groups) == 0 }
 
 // Store is the node's durable state (data.db). Safe for concurrent use.
 type Store interface {

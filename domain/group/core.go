@@ -268,12 +268,27 @@ type Core struct {
 	hosted map[string]*hosted
 	subs   map[subKey]*subscription
 	out    Ready
+	// pending is the snapshot still to restore at the first step.
+	pending *Snapshot
 }
 
-// NewCore restores the core from its snapshot at time now. Restored
-// subscriptions re-join their hosts at once (Goop2 does the same).
-func NewCore(self PeerID, name string, snap Snapshot, cfg Config, now time.Time) *Core {
-	c := &Core{self: self, name: name, cfg: cfg.withDefaults(), hosted: map[string]*hosted{}, subs: map[subKey]*subscription{}}
+// NewCore restores the core from its snapshot. Restoring completes at the
+// first step (any call that takes now, or Tick, which NextWake asks for at
+// once): then timers start and restored subscriptions re-join their hosts, as
+// Goop2 does after a restart.
+func NewCore(self PeerID, name string, snap Snapshot, cfg Config) *Core {
+	snap.Subscriptions = slices.Clone(snap.Subscriptions)
+	return &Core{self: self, name: name, cfg: cfg.withDefaults(), hosted: map[string]*hosted{},
+		subs: map[subKey]*subscription{}, pending: &snap}
+}
+
+// start finishes restoring at the first step.
+func (c *Core) start(now time.Time) {
+	if c.pending == nil {
+		return
+	}
+	snap := *c.pending
+	c.pending = nil
 	for _, g := range snap.Groups {
 		h := &hosted{g: g, members: map[PeerID]*memberState{}, invites: map[PeerID]bool{},
 			nextPing: now.Add(c.cfg.PingInterval), lastActivity: now}
@@ -290,14 +305,20 @@ func NewCore(self PeerID, name string, snap Snapshot, cfg Config, now time.Time)
 			h.everJoined = true
 		}
 		slices.SortStableFunc(h.order, func(a, b PeerID) int {
-			return int(h.members[a].m.JoinedAt - h.members[b].m.JoinedAt)
+			if d := h.members[a].m.JoinedAt - h.members[b].m.JoinedAt; d != 0 {
+				if d < 0 {
+					return -1
+				}
+				return 1
+			}
+			return strings.Compare(string(a), string(b))
 		})
 		for _, p := range snap.Invites[g.ID] {
 			h.invites[p] = true
 		}
 		c.hosted[g.ID] = h
 	}
-	subs := slices.Clone(snap.Subscriptions)
+	subs := snap.Subscriptions
 	slices.SortFunc(subs, func(a, b Subscription) int {
 		return strings.Compare(string(a.Host)+a.GroupID, string(b.Host)+b.GroupID)
 	})
@@ -306,7 +327,6 @@ func NewCore(self PeerID, name string, snap Snapshot, cfg Config, now time.Time)
 		c.subs[subKey{s.Host, s.GroupID}] = sub
 		c.sendJoin(s.Host, s.GroupID)
 	}
-	return c
 }
 
 // Self is the local peer id.
@@ -369,6 +389,7 @@ func validRole(r string) bool {
 
 // Create makes a new hosted group.
 func (c *Core) Create(now time.Time, spec CreateSpec) (Group, error) {
+	c.start(now)
 	if !ValidID(spec.ID) {
 		return Group{}, Errorf(CodeInvalid, "group id %q is not valid", spec.ID)
 	}
@@ -552,6 +573,7 @@ func (c *Core) welcome(h *hosted, to PeerID) {
 // Close closes a hosted group: members are told, the group is deleted (its
 // history stays).
 func (c *Core) Close(now time.Time, id string) error {
+	c.start(now)
 	h, err := c.group(id)
 	if err != nil {
 		return err
@@ -571,6 +593,7 @@ func (c *Core) closeGroup(h *hosted, evType, reason string) {
 
 // Invite lets peer join an invite-only group and sends it a group.invite.
 func (c *Core) Invite(now time.Time, id string, peer PeerID) error {
+	c.start(now)
 	h, err := c.group(id)
 	if err != nil {
 		return err
@@ -590,6 +613,7 @@ func (c *Core) Invite(now time.Time, id string, peer PeerID) error {
 
 // Kick removes a member (and its invitation); it is told with a close.
 func (c *Core) Kick(now time.Time, id string, peer PeerID) error {
+	c.start(now)
 	h, err := c.group(id)
 	if err != nil {
 		return err
@@ -615,6 +639,7 @@ func (c *Core) Kick(now time.Time, id string, peer PeerID) error {
 
 // SetRole changes a member's role to one of the group's roles.
 func (c *Core) SetRole(now time.Time, id string, peer PeerID, role string) error {
+	c.start(now)
 	h, err := c.group(id)
 	if err != nil {
 		return err
@@ -637,6 +662,7 @@ func (c *Core) SetRole(now time.Time, id string, peer PeerID, role string) error
 
 // SetDefaultRole sets the role new members get.
 func (c *Core) SetDefaultRole(now time.Time, id, role string) error {
+	c.start(now)
 	h, err := c.group(id)
 	if err != nil {
 		return err
@@ -651,6 +677,7 @@ func (c *Core) SetDefaultRole(now time.Time, id, role string) error {
 
 // SetRoles replaces the group's custom roles.
 func (c *Core) SetRoles(now time.Time, id string, roles []string) error {
+	c.start(now)
 	h, err := c.group(id)
 	if err != nil {
 		return err
@@ -667,6 +694,7 @@ func (c *Core) SetRoles(now time.Time, id string, roles []string) error {
 // SetMeta changes name, type and max members (nil leaves a field as is) and
 // tells the members.
 func (c *Core) SetMeta(now time.Time, id string, name *string, maxMembers *int) error {
+	c.start(now)
 	h, err := c.group(id)
 	if err != nil {
 		return err
@@ -698,6 +726,7 @@ func (c *Core) SetMeta(now time.Time, id string, name *string, maxMembers *int) 
 // Join joins group id hosted by host. For a remote host the result arrives
 // later as an EvJoined or EvJoinFailed event.
 func (c *Core) Join(now time.Time, host PeerID, id string) error {
+	c.start(now)
 	if !ValidID(id) {
 		return Errorf(CodeInvalid, "group id %q is not valid", id)
 	}
@@ -737,6 +766,7 @@ func (c *Core) Join(now time.Time, host PeerID, id string) error {
 
 // Leave leaves a group (our own as host-member, or a remote one).
 func (c *Core) Leave(now time.Time, host PeerID, id string) error {
+	c.start(now)
 	if host == c.self {
 		h, err := c.group(id)
 		if err != nil {
@@ -774,6 +804,7 @@ func (c *Core) dropSub(k subKey, s *subscription) {
 // SendToGroup sends an application message (kind msg or state) to a group:
 // through its host when remote, or relayed directly when we host it.
 func (c *Core) SendToGroup(now time.Time, host PeerID, id, kind string, payload []byte) error {
+	c.start(now)
 	if kind != TypeMsg && kind != TypeState {
 		return Errorf(CodeInvalid, "kind must be %q or %q", TypeMsg, TypeState)
 	}
@@ -821,6 +852,7 @@ func (c *Core) relay(now time.Time, h *hosted, from PeerID, kind string, payload
 // Receive handles a bus delivery. It reports whether the topic belonged to
 // the group protocol. Malformed payloads are ignored (never a crash).
 func (c *Core) Receive(now time.Time, from PeerID, topic string, payload []byte, origin PeerID) bool {
+	c.start(now)
 	if topic == TopicInvite {
 		c.onInvite(from, payload)
 		return true
@@ -1082,6 +1114,7 @@ func (c *Core) maybeDissolve(now time.Time, h *hosted) {
 
 // Tick runs keep-alive, eviction, join timeouts, re-joins and dissolution.
 func (c *Core) Tick(now time.Time) {
+	c.start(now)
 	ids := make([]string, 0, len(c.hosted))
 	for id := range c.hosted {
 		ids = append(ids, id)
@@ -1136,6 +1169,9 @@ func (c *Core) Tick(now time.Time) {
 
 // NextWake returns when Tick must next run, if ever.
 func (c *Core) NextWake() (time.Time, bool) {
+	if c.pending != nil {
+		return time.Time{}, true // restore at once
+	}
 	var at time.Time
 	ok := false
 	consider := func(t time.Time) {

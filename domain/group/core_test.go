@@ -102,7 +102,8 @@ func newWorld(t *testing.T, ids ...PeerID) *world {
 		JoinTimeout: 5 * time.Second, RejoinInterval: 10 * time.Second}, nodes: map[PeerID]*node{}, cut: map[PeerID]bool{}}
 	for _, id := range ids {
 		n := &node{id: id, store: newStore()}
-		n.core = NewCore(id, "name-"+string(id), Snapshot{}, w.cfg, w.now)
+		n.core = NewCore(id, "name-"+string(id), Snapshot{}, w.cfg)
+		n.core.Tick(w.now)
 		w.nodes[id] = n
 	}
 	return w
@@ -110,7 +111,10 @@ func newWorld(t *testing.T, ids ...PeerID) *world {
 
 func (w *world) restart(id PeerID) {
 	n := w.nodes[id]
-	n.core = NewCore(id, "name-"+string(id), n.store.snapshot(), w.cfg, w.now)
+	n.core = NewCore(id, "name-"+string(id), n.store.snapshot(), w.cfg)
+	at, ok := n.core.NextWake()
+	require.True(w.t, ok && at.IsZero(), "a restored core asks for a tick at once")
+	n.core.Tick(w.now)
 	n.events = nil
 }
 

@@ -132,13 +132,15 @@ type Store struct {
 	outbox  map[mq.PeerID]map[int64]mq.Frame
 	nextSeq map[mq.PeerID]int64
 	cursors map[mq.PeerID]mq.Cursor
+	groups  *Groups
 	// FailNext, when set, makes the next Apply fail with this error and change nothing.
 	FailNext error
 }
 
 // NewStore returns an empty store.
 func NewStore() *Store {
-	return &Store{outbox: map[mq.PeerID]map[int64]mq.Frame{}, nextSeq: map[mq.PeerID]int64{}, cursors: map[mq.PeerID]mq.Cursor{}}
+	return &Store{outbox: map[mq.PeerID]map[int64]mq.Frame{}, nextSeq: map[mq.PeerID]int64{},
+		cursors: map[mq.PeerID]mq.Cursor{}, groups: NewGroups()}
 }
 
 // LoadBus implements ports.Store.
@@ -170,6 +172,7 @@ func (s *Store) Apply(_ context.Context, b ports.Batch) error {
 		return err
 	}
 	ApplyBusChanges(b.Bus, &s.epoch, s.outbox, s.nextSeq, s.cursors)
+	s.groups.Apply(b.Groups)
 	return nil
 }
 

@@ -1,0 +1,112 @@
+package memory
+
+import (
+	"context"
+	"slices"
+
+	"github.com/goop-p2p/goop/domain/group"
+)
+
+// Groups holds group state in memory, applying group.Change values as a
+// durable store must. The zero value is not usable; use NewGroups.
+type Groups struct {
+	groups  map[string]group.Group
+	members map[string]map[group.PeerID]group.Member
+	invites map[string]map[group.PeerID]bool
+	subs    map[[2]string]group.Subscription
+	History []group.HistoryEntry
+}
+
+// NewGroups returns empty group state.
+func NewGroups() *Groups {
+	return &Groups{groups: map[string]group.Group{}, members: map[string]map[group.PeerID]group.Member{},
+		invites: map[string]map[group.PeerID]bool{}, subs: map[[2]string]group.Subscription{}}
+}
+
+// Apply applies changes in order.
+func (s *Groups) Apply(cs []group.Change) {
+	for _, c := range cs {
+		switch c.Kind {
+		case group.PutGroup:
+			g := *c.Group
+			g.Roles = slices.Clone(g.Roles)
+			s.groups[c.GroupID] = g
+		case group.DeleteGroup:
+			delete(s.groups, c.GroupID)
+			delete(s.members, c.GroupID)
+			delete(s.invites, c.GroupID)
+		case group.PutMember:
+			if s.members[c.GroupID] == nil {
+				s.members[c.GroupID] = map[group.PeerID]group.Member{}
+			}
+			s.members[c.GroupID][c.Peer] = *c.Member
+		case group.DeleteMember:
+			delete(s.members[c.GroupID], c.Peer)
+		case group.PutInvite:
+			if s.invites[c.GroupID] == nil {
+				s.invites[c.GroupID] = map[group.PeerID]bool{}
+			}
+			s.invites[c.GroupID][c.Peer] = true
+		case group.DeleteInvite:
+			delete(s.invites[c.GroupID], c.Peer)
+		case group.PutSubscription:
+			s.subs[[2]string{string(c.Peer), c.GroupID}] = *c.Sub
+		case group.DeleteSubscription:
+			delete(s.subs, [2]string{string(c.Peer), c.GroupID})
+		case group.AppendHistory:
+			s.History = append(s.History, *c.History)
+		}
+	}
+}
+
+// Snapshot returns the state in a deterministic order.
+func (s *Groups) Snapshot() group.Snapshot {
+	snap := group.Snapshot{Members: map[string][]group.Member{}, Invites: map[string][]group.PeerID{}}
+	for _, g := range s.groups {
+		snap.Groups = append(snap.Groups, g)
+	}
+	slices.SortFunc(snap.Groups, func(a, b group.Group) int { return compare(a.ID, b.ID) })
+	for id, ms := range s.members {
+		for _, m := range ms {
+			snap.Members[id] = append(snap.Members[id], m)
+		}
+		slices.SortFunc(snap.Members[id], func(a, b group.Member) int { return compare(a.PeerID, b.PeerID) })
+	}
+	for id, inv := range s.invites {
+		for p := range inv {
+			snap.Invites[id] = append(snap.Invites[id], p)
+		}
+		slices.Sort(snap.Invites[id])
+	}
+	for _, sub := range s.subs {
+		snap.Subscriptions = append(snap.Subscriptions, sub)
+	}
+	slices.SortFunc(snap.Subscriptions, func(a, b group.Subscription) int {
+		return compare(string(a.Host)+"/"+a.GroupID, string(b.Host)+"/"+b.GroupID)
+	})
+	return snap
+}
+
+func compare(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// LoadGroups returns the store's group snapshot.
+func (s *Store) LoadGroups(context.Context) (group.Snapshot, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.groups.Snapshot(), nil
+}
+
+// GroupHistory returns the relayed messages kept for groups (tests).
+func (s *Store) GroupHistory() []group.HistoryEntry {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.groups.History)
+}
