@@ -11,6 +11,7 @@ import (
 	"github.com/goop-p2p/goop/app"
 	"github.com/goop-p2p/goop/domain/group"
 	"github.com/goop-p2p/goop/domain/mq"
+	"github.com/goop-p2p/goop/ports"
 	"github.com/goop-p2p/goop/ports/memory"
 )
 
@@ -52,8 +53,12 @@ func TestGroupOverRuntimes(t *testing.T) {
 	for _, m := range []*testNode{a, b} {
 		require.NoError(t, m.rt.Do(ctx, func(now time.Time, n *app.Node) { require.NoError(t, n.Group(now).Join(now, "H", id)) }))
 	}
-	j := waitGroupEvent(t, subB, group.EvJoined)
-	assert.Len(t, j.Members, 3)
+	waitGroupEvent(t, subA, group.EvJoined)
+	waitGroupEvent(t, subB, group.EvJoined)
+	require.NoError(t, h.rt.Do(ctx, func(now time.Time, n *app.Node) {
+		v, _ := n.Groups().HostedGroup(id)
+		assert.Len(t, v.Members, 3)
+	}))
 
 	require.NoError(t, a.rt.Do(ctx, func(now time.Time, n *app.Node) {
 		require.NoError(t, n.Group(now).SendToGroup(now, "H", id, group.TypeMsg, []byte(`{"move":"e2e4"}`)))
@@ -80,4 +85,59 @@ func TestGroupOverRuntimes(t *testing.T) {
 	}))
 	got = waitGroupEvent(t, subA, group.EvMsg)
 	assert.Equal(t, mq.PeerID("B"), got.From)
+}
+
+type recordingHandler struct {
+	typ   string
+	calls chan string
+}
+
+func (r *recordingHandler) Type() string { return r.typ }
+func (r *recordingHandler) Flags() group.TypeFlags {
+	return group.TypeFlags{HostCanJoin: false, Volatile: true}
+}
+func (r *recordingHandler) OnCreate(g group.Group) { r.calls <- "create " + g.Name }
+func (r *recordingHandler) OnJoin(id string, host, peer mq.PeerID) {
+	r.calls <- "join " + string(peer)
+}
+func (r *recordingHandler) OnLeave(id string, host, peer mq.PeerID, reason string) {
+	r.calls <- "leave " + string(peer) + " " + reason
+}
+func (r *recordingHandler) OnClose(id string, host mq.PeerID, reason string) {
+	r.calls <- "close " + reason
+}
+func (r *recordingHandler) OnEvent(ev group.Event) {}
+
+func TestTypeHandlerHooksAndFlags(t *testing.T) {
+	net := memory.NewNetwork()
+	rec := &recordingHandler{typ: "compute", calls: make(chan string, 64)}
+	h := startNode(t, net, "H", memory.NewStore(), app.NodeOptions{TypeHandlers: []ports.GroupTypeHandler{rec}})
+	a := startNode(t, net, "A", memory.NewStore(), app.NodeOptions{})
+	ctx := context.Background()
+	var id string
+	var created group.Group
+	require.NoError(t, h.rt.Do(ctx, func(now time.Time, n *app.Node) {
+		id = n.NewGroupID()
+		var err error
+		created, err = n.Group(now).Create(now, group.CreateSpec{ID: id, Name: "farm", Type: "compute"})
+		require.NoError(t, err)
+		assert.Equal(t, group.CodeHostCantJoin, group.CodeOf(n.Group(now).Join(now, "H", id)), "handler flags apply")
+	}))
+	assert.True(t, created.Volatile, "handler flags apply")
+	hs := h.rt.Subscribe(64)
+	defer hs.Close()
+	require.NoError(t, a.rt.Do(ctx, func(now time.Time, n *app.Node) { require.NoError(t, n.Group(now).Join(now, "H", id)) }))
+	waitGroupEvent(t, hs, group.EvMemberJoined)
+	require.NoError(t, a.rt.Do(ctx, func(now time.Time, n *app.Node) { require.NoError(t, n.Group(now).Leave(now, "H", id)) }))
+	waitGroupEvent(t, hs, group.EvMemberLeft)
+	require.NoError(t, h.rt.Do(ctx, func(now time.Time, n *app.Node) { require.NoError(t, n.Group(now).Close(now, id)) }))
+	want := []string{"create farm", "join A", "leave A left", "close closed by host"}
+	for _, w := range want {
+		select {
+		case got := <-rec.calls:
+			assert.Equal(t, w, got)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("hook %q not called", w)
+		}
+	}
 }

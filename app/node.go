@@ -9,6 +9,7 @@ package app
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"time"
 
 	"github.com/google/uuid"
@@ -69,6 +70,8 @@ type NodeOptions struct {
 	Groups group.Config
 	// Label is this peer's display name (sent with group joins).
 	Label string
+	// TypeHandlers plug group app types in; their flags override the defaults.
+	TypeHandlers []ports.GroupTypeHandler
 }
 
 // State is a node's durable state as loaded from its store.
@@ -80,13 +83,14 @@ type State struct {
 // Node is one peer's composition of domain cores. Not safe for concurrent
 // use: exactly one goroutine (Runtime) or scheduler (simnet) drives it.
 type Node struct {
-	self   mq.PeerID
-	rnd    ports.Rand
-	bus    *mq.Bus
-	groups *group.Core
-	now    time.Time // time of the latest step, for outputs produced in Ready
-	events []Event
-	stats  Stats
+	self     mq.PeerID
+	rnd      ports.Rand
+	bus      *mq.Bus
+	groups   *group.Core
+	now      time.Time // time of the latest step, for outputs produced in Ready
+	events   []Event
+	stats    Stats
+	handlers map[string]ports.GroupTypeHandler
 }
 
 // Stats counts what a node did since it started.
@@ -95,7 +99,9 @@ type Stats struct {
 }
 
 // NewNode restores a node from its durable state. rnd supplies message ids and
-// the bus epoch of a new node.
+// the bus epoch of a new node. The driver calls Tick(now) once before any
+// other step: restoring completes there (timers start, stored group
+// subscriptions re-join their hosts).
 func NewNode(self mq.PeerID, st State, rnd ports.Rand, opts NodeOptions) *Node {
 	n := &Node{self: self, rnd: rnd}
 	epoch := ""
@@ -103,8 +109,50 @@ func NewNode(self mq.PeerID, st State, rnd ports.Rand, opts NodeOptions) *Node {
 		epoch = n.newID()
 	}
 	n.bus = mq.NewBus(self, st.Bus, epoch, opts.Bus)
-	n.groups = group.NewCore(self, opts.Label, st.Groups, opts.Groups)
+	gcfg := opts.Groups
+	if gcfg.Types == nil {
+		gcfg.Types = group.DefaultTypes()
+	}
+	gcfg.Types = maps.Clone(gcfg.Types)
+	n.handlers = map[string]ports.GroupTypeHandler{}
+	for _, h := range opts.TypeHandlers {
+		n.handlers[h.Type()] = h
+		gcfg.Types[h.Type()] = h.Flags()
+	}
+	n.groups = group.NewCore(self, opts.Label, st.Groups, gcfg)
 	return n
+}
+
+// dispatch hands a group event to the handler of its type.
+func (n *Node) dispatch(ev group.Event) {
+	h := n.handlers[ev.GroupType]
+	if h == nil {
+		return
+	}
+	switch ev.Type {
+	case group.EvCreated:
+		if v, ok := n.groups.HostedGroup(ev.Group); ok {
+			h.OnCreate(v.Group)
+		}
+	case group.EvJoined:
+		h.OnJoin(ev.Group, ev.Host, n.self)
+	case group.EvMemberJoined:
+		h.OnJoin(ev.Group, ev.Host, ev.From)
+	case group.EvLeft:
+		h.OnLeave(ev.Group, ev.Host, n.self, "left")
+	case group.EvMemberLeft:
+		h.OnLeave(ev.Group, ev.Host, ev.From, ev.Reason)
+	case group.EvClosed, group.EvDissolved:
+		reason := ev.Reason
+		if ev.Err != nil {
+			reason = ev.Err.Code
+		}
+		if reason == "" {
+			reason = ev.Type
+		}
+		h.OnClose(ev.Group, ev.Host, reason)
+	}
+	h.OnEvent(ev)
 }
 
 // Groups returns the group core for queries (Hosted, Subscriptions, ...).
@@ -213,6 +261,7 @@ func (n *Node) Ready() Ready {
 		gr := n.groups.Drain()
 		r.Batch.Groups = append(r.Batch.Groups, gr.Changes...)
 		for i := range gr.Events {
+			n.dispatch(gr.Events[i])
 			n.events = append(n.events, Event{Kind: EventGroup, Peer: gr.Events[i].From, Group: &gr.Events[i]})
 		}
 		for _, s := range gr.Sends {

@@ -68,7 +68,9 @@ func (r *Runtime) Run(ctx context.Context) error {
 	defer r.stop()
 	timer := r.clock.NewTimer(time.Hour)
 	defer timer.Stop()
-	// Persist what restoring produced (e.g. a new epoch) and resend the outbox.
+	// Finish restoring (timers, re-joins), persist what that produced (e.g. a
+	// new epoch) and resend the outbox.
+	r.node.Tick(r.clock.Now())
 	if err := r.flush(ctx, nil); err != nil {
 		return err
 	}

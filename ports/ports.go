@@ -102,3 +102,27 @@ type Store interface {
 	// Close flushes and closes the store.
 	Close() error
 }
+
+// GroupTypeHandler plugs a group app type (files, cluster, listen, ...) into
+// the node without touching the group core. The node calls its hooks on its
+// own goroutine, in event order, while it collects a step's outputs (before
+// the runtime persists them); hooks must not block: start long work
+// elsewhere and report back as inputs.
+type GroupTypeHandler interface {
+	// Type is the group_type this handler serves.
+	Type() string
+	// Flags tell the core how groups of this type behave.
+	Flags() group.TypeFlags
+	// OnCreate runs when this node created a group of the type.
+	OnCreate(g group.Group)
+	// OnJoin runs when peer joined a group of the type (hosted here, or the
+	// local node joined: then peer is the local id).
+	OnJoin(groupID string, host, peer mq.PeerID)
+	// OnLeave runs when peer left, was evicted or kicked (reason says which),
+	// or the local node left.
+	OnLeave(groupID string, host, peer mq.PeerID, reason string)
+	// OnClose runs when a group of the type closed or dissolved.
+	OnClose(groupID string, host mq.PeerID, reason string)
+	// OnEvent sees every event of groups of the type (messages included).
+	OnEvent(ev group.Event)
+}
