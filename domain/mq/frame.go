@@ -73,6 +73,11 @@ func (f *Frame) Validate() error {
 	if f.ID == "" || len(f.ID) > MaxIDBytes {
 		return fmt.Errorf("%w: id must be 1..%d bytes", ErrBadFrame, MaxIDBytes)
 	}
+	// Identifiers end up in the database and in logs: printable UTF-8 only (a
+	// NUL byte is refused by PostgreSQL, and a refused write stops the node).
+	if !printable(f.ID) {
+		return fmt.Errorf("%w: id has control characters or is not UTF-8", ErrBadFrame)
+	}
 	if f.Type == TypeAck {
 		return nil
 	}
@@ -84,6 +89,9 @@ func (f *Frame) Validate() error {
 	}
 	if len(f.Origin) > MaxPeerIDBytes || len(f.Epoch) > MaxIDBytes {
 		return fmt.Errorf("%w: origin or epoch too long", ErrBadFrame)
+	}
+	if !printable(string(f.Origin)) || !printable(f.Epoch) {
+		return fmt.Errorf("%w: origin or epoch has control characters or is not UTF-8", ErrBadFrame)
 	}
 	if f.Seq < 0 || f.Floor < 0 {
 		return fmt.Errorf("%w: negative seq or floor", ErrBadFrame)
@@ -99,15 +107,23 @@ func ValidateTopic(t string) error {
 	if len(t) > MaxTopicBytes {
 		return fmt.Errorf("%w: topic longer than %d bytes", ErrBadFrame, MaxTopicBytes)
 	}
-	if !utf8.ValidString(t) {
-		return fmt.Errorf("%w: topic is not UTF-8", ErrBadFrame)
-	}
-	for _, r := range t {
-		if r < 0x20 || r == 0x7f {
-			return fmt.Errorf("%w: control character in topic", ErrBadFrame)
-		}
+	if !printable(t) {
+		return fmt.Errorf("%w: topic has control characters or is not UTF-8", ErrBadFrame)
 	}
 	return nil
+}
+
+// printable reports whether s is valid UTF-8 without control characters.
+func printable(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 // DecodeFrame parses and validates one line (without its trailing newline).

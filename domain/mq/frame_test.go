@@ -69,6 +69,9 @@ func TestDecodeFrameRejectsBadInput(t *testing.T) {
 		{"topic too long", `{"type":"msg","id":"a","seq":1,"topic":"` + strings.Repeat("t", MaxTopicBytes+1) + `","payload":1}`, ErrBadFrame},
 		{"payload too large", `{"type":"msg","id":"a","seq":1,"topic":"t","payload":"` + strings.Repeat("p", MaxPayloadBytes) + `"}`, ErrPayloadTooLarge},
 		{"line too long", strings.Repeat(" ", MaxLineBytes+1), ErrBadFrame},
+		{"NUL in epoch", `{"type":"msg","id":"a","seq":1,"topic":"t","payload":1,"epoch":"\u0000"}`, ErrBadFrame},
+		{"control char in id", `{"type":"ack","id":"a\nb","seq":1}`, ErrBadFrame},
+		{"control char in origin", `{"type":"msg","id":"a","seq":1,"topic":"t","payload":1,"origin":"\u0007"}`, ErrBadFrame},
 		{"seq not a number", `{"type":"msg","id":"a","seq":"1","topic":"t","payload":1}`, ErrBadFrame},
 	}
 	for _, tc := range cases {
@@ -76,6 +79,17 @@ func TestDecodeFrameRejectsBadInput(t *testing.T) {
 			_, err := DecodeFrame([]byte(tc.line))
 			assert.ErrorIs(t, err, tc.want)
 		})
+	}
+}
+
+func TestValidateRejectsInvalidUTF8Identifiers(t *testing.T) {
+	for _, f := range []Frame{
+		{Type: TypeAck, ID: "\xff", Seq: 1},
+		{Type: TypeMsg, ID: "a", Topic: "t", Epoch: "\xfe"},
+		{Type: TypeMsg, ID: "a", Topic: "t", Origin: "\xc3"},
+		{Type: TypeMsg, ID: "a", Topic: "\xff"},
+	} {
+		assert.ErrorIs(t, f.Validate(), ErrBadFrame, "%+v", f)
 	}
 }
 

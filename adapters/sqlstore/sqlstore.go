@@ -1,0 +1,255 @@
+// Package sqlstore is the node's durable state (ports.Store) on a SQL
+// database through uptrace/bun: SQLite (the peer's data.db, pure Go) by
+// default, PostgreSQL optionally, with the same models on both.
+//
+// The schema is versioned: the migrations registered in this package (see
+// Migration and Register) are applied in order at Open, each in its own
+// transaction, and recorded in the _migrations table. A database whose
+// recorded version is newer than this program knows is refused.
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/uptrace/bun"
+	"github.com/uptrace/bun/dialect/pgdialect"
+	"github.com/uptrace/bun/dialect/sqlitedialect"
+	"github.com/uptrace/bun/driver/pgdriver"
+	"github.com/uptrace/bun/driver/sqliteshim"
+
+	"github.com/goop-p2p/goop/ports"
+)
+
+var _ ports.Store = (*Store)(nil)
+
+// Drivers accepted in Config.Driver.
+const (
+	DriverSQLite   = "sqlite"
+	DriverPostgres = "postgres"
+)
+
+// sqliteBusyTimeout is how long a SQLite statement waits for a lock held by
+// another connection or process before failing with SQLITE_BUSY.
+const sqliteBusyTimeout = 5 * time.Second
+
+// Config says which database to open.
+type Config struct {
+	// Driver is DriverSQLite (the default when empty) or DriverPostgres.
+	Driver string
+	// Path is the SQLite database file (e.g. <peerDir>/data.db). Its
+	// directory must exist; the file is created (mode 0600) when missing.
+	Path string
+	// DSN is the PostgreSQL connection string
+	// (postgres://user@host:port/db?sslmode=disable).
+	DSN string
+	// Schema, for PostgreSQL only, is the schema holding the tables; it is
+	// created when missing and becomes the connections' search_path. Empty
+	// means the server's default search_path. It must be a plain lower-case
+	// identifier (letters, digits, underscore).
+	Schema string
+	// Logger receives migration notices; nil discards them.
+	Logger *slog.Logger
+}
+
+// Store is a ports.Store on a SQL database. It is safe for concurrent use;
+// LoadBus, Apply and Close are serialized with each other and block until
+// the database answers. On SQLite (WAL, synchronous=NORMAL) a committed
+// Apply survives a crash of the process; the last commits before a power
+// loss or OS crash may be lost, never half of one.
+type Store struct {
+	db     *bun.DB
+	driver string
+	log    *slog.Logger
+	now    func() time.Time
+
+	mu     sync.Mutex
+	closed bool
+
+	// afterStep, when set (tests only), is called after each statement of an
+	// Apply transaction with the number of statements done so far; an error
+	// aborts the transaction as a failing statement would.
+	afterStep func(step int) error
+}
+
+var schemaName = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
+
+// Open opens (creating if needed) the database cfg names, applies the
+// pending migrations and returns the store. It fails when the database's
+// schema is newer than this program knows (ErrSchemaTooNew).
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	return openWith(ctx, cfg, Migrations())
+}
+
+func openWith(ctx context.Context, cfg Config, migs []Migration) (*Store, error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	s := &Store{log: log, now: time.Now}
+	var err error
+	switch cfg.Driver {
+	case "", DriverSQLite:
+		s.driver = DriverSQLite
+		s.db, err = openSQLite(cfg)
+	case DriverPostgres:
+		s.driver = DriverPostgres
+		s.db, err = openPostgres(cfg)
+	default:
+		return nil, fmt.Errorf("sqlstore: unknown driver %q (want %q or %q)", cfg.Driver, DriverSQLite, DriverPostgres)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := s.db.PingContext(ctx); err != nil {
+		_ = s.db.Close()
+		return nil, fmt.Errorf("sqlstore: connect to %s: %w", s.driver, err)
+	}
+	if s.driver == DriverPostgres && cfg.Schema != "" {
+		if _, err := s.db.NewRaw("CREATE SCHEMA IF NOT EXISTS ?", bun.Ident(cfg.Schema)).Exec(ctx); err != nil {
+			_ = s.db.Close()
+			return nil, fmt.Errorf("sqlstore: create schema %q: %w", cfg.Schema, err)
+		}
+	}
+	if err := migrate(ctx, s.db, migs, log); err != nil {
+		_ = s.db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func openSQLite(cfg Config) (*bun.DB, error) {
+	if cfg.Path == "" {
+		return nil, errors.New("sqlstore: sqlite needs Config.Path")
+	}
+	if cfg.DSN != "" || cfg.Schema != "" {
+		return nil, errors.New("sqlstore: Config.DSN and Config.Schema are for postgres only")
+	}
+	path, err := filepath.Abs(cfg.Path)
+	if err != nil {
+		return nil, fmt.Errorf("sqlstore: sqlite path %q: %w", cfg.Path, err)
+	}
+	// Create the file ourselves so that it (and SQLite's -wal and -shm files,
+	// which copy its mode) is private to the user.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("sqlstore: open %s: %w", path, err)
+	}
+	_ = f.Close()
+
+	// A file: URI, so that any character of the path is escaped; the
+	// pragmas hold for every connection the pool opens.
+	u := "file:" + (&url.URL{Path: path}).EscapedPath()
+	busyMS := sqliteBusyTimeout.Milliseconds()
+	q := url.Values{}
+	switch sqliteshim.DriverName() {
+	case "sqlite3": // mattn/go-sqlite3 (cgo, build tag cgosqlite)
+		q.Set("_journal_mode", "WAL")
+		q.Set("_synchronous", "NORMAL")
+		q.Set("_busy_timeout", fmt.Sprint(busyMS))
+		q.Set("_foreign_keys", "1")
+		q.Set("_txlock", "immediate")
+	default: // modernc.org/sqlite
+		q["_pragma"] = []string{
+			fmt.Sprintf("busy_timeout(%d)", busyMS),
+			"journal_mode(WAL)",
+			"synchronous(NORMAL)",
+			"foreign_keys(1)",
+		}
+		q.Set("_txlock", "immediate")
+	}
+	sqldb, err := sql.Open(sqliteshim.ShimName, u+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("sqlstore: open %s: %w", path, err)
+	}
+	// One connection: SQLite has one writer anyway, and a single connection
+	// makes every statement see the previous one's writes. A caller of DB()
+	// must not hold a result set open while issuing another query.
+	sqldb.SetMaxOpenConns(1)
+	sqldb.SetMaxIdleConns(1)
+	sqldb.SetConnMaxLifetime(0)
+	sqldb.SetConnMaxIdleTime(0)
+	return bun.NewDB(sqldb, sqlitedialect.New()), nil
+}
+
+func openPostgres(cfg Config) (*bun.DB, error) {
+	if cfg.DSN == "" {
+		return nil, errors.New("sqlstore: postgres needs Config.DSN")
+	}
+	if cfg.Path != "" {
+		return nil, errors.New("sqlstore: Config.Path is for sqlite only")
+	}
+	if cfg.Schema != "" && !schemaName.MatchString(cfg.Schema) {
+		return nil, fmt.Errorf("sqlstore: bad postgres schema name %q (want %s)", cfg.Schema, schemaName)
+	}
+	connector, err := pgConnector(cfg)
+	if err != nil {
+		return nil, err
+	}
+	sqldb := sql.OpenDB(connector)
+	sqldb.SetMaxOpenConns(4 * runtime.GOMAXPROCS(0))
+	sqldb.SetMaxIdleConns(4 * runtime.GOMAXPROCS(0))
+	return bun.NewDB(sqldb, pgdialect.New()), nil
+}
+
+// pgConnector builds the pgdriver connector; pgdriver panics on a malformed
+// DSN, which is turned into an error here.
+func pgConnector(cfg Config) (c *pgdriver.Connector, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			c, err = nil, fmt.Errorf("sqlstore: bad postgres DSN: %v", r)
+		}
+	}()
+	opts := []pgdriver.Option{pgdriver.WithDSN(cfg.DSN)}
+	if cfg.Schema != "" {
+		opts = append(opts, func(c *pgdriver.Config) {
+			params := make(map[string]any, len(c.ConnParams)+1)
+			for k, v := range c.ConnParams {
+				params[k] = v
+			}
+			params["search_path"] = cfg.Schema
+			c.ConnParams = params
+		})
+	}
+	return pgdriver.NewConnector(opts...), nil
+}
+
+// DB is the underlying bun database, for packages that add their own models
+// (with migrations registered in this package). It stays owned by the Store:
+// do not close it. On SQLite it has a single connection.
+func (s *Store) DB() *bun.DB { return s.db }
+
+// Driver is DriverSQLite or DriverPostgres.
+func (s *Store) Driver() string { return s.driver }
+
+// Close checkpoints the SQLite write-ahead log and closes the database. It is
+// idempotent; LoadBus and Apply return ports.ErrClosed afterwards.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	var errs []error
+	if s.driver == DriverSQLite {
+		if _, err := s.db.ExecContext(context.Background(), "PRAGMA wal_checkpoint(TRUNCATE)"); err != nil {
+			errs = append(errs, fmt.Errorf("sqlstore: checkpoint: %w", err))
+		}
+	}
+	if err := s.db.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("sqlstore: close: %w", err))
+	}
+	return errors.Join(errs...)
+}
