@@ -1,0 +1,474 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/goop-p2p/goop/adapters/p2p"
+	"github.com/goop-p2p/goop/app"
+	"github.com/goop-p2p/goop/cmd/goop/node"
+	"github.com/goop-p2p/goop/domain/mq"
+)
+
+func benchCommand(g *globals, stdout io.Writer) *cli.Command {
+	return &cli.Command{
+		Name:  "bench",
+		Usage: "measure the node on this machine",
+		Subcommands: []*cli.Command{{
+			Name:  "mq",
+			Usage: "measure the message bus between real nodes on 127.0.0.1",
+			Description: "Starts three nodes in this process (temporary folders, SQLite stores; one speaks\n" +
+				"only /goop/mq/1.0.0) and measures in the same run: the raw libp2p stream echo\n" +
+				"round trip (baseline), the MQ 1.1.0 and 1.0.0 round trips (send until the peer's\n" +
+				"ack, persisted on both sides), one-way messages per second with 1 and 8 concurrent\n" +
+				"senders, and the start-up time (to a healthy viewer) and memory of 'goop peer'\n" +
+				"run as a child process.",
+			Flags: []cli.Flag{
+				&cli.BoolFlag{Name: "json", Usage: "print the results as one JSON object"},
+				&cli.IntFlag{Name: "count", Value: 1000, Usage: "round trips per latency measure and messages per throughput measure"},
+				&cli.IntFlag{Name: "payload-bytes", Value: 64, Usage: "size of each message's payload"},
+				&cli.BoolFlag{Name: "no-child", Usage: "skip the child-process start-up measure"},
+			},
+			Action: func(c *cli.Context) error {
+				opts := benchOptions{Count: c.Int("count"), PayloadBytes: c.Int("payload-bytes"), Log: g.log}
+				if opts.Count < 10 || opts.Count > 100_000 {
+					return cli.Exit("--count must be between 10 and 100000", exitUsage)
+				}
+				if opts.PayloadBytes < 0 || opts.PayloadBytes > mq.MaxPayloadBytes-2 {
+					return cli.Exit(fmt.Sprintf("--payload-bytes must be between 0 and %d", mq.MaxPayloadBytes-2), exitUsage)
+				}
+				if !c.Bool("no-child") {
+					exe, err := os.Executable()
+					if err != nil {
+						return fmt.Errorf("bench: find own binary: %w", err)
+					}
+					opts.Exe = exe
+				}
+				res, err := benchMQ(c.Context, opts)
+				if err != nil {
+					return err
+				}
+				if c.Bool("json") {
+					enc := json.NewEncoder(stdout)
+					return enc.Encode(res)
+				}
+				return res.writeTable(stdout)
+			},
+		}},
+	}
+}
+
+type benchOptions struct {
+	Count        int
+	PayloadBytes int
+	// Exe is the goop binary to measure `goop peer` start-up with (empty: skip).
+	Exe string
+	Log *slog.Logger
+}
+
+// latency summarises a series of round trips, in microseconds.
+type latency struct {
+	N        int     `json:"n"`
+	MedianUS float64 `json:"median_us"`
+	P99US    float64 `json:"p99_us"`
+	MeanUS   float64 `json:"mean_us"`
+}
+
+func summarize(ds []time.Duration) latency {
+	if len(ds) == 0 {
+		return latency{}
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+	var sum time.Duration
+	for _, d := range s {
+		sum += d
+	}
+	med := s[len(s)/2]
+	if len(s)%2 == 0 {
+		med = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	p99 := s[max((len(s)*99+99)/100-1, 0)]
+	return latency{N: len(s), MedianUS: us(med), P99US: us(p99), MeanUS: us(sum) / float64(len(s))}
+}
+
+// benchResult is the output of `goop bench mq` (its --json form).
+type benchResult struct {
+	GoVersion    string `json:"go_version"`
+	CPUs         int    `json:"cpus"`
+	Count        int    `json:"count"`
+	PayloadBytes int    `json:"payload_bytes"`
+	// Transport is the connection the round trips ran on (tcp or quic-v1).
+	Transport string  `json:"transport"`
+	Echo      latency `json:"echo"`
+	MQ11      latency `json:"mq_1_1_0"`
+	MQ10      latency `json:"mq_1_0_0"`
+	// RatioMQ11ToEcho is the MQ 1.1.0 median round trip over the echo median.
+	RatioMQ11ToEcho float64 `json:"ratio_mq_1_1_0_to_echo_median"`
+	Throughput1     float64 `json:"msgs_per_sec_1_sender"`
+	Throughput8     float64 `json:"msgs_per_sec_8_senders"`
+	// InProcessStartMS is how long node.Start took for the first bench node.
+	InProcessStartMS float64 `json:"in_process_start_ms"`
+	// PeerStartupMS: `goop peer` child process, from exec to a 200 from /healthz.
+	PeerStartupMS float64 `json:"peer_startup_ms,omitempty"`
+	// PeerRSSKiB is the child's VmRSS right after that.
+	PeerRSSKiB int64 `json:"peer_rss_kib,omitempty"`
+}
+
+func (r *benchResult) writeTable(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "goop bench mq: %d round trips and messages of %d payload bytes, 127.0.0.1 over %s, %s, %d CPUs\n\n",
+		r.Count, r.PayloadBytes, r.Transport, r.GoVersion, r.CPUs)
+	fmt.Fprintln(tw, "measure\tmedian\tp99\tmean\t")
+	row := func(name string, l latency) {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", name, fmtUS(l.MedianUS), fmtUS(l.P99US), fmtUS(l.MeanUS))
+	}
+	row("libp2p stream echo round trip (baseline)", r.Echo)
+	row("MQ 1.1.0 round trip (msg -> ack)", r.MQ11)
+	row("MQ 1.0.0 round trip (msg -> ack)", r.MQ10)
+	fmt.Fprintln(tw, "\t\t\t\t")
+	fmt.Fprintf(tw, "MQ 1.1.0 median / echo median\t%.1fx\t\t\t\n", r.RatioMQ11ToEcho)
+	fmt.Fprintf(tw, "one-way messages/s, 1 sender\t%.0f\t\t\t\n", r.Throughput1)
+	fmt.Fprintf(tw, "one-way messages/s, 8 senders\t%.0f\t\t\t\n", r.Throughput8)
+	fmt.Fprintf(tw, "node start in-process\t%.0f ms\t\t\t\n", r.InProcessStartMS)
+	if r.PeerStartupMS > 0 {
+		fmt.Fprintf(tw, "'goop peer' start to healthy viewer\t%.0f ms\t\t\t\n", r.PeerStartupMS)
+		fmt.Fprintf(tw, "'goop peer' RSS after start\t%.1f MiB\t\t\t\n", float64(r.PeerRSSKiB)/1024)
+	}
+	return tw.Flush()
+}
+
+func fmtUS(us float64) string {
+	if us >= 10_000 {
+		return fmt.Sprintf("%.1f ms", us/1000)
+	}
+	return fmt.Sprintf("%.0f µs", us)
+}
+
+// benchMQ runs the bus benchmark; see the bench mq command.
+func benchMQ(ctx context.Context, o benchOptions) (*benchResult, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	root, err := os.MkdirTemp("", "goop-bench-*")
+	if err != nil {
+		return nil, fmt.Errorf("bench: %w", err)
+	}
+	defer os.RemoveAll(root)
+
+	res := &benchResult{GoVersion: runtime.Version(), CPUs: runtime.NumCPU(), Count: o.Count, PayloadBytes: o.PayloadBytes}
+	start := func(name string, mqOpts p2p.MQOptions) (*node.Running, error) {
+		return node.Start(ctx, filepath.Join(root, name), node.Options{
+			Log:      o.Log,
+			ListenIP: "127.0.0.1",
+			MQ:       mqOpts,
+			Init:     node.InitOptions{Configure: func(c *app.Config) { c.Viewer.HTTPAddr = "127.0.0.1:0" }},
+		})
+	}
+	t0 := time.Now()
+	a, err := start("a", p2p.MQOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("bench: start node a: %w", err)
+	}
+	res.InProcessStartMS = float64(time.Since(t0)) / float64(time.Millisecond)
+	defer a.Close()
+	b, err := start("b", p2p.MQOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("bench: start node b: %w", err)
+	}
+	defer b.Close()
+	c, err := start("c", p2p.MQOptions{Only10: true})
+	if err != nil {
+		return nil, fmt.Errorf("bench: start node c (1.0.0 only): %w", err)
+	}
+	defer c.Close()
+	if err := p2p.ConnectPeers(ctx, a.Host, append(b.Addrs(), c.Addrs()...)); err != nil {
+		return nil, fmt.Errorf("bench: connect: %w", err)
+	}
+	if conns := a.Host.Network().ConnsToPeer(b.PeerID); len(conns) > 0 {
+		res.Transport = transportName(conns[0].RemoteMultiaddr().String())
+	}
+
+	payload := benchPayload(o.PayloadBytes)
+	// The echo line is as long as the msg frame the bus sends.
+	frame := mq.AppendFrame(nil, &mq.Frame{Type: mq.TypeMsg, ID: "00000000-0000-4000-8000-000000000000", Seq: 1,
+		Topic: "bench.rtt", Payload: payload, Epoch: "00000000-0000-4000-8000-000000000000"})
+	echoLine := bytes.Repeat([]byte("e"), len(frame)-1)
+
+	p2p.RegisterEcho(b.Host)
+	if _, err := p2p.EchoRoundTrip(ctx, a.Host, b.PeerID, min(50, o.Count), echoLine); err != nil {
+		return nil, fmt.Errorf("bench: echo warm-up: %w", err)
+	}
+	echo, err := p2p.EchoRoundTrip(ctx, a.Host, b.PeerID, o.Count, echoLine)
+	if err != nil {
+		return nil, fmt.Errorf("bench: echo: %w", err)
+	}
+	res.Echo = summarize(echo)
+
+	for _, tc := range []struct {
+		to  *node.Running
+		out *latency
+		ver string
+	}{{b, &res.MQ11, "1.1.0"}, {c, &res.MQ10, "1.0.0"}} {
+		if _, err := roundTrips(ctx, a, tc.to, min(50, o.Count), payload); err != nil {
+			return nil, fmt.Errorf("bench: MQ %s warm-up: %w", tc.ver, err)
+		}
+		ds, err := roundTrips(ctx, a, tc.to, o.Count, payload)
+		if err != nil {
+			return nil, fmt.Errorf("bench: MQ %s round trips: %w", tc.ver, err)
+		}
+		*tc.out = summarize(ds)
+	}
+	if res.Echo.MedianUS > 0 {
+		res.RatioMQ11ToEcho = res.MQ11.MedianUS / res.Echo.MedianUS
+	}
+
+	if res.Throughput1, err = throughput(ctx, a, b, 1, o.Count, payload); err != nil {
+		return nil, fmt.Errorf("bench: throughput, 1 sender: %w", err)
+	}
+	if res.Throughput8, err = throughput(ctx, a, b, 8, o.Count, payload); err != nil {
+		return nil, fmt.Errorf("bench: throughput, 8 senders: %w", err)
+	}
+
+	if o.Exe != "" {
+		ms, rss, err := measureChild(ctx, o.Exe, filepath.Join(root, "child"))
+		if err != nil {
+			return nil, fmt.Errorf("bench: goop peer start-up: %w", err)
+		}
+		res.PeerStartupMS, res.PeerRSSKiB = ms, rss
+	}
+	return res, nil
+}
+
+func transportName(addr string) string {
+	switch {
+	case strings.Contains(addr, "/quic-v1"):
+		return "quic-v1"
+	case strings.Contains(addr, "/tcp/"):
+		return "tcp"
+	}
+	return addr
+}
+
+// benchPayload is a JSON string of n bytes in total (n >= 2), or null.
+func benchPayload(n int) []byte {
+	if n < 2 {
+		return []byte("null")
+	}
+	return []byte(`"` + strings.Repeat("x", n-2) + `"`)
+}
+
+// roundTrips sends n messages from a to b one after the other, each waiting
+// for b's ack, and returns each round trip.
+func roundTrips(ctx context.Context, a, b *node.Running, n int, payload []byte) ([]time.Duration, error) {
+	to := mq.PeerID(b.PeerID.String())
+	out := make([]time.Duration, 0, n)
+	for i := 0; i < n; i++ {
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		t0 := time.Now()
+		_, _, err := a.Runtime.SendWait(sctx, to, "bench.rtt", payload)
+		d := time.Since(t0)
+		cancel()
+		if err != nil {
+			return out, err
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+// throughput sends count one-way messages from a to b with `senders`
+// goroutines calling Runtime.Send, and returns messages per second until b's
+// application received them all.
+func throughput(ctx context.Context, a, b *node.Running, senders, count int, payload []byte) (float64, error) {
+	topic := "bench.tput." + strconv.Itoa(senders)
+	from := mq.PeerID(a.PeerID.String())
+	to := mq.PeerID(b.PeerID.String())
+	sub := b.Runtime.Subscribe(count + 64)
+	defer sub.Close()
+	all := make(chan error, 1)
+	go func() {
+		n := 0
+		for ev := range sub.C {
+			if ev.Kind == app.EventMessage && ev.Peer == from && ev.Topic == topic {
+				if n++; n == count {
+					all <- nil
+					return
+				}
+			}
+		}
+		all <- fmt.Errorf("event subscription closed after %d of %d messages", n, count)
+	}()
+
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, senders)
+	for s := 0; s < senders; s++ {
+		n := count / senders
+		if s == 0 {
+			n += count % senders
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < n; i++ {
+				if _, err := a.Runtime.Send(ctx, to, topic, payload); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return 0, err
+	}
+	wait := time.NewTimer(2 * time.Minute)
+	defer wait.Stop()
+	select {
+	case err := <-all:
+		if err != nil {
+			return 0, err
+		}
+	case <-wait.C:
+		return 0, errors.New("not all messages arrived within 2 minutes")
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	return float64(count) / time.Since(start).Seconds(), nil
+}
+
+// measureChild runs `exe peer dir` and returns the time from exec to a 200
+// from the viewer's /healthz, and the child's VmRSS then. It stops the child
+// with SIGTERM and requires a clean exit.
+func measureChild(ctx context.Context, exe, dir string) (float64, int64, error) {
+	if _, err := node.Init(ctx, dir, node.InitOptions{Configure: func(c *app.Config) { c.Viewer.HTTPAddr = "127.0.0.1:0" }}); err != nil {
+		return 0, 0, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, exe, "peer", dir)
+	cmd.WaitDelay = 5 * time.Second
+	stderr := &limitedWriter{n: 64 << 10}
+	cmd.Stderr = stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return 0, 0, err
+	}
+	t0 := time.Now()
+	if err := cmd.Start(); err != nil {
+		return 0, 0, fmt.Errorf("start %s: %w", exe, err)
+	}
+	stopped := false
+	defer func() {
+		if !stopped {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	}()
+	lines := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if _, ok := parseReadyLine(sc.Text()); ok {
+				lines <- sc.Text()
+				break
+			}
+		}
+		_, _ = io.Copy(io.Discard, out)
+		close(lines)
+	}()
+	var ready map[string]string
+	select {
+	case line, ok := <-lines:
+		if !ok {
+			return 0, 0, fmt.Errorf("child exited without a ready line: %s", strings.TrimSpace(stderr.String()))
+		}
+		ready, _ = parseReadyLine(line)
+	case <-ctx.Done():
+		return 0, 0, fmt.Errorf("no ready line: %w", ctx.Err())
+	}
+	hc := &http.Client{Timeout: 5 * time.Second}
+	resp, err := hc.Get(strings.TrimSuffix(ready["viewer"], "/") + "/healthz")
+	if err != nil {
+		return 0, 0, fmt.Errorf("healthz: %w", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, 0, fmt.Errorf("healthz: status %d", resp.StatusCode)
+	}
+	ms := float64(time.Since(t0)) / float64(time.Millisecond)
+	rss, err := readRSS(cmd.Process.Pid)
+	if err != nil {
+		return 0, 0, err
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		return 0, 0, err
+	}
+	stopped = true
+	if err := cmd.Wait(); err != nil {
+		return 0, 0, fmt.Errorf("child did not stop cleanly on SIGTERM: %w: %s", err, strings.TrimSpace(stderr.String()))
+	}
+	return ms, rss, nil
+}
+
+// readRSS returns VmRSS of process pid in KiB (Linux /proc).
+func readRSS(pid int) (int64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, fmt.Errorf("read RSS: %w", err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			f := strings.Fields(rest)
+			if len(f) >= 1 {
+				return strconv.ParseInt(f[0], 10, 64)
+			}
+		}
+	}
+	return 0, errors.New("read RSS: no VmRSS line")
+}
+
+// limitedWriter keeps the first n bytes written to it and drops the rest.
+// Safe for concurrent use.
+type limitedWriter struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+	n   int
+}
+
+func (l *limitedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if k := min(len(p), l.n-l.buf.Len()); k > 0 {
+		l.buf.Write(p[:k])
+	}
+	return len(p), nil
+}
+
+func (l *limitedWriter) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
