@@ -115,6 +115,8 @@ func New(d Deps) http.Handler {
 	mux.HandleFunc("POST /api/mq/send", s.send)
 	mux.HandleFunc("POST /api/mq/ack", s.ack)
 	mux.HandleFunc("GET /api/mq/events", s.events)
+	s.registerGroups(mux)
+	s.registerUI(mux)
 	return guard(mux)
 }
 
@@ -351,9 +353,23 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
 	return false
 }
 
-// events streams node events as SSE until the client goes or the
-// subscription closes (node stopped, or the client fell too far behind).
+// events streams bus events as SSE (SPEC §2): `message` frames for received
+// messages and application receipts.
 func (s *server) events(w http.ResponseWriter, r *http.Request) {
+	s.stream(w, r, func(ev app.Event) (string, []byte) {
+		data := encodeEvent(ev)
+		if data == nil {
+			return "", nil
+		}
+		return "message", data
+	})
+}
+
+// stream writes node events as SSE until the client goes or the
+// subscription closes (node stopped, or the client fell too far behind).
+// encode names each event and gives its data, or "" to skip it. The first
+// event is `connected`; a keep-alive comment goes out every KeepAlive.
+func (s *server) stream(w http.ResponseWriter, r *http.Request, encode func(app.Event) (string, []byte)) {
 	rc := http.NewResponseController(w)
 	sub := s.d.Runtime.Subscribe(s.d.EventBuffer)
 	defer sub.Close()
@@ -388,11 +404,11 @@ func (s *server) events(w http.ResponseWriter, r *http.Request) {
 			if !ok {
 				return
 			}
-			data := encodeEvent(ev)
+			name, data := encode(ev)
 			if data == nil {
 				continue
 			}
-			if !write(sseFrame("message", data)) {
+			if !write(sseFrame(name, data)) {
 				return
 			}
 		case <-keep.C:

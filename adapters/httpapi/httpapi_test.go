@@ -352,7 +352,13 @@ type sseEvent struct {
 // openSSE opens the event stream and parses frames onto a channel, closed at EOF.
 func openSSE(t *testing.T, ctx context.Context, url string) (<-chan sseEvent, *http.Response) {
 	t.Helper()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+"/api/mq/events", nil)
+	return openSSEPath(t, ctx, url+"/api/mq/events")
+}
+
+// openSSEPath opens the event stream at full URL u.
+func openSSEPath(t *testing.T, ctx context.Context, u string) (<-chan sseEvent, *http.Response) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	require.NoError(t, err)
 	resp, err := http.DefaultClient.Do(req)
 	require.NoError(t, err)

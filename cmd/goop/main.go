@@ -88,6 +88,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			initCommand(g, stdout),
 			peerCommand(g, stdout),
 			benchCommand(g, stdout),
+			groupsCommand(stdout),
 		},
 	}
 	return a

@@ -1,0 +1,488 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/goop-p2p/goop/app"
+	"github.com/goop-p2p/goop/domain/group"
+	"github.com/goop-p2p/goop/domain/mq"
+)
+
+// joinWait bounds how long POST /api/groups/join waits for the host's answer.
+const joinWait = 8 * time.Second
+
+func (s *server) registerGroups(mux *http.ServeMux) {
+	mux.HandleFunc("GET /api/groups", s.groupsList)
+	mux.HandleFunc("POST /api/groups", s.groupsCreate)
+	mux.HandleFunc("GET /api/groups/subscriptions", s.groupsSubscriptions)
+	mux.HandleFunc("POST /api/groups/join", s.groupsJoin)
+	mux.HandleFunc("POST /api/groups/leave", s.groupsLeave)
+	mux.HandleFunc("POST /api/groups/send", s.groupsSend)
+	mux.HandleFunc("POST /api/groups/invite", s.groupsInvite)
+	mux.HandleFunc("POST /api/groups/kick", s.groupsKick)
+	mux.HandleFunc("POST /api/groups/close", s.groupsClose)
+	mux.HandleFunc("POST /api/groups/set-role", s.groupsSetRole)
+	mux.HandleFunc("POST /api/groups/set-default-role", s.groupsSetDefaultRole)
+	mux.HandleFunc("POST /api/groups/set-roles", s.groupsSetRoles)
+	mux.HandleFunc("POST /api/groups/meta", s.groupsMeta)
+	mux.HandleFunc("POST /api/groups/max-members", s.groupsMaxMembers)
+	mux.HandleFunc("GET /api/groups/events", s.groupsEvents)
+}
+
+// GroupJSON is a hosted group row: Goop2's _groups columns plus ours.
+type GroupJSON struct {
+	ID           string         `json:"id"`
+	Name         string         `json:"name"`
+	Owner        string         `json:"owner"`
+	GroupType    string         `json:"group_type"`
+	GroupContext string         `json:"group_context"`
+	MaxMembers   int            `json:"max_members"`
+	CreatedAt    int64          `json:"created_at"` // unix ms
+	HostJoined   bool           `json:"host_joined"`
+	Volatile     bool           `json:"volatile"`
+	DefaultRole  string         `json:"default_role"`
+	Roles        []string       `json:"roles"`
+	Lifecycle    string         `json:"lifecycle"`
+	Access       string         `json:"access"`
+	IdleTimeoutS int64          `json:"idle_timeout_s,omitempty"`
+	Members      []group.Member `json:"members"`
+	Invited      []string       `json:"invited,omitempty"`
+}
+
+func groupJSON(v group.HostedView) GroupJSON {
+	g := v.Group
+	out := GroupJSON{ID: g.ID, Name: g.Name, Owner: string(g.Owner), GroupType: g.Type, GroupContext: g.Context,
+		MaxMembers: g.MaxMembers, CreatedAt: g.CreatedAt.UnixMilli(), HostJoined: g.HostJoined, Volatile: g.Volatile,
+		DefaultRole: g.DefaultRole, Roles: g.Roles, Lifecycle: g.Lifecycle, Access: g.Access,
+		IdleTimeoutS: int64(g.IdleTimeout / time.Second), Members: v.Members}
+	if out.Roles == nil {
+		out.Roles = []string{}
+	}
+	if out.Members == nil {
+		out.Members = []group.Member{}
+	}
+	for _, p := range v.Invited {
+		out.Invited = append(out.Invited, string(p))
+	}
+	return out
+}
+
+// SubscriptionJSON is a group this node joined (Goop2's _group_subscriptions
+// columns plus ours).
+type SubscriptionJSON struct {
+	ID           string         `json:"id"`
+	HostPeerID   string         `json:"host_peer_id"`
+	GroupName    string         `json:"group_name"`
+	GroupType    string         `json:"group_type"`
+	Role         string         `json:"role"`
+	SubscribedAt int64          `json:"subscribed_at"`
+	MaxMembers   int            `json:"max_members"`
+	Volatile     bool           `json:"volatile"`
+	HostName     string         `json:"host_name"`
+	Lifecycle    string         `json:"lifecycle,omitempty"`
+	Access       string         `json:"access,omitempty"`
+	Joined       bool           `json:"joined"`
+	Members      []group.Member `json:"members"`
+}
+
+func subscriptionJSON(v group.SubView) SubscriptionJSON {
+	s := v.Sub
+	out := SubscriptionJSON{ID: s.GroupID, HostPeerID: string(s.Host), GroupName: s.GroupName, GroupType: s.GroupType,
+		Role: s.Role, MaxMembers: s.MaxMembers, Volatile: s.Volatile, HostName: s.HostName,
+		Lifecycle: s.Lifecycle, Access: s.Access, Joined: v.Joined, Members: v.Members}
+	if !s.SubscribedAt.IsZero() {
+		out.SubscribedAt = s.SubscribedAt.UnixMilli()
+	}
+	if out.Members == nil {
+		out.Members = []group.Member{}
+	}
+	return out
+}
+
+// groupError writes a group error with an HTTP status that fits its code;
+// the code travels in the body so callers can branch on it.
+func groupError(w http.ResponseWriter, err error) {
+	var ge *group.Error
+	if !errors.As(err, &ge) {
+		switch {
+		case errors.Is(err, app.ErrStopped):
+			writeError(w, http.StatusServiceUnavailable, "node is stopped")
+		case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+			writeError(w, http.StatusGatewayTimeout, err.Error())
+		default:
+			writeError(w, http.StatusInternalServerError, err.Error())
+		}
+		return
+	}
+	status := http.StatusBadRequest
+	switch ge.Code {
+	case group.CodeNotFound:
+		status = http.StatusNotFound
+	case group.CodeNotInvited, group.CodeForbidden, group.CodeHostCantJoin:
+		status = http.StatusForbidden
+	case group.CodeFull, group.CodeLimit, group.CodeNotMember:
+		status = http.StatusConflict
+	case group.CodeTimeout:
+		status = http.StatusGatewayTimeout
+	case group.CodeKicked, group.CodeClosed:
+		status = http.StatusGone
+	}
+	writeJSON(w, status, map[string]string{"error": ge.Message, "code": ge.Code})
+}
+
+// do runs fn on the node and writes a group error if it fails.
+func (s *server) do(w http.ResponseWriter, r *http.Request, fn func(now time.Time, n *app.Node) error) bool {
+	var ferr error
+	err := s.d.Runtime.Do(r.Context(), func(now time.Time, n *app.Node) { ferr = fn(now, n) })
+	if err == nil {
+		err = ferr
+	}
+	if err != nil {
+		groupError(w, err)
+		return false
+	}
+	return true
+}
+
+func requireGroupID(w http.ResponseWriter, id string) bool {
+	if id == "" {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "missing group_id", "code": group.CodeInvalid})
+		return false
+	}
+	if !group.ValidID(id) {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": fmt.Sprintf("invalid group_id %q", truncate(id, 80)), "code": group.CodeInvalid})
+		return false
+	}
+	return true
+}
+
+// hostOf resolves an optional host_peer_id: empty means this node.
+func (s *server) hostOf(w http.ResponseWriter, v string) (mq.PeerID, bool) {
+	if v == "" || mq.PeerID(v) == s.d.Runtime.Self() {
+		return s.d.Runtime.Self(), true
+	}
+	return s.checkPeer(w, "host_peer_id", v)
+}
+
+func (s *server) groupsList(w http.ResponseWriter, r *http.Request) {
+	var out []GroupJSON
+	if !s.do(w, r, func(now time.Time, n *app.Node) error {
+		for _, v := range n.Groups().Hosted() {
+			out = append(out, groupJSON(v))
+		}
+		return nil
+	}) {
+		return
+	}
+	if out == nil {
+		out = []GroupJSON{}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *server) groupsSubscriptions(w http.ResponseWriter, r *http.Request) {
+	var out []SubscriptionJSON
+	if !s.do(w, r, func(now time.Time, n *app.Node) error {
+		for _, v := range n.Groups().Subscriptions() {
+			out = append(out, subscriptionJSON(v))
+		}
+		return nil
+	}) {
+		return
+	}
+	if out == nil {
+		out = []SubscriptionJSON{}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+type createRequest struct {
+	ID           string   `json:"id"`
+	Name         string   `json:"name"`
+	GroupType    string   `json:"group_type"`
+	GroupContext string   `json:"group_context"`
+	MaxMembers   int      `json:"max_members"`
+	Lifecycle    string   `json:"lifecycle"`
+	Access       string   `json:"access"`
+	IdleTimeoutS int64    `json:"idle_timeout_s"`
+	DefaultRole  string   `json:"default_role"`
+	Roles        []string `json:"roles"`
+	HostJoin     bool     `json:"host_join"`
+}
+
+func (s *server) groupsCreate(w http.ResponseWriter, r *http.Request) {
+	var req createRequest
+	if !decodeBody(w, r, &req) {
+		return
+	}
+	if req.IdleTimeoutS < 0 || req.IdleTimeoutS > 365*24*3600 {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "idle_timeout_s must be 0..31536000", "code": group.CodeInvalid})
+		return
+	}
+	var v group.HostedView
+	if !s.do(w, r, func(now time.Time, n *app.Node) error {
+		id := req.ID
+		if id == "" {
+			id = n.NewGroupID()
+		}
+		g, err := n.Group(now).Create(now, group.CreateSpec{ID: id, Name: req.Name, Type: req.GroupType,
+			Context: req.GroupContext, MaxMembers: req.MaxMembers, Lifecycle: req.Lifecycle, Access: req.Access,
+			IdleTimeout: time.Duration(req.IdleTimeoutS) * time.Second, DefaultRole: req.DefaultRole,
+			Roles: req.Roles, HostJoin: req.HostJoin})
+		if err != nil {
+			return err
+		}
+		v, _ = n.Groups().HostedGroup(g.ID)
+		return nil
+	}) {
+		return
+	}
+	writeJSON(w, http.StatusOK, struct {
+		Status string `json:"status"`
+		ID     string `json:"id"`
+		GroupJSON
+	}{"created", v.Group.ID, groupJSON(v)})
+}
+
+type groupRef struct {
+	HostPeerID string `json:"host_peer_id"`
+	GroupID    string `json:"group_id"`
+}
+
+func (s *server) groupsJoin(w http.ResponseWriter, r *http.Request) {
+	var req groupRef
+	if !decodeBody(w, r, &req) || !requireGroupID(w, req.GroupID) {
+		return
+	}
+	if req.HostPeerID == "" {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "missing host_peer_id", "code": group.CodeInvalid})
+		return
+	}
+	host, ok := s.hostOf(w, req.HostPeerID)
+	if !ok {
+		return
+	}
+	// Listen before asking, so the answer cannot slip past.
+	sub := s.d.Runtime.Subscribe(s.d.EventBuffer)
+	defer sub.Close()
+	if !s.do(w, r, func(now time.Time, n *app.Node) error { return n.Group(now).Join(now, host, req.GroupID) }) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), joinWait)
+	defer cancel()
+	for {
+		select {
+		case ev, ok := <-sub.C:
+			if !ok {
+				writeError(w, http.StatusServiceUnavailable, "node is stopped")
+				return
+			}
+			if ev.Kind != app.EventGroup || ev.Group.Group != req.GroupID || ev.Group.Host != host {
+				continue
+			}
+			switch ev.Group.Type {
+			case group.EvJoined:
+				writeJSON(w, http.StatusOK, map[string]any{"status": "joined", "group_id": req.GroupID,
+					"host_peer_id": string(host), "members": ev.Group.Members, "state": ev.Group.Payload})
+				return
+			case group.EvJoinFailed:
+				groupError(w, ev.Group.Err)
+				return
+			}
+		case <-ctx.Done():
+			// Already a member (no new welcome comes), or the host is slow.
+			var view group.SubView
+			var found bool
+			_ = s.d.Runtime.Do(context.Background(), func(now time.Time, n *app.Node) {
+				view, found = n.Groups().Subscription(host, req.GroupID)
+			})
+			if found && view.Joined {
+				writeJSON(w, http.StatusOK, map[string]any{"status": "joined", "group_id": req.GroupID,
+					"host_peer_id": string(host), "members": view.Members})
+				return
+			}
+			groupError(w, group.Errorf(group.CodeTimeout, "host %s did not answer the join in time", host))
+			return
+		}
+	}
+}
+
+func (s *server) groupsLeave(w http.ResponseWriter, r *http.Request) {
+	var req groupRef
+	if !decodeBody(w, r, &req) || !requireGroupID(w, req.GroupID) {
+		return
+	}
+	host, ok := s.hostOf(w, req.HostPeerID)
+	if !ok {
+		return
+	}
+	if s.do(w, r, func(now time.Time, n *app.Node) error { return n.Group(now).Leave(now, host, req.GroupID) }) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "left"})
+	}
+}
+
+type sendGroupRequest struct {
+	HostPeerID string          `json:"host_peer_id"`
+	GroupID    string          `json:"group_id"`
+	Kind       string          `json:"kind"`
+	Payload    json.RawMessage `json:"payload"`
+}
+
+func (s *server) groupsSend(w http.ResponseWriter, r *http.Request) {
+	var req sendGroupRequest
+	if !decodeBody(w, r, &req) || !requireGroupID(w, req.GroupID) {
+		return
+	}
+	if len(req.Payload) == 0 {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "missing payload", "code": group.CodeInvalid})
+		return
+	}
+	if len(req.Payload) > mq.MaxPayloadBytes {
+		writeJSON(w, http.StatusRequestEntityTooLarge, map[string]string{"error": fmt.Sprintf("payload is larger than %d bytes", mq.MaxPayloadBytes), "code": group.CodeInvalid})
+		return
+	}
+	kind := req.Kind
+	if kind == "" {
+		kind = group.TypeMsg
+	}
+	host, ok := s.hostOf(w, req.HostPeerID)
+	if !ok {
+		return
+	}
+	if s.do(w, r, func(now time.Time, n *app.Node) error {
+		return n.Group(now).SendToGroup(now, host, req.GroupID, kind, req.Payload)
+	}) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "sent"})
+	}
+}
+
+type memberRequest struct {
+	GroupID string `json:"group_id"`
+	PeerID  string `json:"peer_id"`
+	Role    string `json:"role"`
+}
+
+func (s *server) memberCommand(w http.ResponseWriter, r *http.Request, status string,
+	fn func(now time.Time, c *group.Core, id string, p mq.PeerID, role string) error) {
+	var req memberRequest
+	if !decodeBody(w, r, &req) || !requireGroupID(w, req.GroupID) {
+		return
+	}
+	p, ok := s.checkPeer(w, "peer_id", req.PeerID)
+	if !ok {
+		return
+	}
+	if s.do(w, r, func(now time.Time, n *app.Node) error { return fn(now, n.Group(now), req.GroupID, p, req.Role) }) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": status})
+	}
+}
+
+func (s *server) groupsInvite(w http.ResponseWriter, r *http.Request) {
+	s.memberCommand(w, r, "invited", func(now time.Time, c *group.Core, id string, p mq.PeerID, _ string) error {
+		return c.Invite(now, id, p)
+	})
+}
+
+func (s *server) groupsKick(w http.ResponseWriter, r *http.Request) {
+	s.memberCommand(w, r, "kicked", func(now time.Time, c *group.Core, id string, p mq.PeerID, _ string) error {
+		return c.Kick(now, id, p)
+	})
+}
+
+func (s *server) groupsSetRole(w http.ResponseWriter, r *http.Request) {
+	s.memberCommand(w, r, "ok", func(now time.Time, c *group.Core, id string, p mq.PeerID, role string) error {
+		return c.SetRole(now, id, p, role)
+	})
+}
+
+type groupSettings struct {
+	GroupID    string   `json:"group_id"`
+	Role       string   `json:"role"`
+	Roles      []string `json:"roles"`
+	Name       *string  `json:"name"`
+	GroupName  *string  `json:"group_name"`
+	MaxMembers *int     `json:"max_members"`
+}
+
+func (s *server) groupCommand(w http.ResponseWriter, r *http.Request, status string,
+	fn func(now time.Time, c *group.Core, req groupSettings) error) {
+	var req groupSettings
+	if !decodeBody(w, r, &req) || !requireGroupID(w, req.GroupID) {
+		return
+	}
+	if s.do(w, r, func(now time.Time, n *app.Node) error { return fn(now, n.Group(now), req) }) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": status})
+	}
+}
+
+func (s *server) groupsClose(w http.ResponseWriter, r *http.Request) {
+	s.groupCommand(w, r, "closed", func(now time.Time, c *group.Core, req groupSettings) error {
+		return c.Close(now, req.GroupID)
+	})
+}
+
+func (s *server) groupsSetDefaultRole(w http.ResponseWriter, r *http.Request) {
+	s.groupCommand(w, r, "ok", func(now time.Time, c *group.Core, req groupSettings) error {
+		return c.SetDefaultRole(now, req.GroupID, req.Role)
+	})
+}
+
+func (s *server) groupsSetRoles(w http.ResponseWriter, r *http.Request) {
+	s.groupCommand(w, r, "ok", func(now time.Time, c *group.Core, req groupSettings) error {
+		return c.SetRoles(now, req.GroupID, req.Roles)
+	})
+}
+
+func (s *server) groupsMeta(w http.ResponseWriter, r *http.Request) {
+	s.groupCommand(w, r, "ok", func(now time.Time, c *group.Core, req groupSettings) error {
+		name := req.Name
+		if name == nil {
+			name = req.GroupName
+		}
+		return c.SetMeta(now, req.GroupID, name, req.MaxMembers)
+	})
+}
+
+func (s *server) groupsMaxMembers(w http.ResponseWriter, r *http.Request) {
+	s.groupCommand(w, r, "ok", func(now time.Time, c *group.Core, req groupSettings) error {
+		if req.MaxMembers == nil {
+			return group.Errorf(group.CodeInvalid, "missing max_members")
+		}
+		return c.SetMeta(now, req.GroupID, nil, req.MaxMembers)
+	})
+}
+
+// GroupEventJSON is the data of a /api/groups/events SSE event (SPEC §7):
+// {type, group, from, payload} plus host, members, error and reason.
+type GroupEventJSON struct {
+	Type    string          `json:"type"`
+	Group   string          `json:"group"`
+	Host    string          `json:"host,omitempty"`
+	From    string          `json:"from,omitempty"`
+	Payload json.RawMessage `json:"payload,omitempty"`
+	Members []group.Member  `json:"members,omitempty"`
+	Error   *group.Error    `json:"error,omitempty"`
+	Reason  string          `json:"reason,omitempty"`
+}
+
+func encodeGroupEvent(ev app.Event) (string, []byte) {
+	if ev.Kind != app.EventGroup || ev.Group == nil {
+		return "", nil
+	}
+	g := ev.Group
+	b, err := json.Marshal(GroupEventJSON{Type: g.Type, Group: g.Group, Host: string(g.Host), From: string(g.From),
+		Payload: g.Payload, Members: g.Members, Error: g.Err, Reason: g.Reason})
+	if err != nil {
+		return "", nil
+	}
+	return g.Type, b
+}
+
+func (s *server) groupsEvents(w http.ResponseWriter, r *http.Request) {
+	s.stream(w, r, encodeGroupEvent)
+}

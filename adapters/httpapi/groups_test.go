@@ -1,0 +1,213 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// groupFixture serves both A's and B's APIs.
+type groupFixture struct {
+	*fixture
+	bsrv *httptest.Server
+}
+
+func newGroupFixture(t *testing.T) *groupFixture {
+	f := newFixture(t, nil)
+	g := &groupFixture{fixture: f, bsrv: httptest.NewServer(New(Deps{Runtime: f.b.rt, Label: "bob"}))}
+	t.Cleanup(g.bsrv.Close)
+	return g
+}
+
+// postB posts to B's API.
+func (g *groupFixture) postB(t *testing.T, path string, v any) reply {
+	t.Helper()
+	saved := g.srv
+	g.srv = g.bsrv
+	defer func() { g.srv = saved }()
+	return g.post(t, path, v)
+}
+
+func (g *groupFixture) getB(t *testing.T, path string) []map[string]any {
+	t.Helper()
+	resp, err := http.Get(g.bsrv.URL + path)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	var out []map[string]any
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&out))
+	return out
+}
+
+func (g *groupFixture) getA(t *testing.T, path string) []map[string]any {
+	t.Helper()
+	resp, err := http.Get(g.srv.URL + path)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	var out []map[string]any
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&out))
+	return out
+}
+
+func nextGroupSSE(t *testing.T, ch <-chan sseEvent, typ string) map[string]any {
+	t.Helper()
+	for {
+		ev := nextSSE(t, ch)
+		if ev.event != typ {
+			continue
+		}
+		var m map[string]any
+		require.NoError(t, json.Unmarshal([]byte(ev.data), &m))
+		assert.Equal(t, typ, m["type"])
+		return m
+	}
+}
+
+func TestGroupsCreateJoinSendOverAPI(t *testing.T) {
+	g := newGroupFixture(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	events, _ := openSSEPath(t, ctx, g.srv.URL+"/api/groups/events")
+	require.Equal(t, "connected", nextSSE(t, events).event)
+
+	r := g.post(t, "/api/groups", map[string]any{"name": "chess night", "group_type": "realtime",
+		"max_members": 4, "lifecycle": "ephemeral", "access": "open", "idle_timeout_s": 600, "host_join": true})
+	require.Equal(t, http.StatusOK, r.status, "%v", r.body)
+	assert.Equal(t, "created", r.body["status"])
+	id, _ := r.body["id"].(string)
+	require.Len(t, id, 16)
+	assert.Equal(t, "ephemeral", r.body["lifecycle"])
+	assert.EqualValues(t, 600, r.body["idle_timeout_s"])
+
+	list := g.getA(t, "/api/groups")
+	require.Len(t, list, 1)
+	assert.Equal(t, "chess night", list[0]["name"])
+	assert.Equal(t, string(g.a.id), list[0]["owner"])
+
+	r = g.postB(t, "/api/groups/join", map[string]any{"host_peer_id": string(g.a.id), "group_id": id})
+	require.Equal(t, http.StatusOK, r.status, "%v", r.body)
+	assert.Equal(t, "joined", r.body["status"])
+	assert.Len(t, r.body["members"], 2)
+	joined := nextGroupSSE(t, events, "member_joined")
+	assert.Equal(t, string(g.b.id), joined["from"])
+
+	subs := g.getB(t, "/api/groups/subscriptions")
+	require.Len(t, subs, 1)
+	assert.Equal(t, id, subs[0]["id"])
+	assert.Equal(t, true, subs[0]["joined"])
+
+	r = g.postB(t, "/api/groups/send", map[string]any{"host_peer_id": string(g.a.id), "group_id": id, "payload": map[string]any{"move": "e2e4"}})
+	require.Equal(t, http.StatusOK, r.status, "%v", r.body)
+	msg := nextGroupSSE(t, events, "msg")
+	assert.Equal(t, string(g.b.id), msg["from"])
+	assert.Equal(t, id, msg["group"])
+	assert.Equal(t, map[string]any{"move": "e2e4"}, msg["payload"])
+
+	r = g.post(t, "/api/groups/kick", map[string]any{"group_id": id, "peer_id": string(g.b.id)})
+	require.Equal(t, http.StatusOK, r.status, "%v", r.body)
+	left := nextGroupSSE(t, events, "member_left")
+	assert.Equal(t, "kicked", left["reason"])
+
+	r = g.post(t, "/api/groups/close", map[string]any{"group_id": id})
+	require.Equal(t, http.StatusOK, r.status)
+	assert.Empty(t, g.getA(t, "/api/groups"))
+}
+
+func TestGroupsJoinErrorsKeepTheirCode(t *testing.T) {
+	g := newGroupFixture(t)
+	r := g.post(t, "/api/groups", map[string]any{"name": "private", "access": "invite-only"})
+	require.Equal(t, http.StatusOK, r.status)
+	id := r.body["id"].(string)
+
+	r = g.postB(t, "/api/groups/join", map[string]any{"host_peer_id": string(g.a.id), "group_id": id})
+	assert.Equal(t, http.StatusForbidden, r.status)
+	assert.Equal(t, "not_invited", r.body["code"])
+	assert.Contains(t, r.body["error"], "invite-only")
+
+	r = g.postB(t, "/api/groups/join", map[string]any{"host_peer_id": string(g.a.id), "group_id": "ffffffffffffffff"})
+	assert.Equal(t, http.StatusNotFound, r.status)
+	assert.Equal(t, "not_found", r.body["code"])
+
+	r = g.post(t, "/api/groups/invite", map[string]any{"group_id": id, "peer_id": string(g.b.id)})
+	require.Equal(t, http.StatusOK, r.status, "%v", r.body)
+	r = g.postB(t, "/api/groups/join", map[string]any{"host_peer_id": string(g.a.id), "group_id": id})
+	assert.Equal(t, http.StatusOK, r.status, "%v", r.body)
+}
+
+func TestGroupsRejectBadInput(t *testing.T) {
+	g := newGroupFixture(t)
+	cases := []struct {
+		name, path string
+		body       any
+		status     int
+		want       string
+	}{
+		{"create without name", "/api/groups", map[string]any{"group_type": "chat"}, 400, "name"},
+		{"create bad lifecycle", "/api/groups", map[string]any{"name": "x", "lifecycle": "forever"}, 400, "lifecycle"},
+		{"create bad access", "/api/groups", map[string]any{"name": "x", "access": "secret"}, 400, "access"},
+		{"create negative max", "/api/groups", map[string]any{"name": "x", "max_members": -2}, 400, "max_members"},
+		{"create bad idle", "/api/groups", map[string]any{"name": "x", "idle_timeout_s": -1}, 400, "idle_timeout_s"},
+		{"create wrong type", "/api/groups", map[string]any{"name": 5}, 400, "name"},
+		{"join without group", "/api/groups/join", map[string]any{"host_peer_id": "x"}, 400, "group_id"},
+		{"join bad group id", "/api/groups/join", map[string]any{"host_peer_id": "x", "group_id": "a:b"}, 400, "group_id"},
+		{"join without host", "/api/groups/join", map[string]any{"group_id": "0123456789abcdef"}, 400, "host_peer_id"},
+		{"join bad host", "/api/groups/join", map[string]any{"host_peer_id": "nope", "group_id": "0123456789abcdef"}, 400, "host_peer_id"},
+		{"send without payload", "/api/groups/send", map[string]any{"group_id": "0123456789abcdef"}, 400, "payload"},
+		{"send to unknown group", "/api/groups/send", map[string]any{"group_id": "0123456789abcdef", "payload": 1}, 404, "no hosted group"},
+		{"invite bad peer", "/api/groups/invite", map[string]any{"group_id": "0123456789abcdef", "peer_id": "x"}, 400, "peer_id"},
+		{"close unknown", "/api/groups/close", map[string]any{"group_id": "0123456789abcdef"}, 404, "no hosted group"},
+		{"max-members missing", "/api/groups/max-members", map[string]any{"group_id": "0123456789abcdef"}, 400, "max_members"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := g.post(t, tc.path, tc.body)
+			assert.Equal(t, tc.status, r.status, "%v", r.body)
+			assert.Contains(t, r.body["error"], tc.want)
+		})
+	}
+	assert.Empty(t, g.getA(t, "/api/groups"), "refused requests changed nothing")
+}
+
+func TestGroupsRolesAndMeta(t *testing.T) {
+	g := newGroupFixture(t)
+	r := g.post(t, "/api/groups", map[string]any{"name": "team", "roles": []string{"editor"}})
+	id := r.body["id"].(string)
+	require.Equal(t, 200, g.postB(t, "/api/groups/join", map[string]any{"host_peer_id": string(g.a.id), "group_id": id}).status)
+	assert.Equal(t, 200, g.post(t, "/api/groups/set-role", map[string]any{"group_id": id, "peer_id": string(g.b.id), "role": "editor"}).status)
+	assert.Equal(t, 400, g.post(t, "/api/groups/set-role", map[string]any{"group_id": id, "peer_id": string(g.b.id), "role": "king"}).status)
+	assert.Equal(t, 200, g.post(t, "/api/groups/set-roles", map[string]any{"group_id": id, "roles": []string{"editor", "reader"}}).status)
+	assert.Equal(t, 200, g.post(t, "/api/groups/set-default-role", map[string]any{"group_id": id, "role": "reader"}).status)
+	assert.Equal(t, 200, g.post(t, "/api/groups/meta", map[string]any{"group_id": id, "name": "renamed"}).status)
+	assert.Equal(t, 200, g.post(t, "/api/groups/max-members", map[string]any{"group_id": id, "max_members": 9}).status)
+	list := g.getA(t, "/api/groups")
+	require.Len(t, list, 1)
+	assert.Equal(t, "renamed", list[0]["name"])
+	assert.EqualValues(t, 9, list[0]["max_members"])
+	assert.Equal(t, "reader", list[0]["default_role"])
+	assert.Equal(t, []any{"editor", "reader"}, list[0]["roles"])
+	members := list[0]["members"].([]any)
+	require.Len(t, members, 1)
+	assert.Equal(t, "editor", members[0].(map[string]any)["role"])
+	require.Eventually(t, func() bool {
+		subs := g.getB(t, "/api/groups/subscriptions")
+		return len(subs) == 1 && subs[0]["role"] == "editor" && subs[0]["group_name"] == "renamed"
+	}, waitFor, 5e6, "the member's view follows")
+}
+
+func TestSDKAndGroupsPageServed(t *testing.T) {
+	f := newFixture(t, nil)
+	r := f.do(t, http.MethodGet, "/sdk/goop.js", "", nil)
+	require.Equal(t, http.StatusOK, r.status)
+	assert.Contains(t, r.header.Get("Content-Type"), "javascript")
+	assert.Contains(t, r.body["text"], "Goop.group")
+	r = f.do(t, http.MethodGet, "/groups", "", nil)
+	require.Equal(t, http.StatusOK, r.status)
+	assert.True(t, strings.HasPrefix(r.header.Get("Content-Type"), "text/html"))
+	assert.Contains(t, r.header.Get("Content-Security-Policy"), "default-src 'self'")
+	assert.Contains(t, r.body["text"], "Create a group")
+}

@@ -1,0 +1,594 @@
+package p2p
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/goop-p2p/goop/domain/mq"
+	"github.com/goop-p2p/goop/ports"
+	"github.com/goop-p2p/goop/ports/transporttest"
+)
+
+func TestTransportContract(t *testing.T) {
+	modes := []struct {
+		name         string
+		onlyA, onlyB bool
+	}{
+		{"MQ11", false, false},
+		{"MQ10", true, true},
+		{"MQ11ToCompatPeer", false, true}, // a offers 1.1.0, b speaks only 1.0.0
+	}
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) {
+			transporttest.Run(t, func(t *testing.T) (a, b ports.Transport) {
+				ha, hb := newTestHost(t), newTestHost(t)
+				connect(t, ha, hb)
+				return newTransport(t, ha, MQOptions{Only10: m.onlyA}),
+					newTransport(t, hb, MQOptions{Only10: m.onlyB})
+			})
+		})
+	}
+}
+
+// TestCompatClient10 plays a Goop2 peer sending one msg over /goop/mq/1.0.0
+// with raw streams, as SPEC §2 describes, and checks the exact ack line.
+func TestCompatClient10(t *testing.T) {
+	hs, hc := newTestHost(t), newTestHost(t)
+	connect(t, hc, hs)
+	tr := newTransport(t, hs, MQOptions{})
+
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	s, err := hc.NewStream(ctx, hs.ID(), "/goop/mq/1.0.0")
+	require.NoError(t, err)
+	defer s.Close()
+	require.NoError(t, s.SetDeadline(time.Now().Add(waitFor)))
+	const id = "5f0c2b1e-8a7d-4c3b-9e2f-1a2b3c4d5e6f"
+	_, err = io.WriteString(s, `{"type":"msg","id":"`+id+`","seq":3,"topic":"group:0123456789abcdef:msg","payload":{"text":"hi"}}`+"\n")
+	require.NoError(t, err)
+
+	ev := nextEvent(t, tr, isFrame) // the test is the bus core
+	require.Equal(t, pidOf(hc), ev.From)
+	require.Equal(t, mq.TypeMsg, ev.Frame.Type)
+	assert.Equal(t, id, ev.Frame.ID)
+	assert.Equal(t, int64(3), ev.Frame.Seq)
+	assert.Equal(t, "group:0123456789abcdef:msg", ev.Frame.Topic)
+	assert.JSONEq(t, `{"text":"hi"}`, string(ev.Frame.Payload))
+	require.NoError(t, tr.Send(ev.From, mq.AckFor(&ev.Frame)))
+
+	r := bufio.NewReader(s)
+	line, err := r.ReadString('\n')
+	require.NoError(t, err)
+	assert.Equal(t, `{"type":"ack","id":"`+id+`","seq":3}`+"\n", line)
+	_, err = r.ReadByte()
+	assert.ErrorIs(t, err, io.EOF, "the server closes the stream after the ack")
+}
+
+// TestCompatClient10Retry: a Goop2 sender that retries opens a second stream
+// with the same msg id; one ack from the core answers both.
+func TestCompatClient10Retry(t *testing.T) {
+	hs, hc := newTestHost(t), newTestHost(t)
+	connect(t, hc, hs)
+	tr := newTransport(t, hs, MQOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+
+	line := `{"type":"msg","id":"retry-1","seq":9,"topic":"chat","payload":null}` + "\n"
+	var streams []network.Stream
+	for range 2 {
+		s, err := hc.NewStream(ctx, hs.ID(), ProtocolMQ10)
+		require.NoError(t, err)
+		defer s.Close()
+		require.NoError(t, s.SetDeadline(time.Now().Add(waitFor)))
+		_, err = io.WriteString(s, line)
+		require.NoError(t, err)
+		streams = append(streams, s)
+	}
+	ev := nextEvent(t, tr, isFrame)
+	ev2 := nextEvent(t, tr, isFrame)
+	require.Equal(t, ev.Frame, ev2.Frame)
+	require.NoError(t, tr.Send(ev.From, mq.AckFor(&ev.Frame)))
+	for _, s := range streams {
+		got, err := bufio.NewReader(s).ReadString('\n')
+		require.NoError(t, err)
+		assert.Equal(t, `{"type":"ack","id":"retry-1","seq":9}`+"\n", got)
+	}
+}
+
+// TestCompatServer10: our transport (offering 1.1.0 first) sends to a
+// minimal Goop2-like server that only speaks 1.0.0; it falls back, the msg
+// line has compat field order, and the ack reaches Events.
+func TestCompatServer10(t *testing.T) {
+	ha, hg := newTestHost(t), newTestHost(t)
+	lines := make(chan string, 4)
+	hg.SetStreamHandler(ProtocolMQ10, func(s network.Stream) {
+		_ = s.SetDeadline(time.Now().Add(3 * time.Second))
+		line, err := bufio.NewReader(s).ReadString('\n')
+		if err != nil {
+			_ = s.Reset()
+			return
+		}
+		lines <- line
+		var m struct {
+			ID  string `json:"id"`
+			Seq int64  `json:"seq"`
+		}
+		if json.Unmarshal([]byte(line), &m) != nil {
+			_ = s.Reset()
+			return
+		}
+		_, _ = fmt.Fprintf(s, `{"type":"ack","id":%q,"seq":%d}`+"\n", m.ID, m.Seq)
+		_ = s.Close()
+	})
+	connect(t, ha, hg)
+	tr := newTransport(t, ha, MQOptions{})
+
+	for i := int64(1); i <= 2; i++ {
+		f := testMsg(fmt.Sprintf("to-goop2-%d", i), i)
+		require.NoError(t, tr.Send(pidOf(hg), f))
+		select {
+		case line := <-lines:
+			assert.True(t, strings.HasPrefix(line, fmt.Sprintf(`{"type":"msg","id":"to-goop2-%d","seq":%d,"topic":"chat","payload":`, i, i)), line)
+		case <-time.After(waitFor):
+			require.FailNow(t, "the compat server got no msg")
+		}
+		ev := nextEvent(t, tr, isFrame)
+		assert.Equal(t, pidOf(hg), ev.From)
+		assert.Equal(t, mq.AckFor(&f), ev.Frame)
+	}
+	tr.mu.RLock()
+	p := tr.peers[pidOf(hg)]
+	tr.mu.RUnlock()
+	require.NotNil(t, p)
+	assert.True(t, p.is10(), "the peer is remembered as 1.0.0-only")
+}
+
+// TestMQ11RawClient speaks 1.1.0 with a raw stream: three msgs pipelined on
+// one stream come back as three acks, in order, on that same stream.
+func TestMQ11RawClient(t *testing.T) {
+	hs, hc := newTestHost(t), newTestHost(t)
+	connect(t, hc, hs)
+	tr := newTransport(t, hs, MQOptions{})
+	ackAll(tr, nil)
+
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	s, err := hc.NewStream(ctx, hs.ID(), ProtocolMQ11)
+	require.NoError(t, err)
+	defer s.Close()
+	require.NoError(t, s.SetDeadline(time.Now().Add(waitFor)))
+	var buf []byte
+	for i := int64(1); i <= 3; i++ {
+		f := testMsg(fmt.Sprintf("raw-%d", i), i)
+		buf = mq.AppendFrame(buf, &f)
+	}
+	_, err = s.Write(buf)
+	require.NoError(t, err)
+	r := bufio.NewReader(s)
+	for i := 1; i <= 3; i++ {
+		line, err := r.ReadString('\n')
+		require.NoError(t, err)
+		assert.Equal(t, fmt.Sprintf(`{"type":"ack","id":"raw-%d","seq":%d}`+"\n", i, i), line)
+	}
+}
+
+// TestBadInput feeds broken lines on both protocols: the stream is reset,
+// nothing crashes, and a good msg still goes through afterwards.
+func TestBadInput(t *testing.T) {
+	hs, hc := newTestHost(t), newTestHost(t)
+	connect(t, hc, hs)
+	tr := newTransport(t, hs, MQOptions{})
+	ackAll(tr, nil) // plays the bus core
+
+	cases := []struct {
+		name       string
+		data       []byte
+		closeWrite bool
+	}{
+		{"Garbage", []byte("\x00\xff\xfe not json at all \x01\n"), false},
+		{"TruncatedThenEOF", []byte(`{"type":"msg","id":"t1","seq":1,"topic":"ch`), true},
+		{"OverMaxLine", bytes.Repeat([]byte("a"), mq.MaxLineBytes+10), false},
+		{"InvalidJSON", []byte(`{"type":"msg","id":"x",}` + "\n"), false},
+		{"UnknownType", []byte(`{"type":"hello","id":"x","seq":1}` + "\n"), false},
+		{"MissingID", []byte(`{"type":"msg","seq":1,"topic":"chat","payload":1}` + "\n"), false},
+		{"TrailingData", []byte(`{"type":"msg","id":"x","seq":1,"topic":"chat"} {}` + "\n"), false},
+	}
+	for _, proto := range []protocol.ID{ProtocolMQ10, ProtocolMQ11} {
+		for _, c := range cases {
+			t.Run(string(proto)+"/"+c.name, func(t *testing.T) {
+				ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+				defer cancel()
+				s, err := hc.NewStream(ctx, hs.ID(), proto)
+				require.NoError(t, err)
+				require.NoError(t, s.SetDeadline(time.Now().Add(waitFor)))
+				go func() { // a big write blocks until the server reads or resets
+					_, _ = s.Write(c.data)
+					if c.closeWrite {
+						_ = s.CloseWrite()
+					}
+				}()
+				_, err = io.ReadAll(s)
+				require.Error(t, err, "the stream must be reset, not closed")
+				assert.ErrorIs(t, err, network.ErrReset)
+			})
+		}
+	}
+
+	// The transport still works, on both protocols.
+	client := newTransport(t, hc, MQOptions{})
+	got := make(chan ports.TransportEvent, 16)
+	ackAll(client, got)
+	for i, f := range []mq.Frame{testMsg("good-1", 1), testMsg("good-2", 2)} {
+		require.NoError(t, client.Send(pidOf(hs), f))
+		ev := waitChan(t, got, func(ev ports.TransportEvent) bool {
+			return ev.Kind == ports.FrameReceived && ev.Frame.ID == f.ID
+		})
+		assert.Equal(t, mq.TypeAck, ev.Frame.Type, "msg %d acknowledged", i)
+	}
+	// and 1.0.0 from a compat client
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	s, err := hc.NewStream(ctx, hs.ID(), ProtocolMQ10)
+	require.NoError(t, err)
+	require.NoError(t, s.SetDeadline(time.Now().Add(waitFor)))
+	good := testMsg("good-10", 3)
+	_, err = s.Write(mq.AppendFrame(nil, &good))
+	require.NoError(t, err)
+	line, err := bufio.NewReader(s).ReadString('\n')
+	require.NoError(t, err)
+	assert.Equal(t, `{"type":"ack","id":"good-10","seq":3}`+"\n", line)
+}
+
+func waitChan(tb testing.TB, ch <-chan ports.TransportEvent, match func(ports.TransportEvent) bool) ports.TransportEvent {
+	tb.Helper()
+	tm := time.NewTimer(waitFor)
+	defer tm.Stop()
+	for {
+		select {
+		case ev := <-ch:
+			if match(ev) {
+				return ev
+			}
+		case <-tm.C:
+			require.FailNow(tb, "expected event did not come")
+		}
+	}
+}
+
+// TestSlowReader: a peer that opens 1.1.0 and never reads makes Send return
+// ErrBackpressure and gets disconnected; another peer is unaffected.
+func TestSlowReader(t *testing.T) {
+	ha, hslow, hc := newTestHost(t), newTestHost(t), newTestHost(t)
+	connect(t, hslow, ha)
+	connect(t, hc, ha)
+	tr := newTransport(t, ha, MQOptions{QueueLen: 64, WriteTimeout: 300 * time.Millisecond})
+	trc := newTransport(t, hc, MQOptions{})
+	cEvents := make(chan ports.TransportEvent, 64)
+	ackAll(trc, cEvents)
+
+	// The slow peer opens a 1.1.0 stream, says one msg, and never reads.
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	s, err := hslow.NewStream(ctx, ha.ID(), ProtocolMQ11)
+	require.NoError(t, err)
+	hello := testMsg("hello-from-slow", 1)
+	_, err = s.Write(mq.AppendFrame(nil, &hello))
+	require.NoError(t, err)
+	ev := nextEvent(t, tr, isFrame)
+	require.Equal(t, pidOf(hslow), ev.From)
+
+	payload := json.RawMessage(`"` + strings.Repeat("x", 8<<10) + `"`)
+	var sawBackpressure bool
+	for i := int64(1); i <= 100_000; i++ {
+		err := tr.Send(pidOf(hslow), mq.Frame{Type: mq.TypeMsg, ID: fmt.Sprintf("big-%d", i), Seq: i, Topic: "chat", Payload: payload})
+		if errors.Is(err, ports.ErrBackpressure) {
+			sawBackpressure = true
+			break
+		}
+		require.NoError(t, err)
+	}
+	require.True(t, sawBackpressure, "Send never reported backpressure")
+
+	// Another peer is unaffected while the slow one is stuck.
+	f := testMsg("to-c", 1)
+	require.NoError(t, tr.Send(pidOf(hc), f))
+	waitChan(t, cEvents, func(ev ports.TransportEvent) bool {
+		return ev.Kind == ports.FrameReceived && ev.Frame.ID == "to-c"
+	})
+	ack := nextEvent(t, tr, func(ev ports.TransportEvent) bool {
+		return ev.Kind == ports.FrameReceived && ev.Frame.ID == "to-c"
+	})
+	assert.Equal(t, mq.TypeAck, ack.Frame.Type)
+
+	// The slow peer is disconnected.
+	nextEvent(t, tr, func(ev ports.TransportEvent) bool {
+		return ev.Kind == ports.PeerDisconnected && ev.From == pidOf(hslow)
+	})
+	assert.NotEqual(t, network.Connected, ha.Network().Connectedness(hslow.ID()))
+
+	// And the other peer still works afterwards.
+	require.NoError(t, trc.Send(pidOf(ha), testMsg("from-c", 2)))
+	got := nextEvent(t, tr, isFrame)
+	assert.Equal(t, "from-c", got.Frame.ID)
+}
+
+// TestDropInbound: the test hook loses chosen frames before Events.
+func TestDropInbound(t *testing.T) {
+	ha, hb := newTestHost(t), newTestHost(t)
+	connect(t, ha, hb)
+	ta := newTransport(t, ha, MQOptions{DropInbound: func(_ mq.PeerID, f mq.Frame) bool {
+		return f.Type == mq.TypeAck && f.Seq%2 == 1
+	}})
+	tb := newTransport(t, hb, MQOptions{})
+	ackAll(tb, nil)
+	for i := int64(1); i <= 10; i++ {
+		require.NoError(t, ta.Send(pidOf(hb), testMsg(fmt.Sprintf("d-%d", i), i)))
+	}
+	var seqs []int64
+	for len(seqs) < 5 { // 1.1.0 keeps order: ack 10 is the last to come
+		ev := nextEvent(t, ta, isFrame)
+		seqs = append(seqs, ev.Frame.Seq)
+	}
+	assert.Equal(t, []int64{2, 4, 6, 8, 10}, seqs)
+}
+
+// TestPeerEvents: connect and disconnect are reported.
+func TestPeerEvents(t *testing.T) {
+	ha, hb := newTestHost(t), newTestHost(t)
+	ta := newTransport(t, ha, MQOptions{})
+	connect(t, ha, hb)
+	nextEvent(t, ta, func(ev ports.TransportEvent) bool {
+		return ev.Kind == ports.PeerConnected && ev.From == pidOf(hb)
+	})
+	require.NoError(t, ha.Network().ClosePeer(hb.ID()))
+	nextEvent(t, ta, func(ev ports.TransportEvent) bool {
+		return ev.Kind == ports.PeerDisconnected && ev.From == pidOf(hb)
+	})
+}
+
+// TestSendValidates: bad frames and bad peer ids are refused up front.
+func TestSendValidates(t *testing.T) {
+	ha := newTestHost(t)
+	ta := newTransport(t, ha, MQOptions{})
+	cases := []struct {
+		name string
+		to   mq.PeerID
+		f    mq.Frame
+	}{
+		{"BadFrame", "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN", mq.Frame{Type: "nope", ID: "x"}},
+		{"BadPeerID", "not-a-peer-id", testMsg("x", 1)},
+		{"Self", pidOf(ha), testMsg("x", 1)},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			err := ta.Send(c.to, c.f)
+			require.Error(t, err)
+			assert.NotErrorIs(t, err, ports.ErrBackpressure)
+		})
+	}
+}
+
+// TestNoGoroutineLeak: after traffic on both protocols, closing transports
+// and hosts returns the goroutine count to where it was.
+func TestNoGoroutineLeak(t *testing.T) {
+	warm := newTestHost(t) // let libp2p start its process-wide goroutines
+	_ = warm.Close()
+	before := runtime.NumGoroutine()
+
+	run := func(t *testing.T) {
+		ha, hb, hg := newTestHost(t), newTestHost(t), newTestHost(t)
+		connect(t, ha, hb)
+		connect(t, ha, hg)
+		ta := newTransport(t, ha, MQOptions{})
+		tb := newTransport(t, hb, MQOptions{})
+		tg := newTransport(t, hg, MQOptions{Only10: true})
+		ackAll(tb, nil)
+		ackAll(tg, nil)
+		for i := int64(1); i <= 20; i++ {
+			require.NoError(t, ta.Send(pidOf(hb), testMsg(fmt.Sprintf("b-%d", i), i)))
+			require.NoError(t, ta.Send(pidOf(hg), testMsg(fmt.Sprintf("g-%d", i), i)))
+		}
+		acks := 0
+		for acks < 40 {
+			if ev := nextEvent(t, ta, isFrame); ev.Frame.Type == mq.TypeAck {
+				acks++
+			}
+		}
+		// leave a msg unanswered in flight, then close everything
+		require.NoError(t, tb.Send(pidOf(ha), testMsg("unanswered", 1)))
+		require.NoError(t, ta.Close())
+		require.NoError(t, tb.Close())
+		require.NoError(t, tg.Close())
+		for _, h := range []interface{ Close() error }{ha, hb, hg} {
+			require.NoError(t, h.Close())
+		}
+	}
+	t.Run("traffic", run)
+
+	// Poll from this goroutine (a helper like assert.Eventually would count itself).
+	deadline := time.NewTimer(waitFor)
+	defer deadline.Stop()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for runtime.NumGoroutine() > before {
+		select {
+		case <-tick.C:
+			continue
+		case <-deadline.C:
+		}
+		var b strings.Builder
+		_ = pprof.Lookup("goroutine").WriteTo(&b, 1)
+		require.FailNow(t, "goroutines leaked", "before %d, now %d:\n%s", before, runtime.NumGoroutine(), b.String())
+	}
+}
+
+func TestLineReader(t *testing.T) {
+	cases := []struct {
+		name  string
+		in    string
+		max   int
+		lines []string
+		err   error
+	}{
+		{"Lines", "a\nbb\n\nccc\n", 10, []string{"a", "bb", "", "ccc"}, io.EOF},
+		{"TruncatedLast", "a\nbb", 10, []string{"a"}, io.ErrUnexpectedEOF},
+		{"ExactlyMax", "12345\n", 5, []string{"12345"}, io.EOF},
+		{"TooLong", "123456\n", 5, nil, errLineTooLong},
+		{"TooLongNoNewline", strings.Repeat("x", 100), 5, nil, errLineTooLong},
+		{"GrowsForLongLine", strings.Repeat("y", 50) + "\nz\n", 64, []string{strings.Repeat("y", 50), "z"}, io.EOF},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			lr := newLineReader(iotestOneByte(strings.NewReader(c.in)), c.max, 4)
+			var got []string
+			for {
+				line, err := lr.next()
+				if err != nil {
+					assert.ErrorIs(t, err, c.err)
+					break
+				}
+				got = append(got, string(line))
+			}
+			assert.Equal(t, c.lines, got)
+		})
+	}
+}
+
+// iotestOneByte returns a reader that reads at most 3 bytes at a time.
+func iotestOneByte(r io.Reader) io.Reader { return &smallReader{r: r} }
+
+type smallReader struct{ r io.Reader }
+
+func (s *smallReader) Read(p []byte) (int, error) {
+	if len(p) > 3 {
+		p = p[:3]
+	}
+	return s.r.Read(p)
+}
+
+// TestEventsFullResetsStream: when nobody drains Events, a reader waits at
+// most ReadTimeout for room, then resets its stream; memory stays bounded.
+func TestEventsFullResetsStream(t *testing.T) {
+	hs, hc := newTestHost(t), newTestHost(t)
+	connect(t, hc, hs)
+	tr := newTransport(t, hs, MQOptions{EventBuffer: 1, ReadTimeout: 200 * time.Millisecond})
+	// Fill the single slot (the PeerConnected event may already hold it).
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	s, err := hc.NewStream(ctx, hs.ID(), ProtocolMQ11)
+	require.NoError(t, err)
+	require.NoError(t, s.SetDeadline(time.Now().Add(waitFor)))
+	var buf []byte
+	for i := int64(1); i <= 3; i++ {
+		f := testMsg(fmt.Sprintf("full-%d", i), i)
+		buf = mq.AppendFrame(buf, &f)
+	}
+	_, err = s.Write(buf)
+	require.NoError(t, err)
+	_, err = io.ReadAll(s)
+	assert.ErrorIs(t, err, network.ErrReset)
+
+	// Once the core drains Events, the peer can talk again.
+	ackAll(tr, nil)
+	client := newTransport(t, hc, MQOptions{})
+	f := testMsg("after-full", 9)
+	require.NoError(t, client.Send(pidOf(hs), f))
+	ev := nextEvent(t, client, isFrame)
+	assert.Equal(t, mq.AckFor(&f), ev.Frame)
+}
+
+// TestCompat10NoAck: if the core never acks an inbound 1.0.0 msg, the
+// stream is reset after ReadTimeout instead of hanging.
+func TestCompat10NoAck(t *testing.T) {
+	hs, hc := newTestHost(t), newTestHost(t)
+	connect(t, hc, hs)
+	tr := newTransport(t, hs, MQOptions{ReadTimeout: 200 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	s, err := hc.NewStream(ctx, hs.ID(), ProtocolMQ10)
+	require.NoError(t, err)
+	require.NoError(t, s.SetDeadline(time.Now().Add(waitFor)))
+	f := testMsg("never-acked", 1)
+	_, err = s.Write(mq.AppendFrame(nil, &f))
+	require.NoError(t, err)
+	ev := nextEvent(t, tr, isFrame)
+	require.Equal(t, "never-acked", ev.Frame.ID)
+	_, err = io.ReadAll(s)
+	assert.ErrorIs(t, err, network.ErrReset)
+	// A late ack finds no stream and goes nowhere harmful.
+	assert.NoError(t, tr.Send(ev.From, mq.AckFor(&ev.Frame)))
+}
+
+// scriptReader plays a sequence of reads; fakeDeadliner records deadlines.
+type scriptStep struct {
+	data string
+	err  error
+}
+
+type scriptReader struct{ steps []scriptStep }
+
+func (r *scriptReader) Read(p []byte) (int, error) {
+	if len(r.steps) == 0 {
+		return 0, io.EOF
+	}
+	st := r.steps[0]
+	r.steps = r.steps[1:]
+	return copy(p, st.data), st.err
+}
+
+type fakeDeadliner struct{ set []time.Duration }
+
+func (d *fakeDeadliner) SetReadDeadline(t time.Time) error {
+	if t.IsZero() {
+		d.set = append(d.set, 0)
+	} else {
+		d.set = append(d.set, time.Until(t).Round(time.Second))
+	}
+	return nil
+}
+
+// TestLineReaderDeadlines: silence between lines first only marks the stream
+// quiet (switching to the idle bound); a second timeout is the idle timeout;
+// a timeout inside a line is an error at once.
+func TestLineReaderDeadlines(t *testing.T) {
+	timeout := os.ErrDeadlineExceeded
+	t.Run("QuietThenIdle", func(t *testing.T) {
+		dl := &fakeDeadliner{}
+		r := &scriptReader{steps: []scriptStep{
+			{data: "a\n"}, {err: timeout}, {data: "b\n"}, {err: timeout}, {err: timeout},
+		}}
+		lr := newLineReader(r, 100, 16).withDeadlines(dl, 600*time.Second, 4*time.Second)
+		for _, want := range []string{"a", "b"} {
+			line, err := lr.next()
+			require.NoError(t, err)
+			assert.Equal(t, want, string(line))
+		}
+		_, err := lr.next()
+		assert.ErrorIs(t, err, os.ErrDeadlineExceeded)
+		// partial bound, idle bound after the quiet timeout, partial again once
+		// data flows, idle again: each set only when the bound changes.
+		assert.Equal(t, []time.Duration{5 * time.Second, 750 * time.Second, 5 * time.Second, 750 * time.Second}, dl.set)
+	})
+	t.Run("TimeoutInsideLine", func(t *testing.T) {
+		r := &scriptReader{steps: []scriptStep{{data: `{"type":`}, {err: timeout}}}
+		lr := newLineReader(r, 100, 16).withDeadlines(&fakeDeadliner{}, 600*time.Second, 4*time.Second)
+		_, err := lr.next()
+		assert.ErrorIs(t, err, os.ErrDeadlineExceeded)
+	})
+}

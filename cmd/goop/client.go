@@ -1,0 +1,115 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/goop-p2p/goop/app"
+)
+
+// apiFlags select the running node a client command talks to.
+func apiFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "api", Usage: "viewer `URL` of the running node (default: from --dir, else http://127.0.0.1:8080)", EnvVars: []string{"GOOP_API"}},
+		&cli.StringFlag{Name: "dir", Usage: "peer `DIR` whose goop.json names the viewer address"},
+		&cli.BoolFlag{Name: "json", Usage: "print the node's JSON answer as is"},
+	}
+}
+
+// client talks to a running node's viewer API.
+type client struct {
+	base string
+	http *http.Client
+	raw  bool
+	out  io.Writer
+}
+
+func newClient(c *cli.Context, out io.Writer) (*client, error) {
+	base := c.String("api")
+	if base == "" && c.String("dir") != "" {
+		cfg, err := app.LoadConfig(filepath.Join(c.String("dir"), "goop.json"))
+		if err != nil {
+			return nil, err
+		}
+		base = "http://" + cfg.Viewer.HTTPAddr
+	}
+	if base == "" {
+		base = "http://127.0.0.1:8080"
+	}
+	return &client{base: strings.TrimRight(base, "/"), http: &http.Client{Timeout: 30 * time.Second}, raw: c.Bool("json"), out: out}, nil
+}
+
+// call sends a request and decodes the JSON answer into v (if not nil). A
+// non-2xx answer becomes an error carrying the node's message and code.
+func (cl *client) call(ctx context.Context, method, path string, body, v any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, cl.base+path, rd)
+	if err != nil {
+		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	res, err := cl.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the node at %s (is 'goop peer' running?): %w", cl.base, err)
+	}
+	defer res.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(res.Body, 64<<20))
+	if err != nil {
+		return err
+	}
+	if res.StatusCode/100 != 2 {
+		var e struct {
+			Error string `json:"error"`
+			Code  string `json:"code"`
+		}
+		if json.Unmarshal(data, &e) == nil && e.Error != "" {
+			if e.Code != "" {
+				return fmt.Errorf("%s %s: %s (%s)", method, path, e.Error, e.Code)
+			}
+			return fmt.Errorf("%s %s: %s", method, path, e.Error)
+		}
+		return fmt.Errorf("%s %s: HTTP %d", method, path, res.StatusCode)
+	}
+	if cl.raw {
+		_, err = cl.out.Write(append(bytes.TrimSpace(data), '\n'))
+		return err
+	}
+	if v != nil {
+		return json.Unmarshal(data, v)
+	}
+	return nil
+}
+
+// parsePayload accepts JSON, or wraps plain text as {"text": ...}.
+func parsePayload(s string) json.RawMessage {
+	if json.Valid([]byte(s)) {
+		return json.RawMessage(s)
+	}
+	b, _ := json.Marshal(map[string]string{"text": s})
+	return b
+}
+
+func needArgs(c *cli.Context, n int, usage string) error {
+	if c.NArg() != n {
+		return cli.Exit("usage: goop "+c.Command.FullName()+" "+usage, exitUsage)
+	}
+	return nil
+}
