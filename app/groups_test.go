@@ -68,7 +68,9 @@ func TestGroupOverRuntimes(t *testing.T) {
 	assert.JSONEq(t, `{"move":"e2e4"}`, string(got.Payload))
 	hostGot := waitGroupEvent(t, subH, group.EvMsg)
 	assert.Equal(t, mq.PeerID("A"), hostGot.From)
-	require.Len(t, hostStore.GroupHistory(), 1, "the move is in the host's database")
+	hist, err := hostStore.GroupHistory(ctx, id, 0)
+	require.NoError(t, err)
+	require.Len(t, hist, 1, "the move is in the host's database")
 
 	// The host restarts: groups and members come back from its store.
 	h.shutdown(t)

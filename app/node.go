@@ -52,16 +52,20 @@ type Event struct {
 }
 
 // Ready is the output of node steps since the previous Ready, to be carried
-// out in order: persist Batch, then send Frames, then publish Events.
+// out in order: send EarlyFrames (they depend on nothing in Batch), persist
+// Batch, then send Frames, then publish Events. Events of kind
+// EventDelivered depend on nothing in Batch either and may be published
+// before it is persisted.
 type Ready struct {
-	Batch  ports.Batch
-	Frames []mq.Outgoing
-	Events []Event
+	Batch       ports.Batch
+	EarlyFrames []mq.Outgoing
+	Frames      []mq.Outgoing
+	Events      []Event
 }
 
 // Empty reports whether there is nothing to do.
 func (r *Ready) Empty() bool {
-	return r.Batch.Empty() && len(r.Frames) == 0 && len(r.Events) == 0
+	return r.Batch.Empty() && len(r.EarlyFrames) == 0 && len(r.Frames) == 0 && len(r.Events) == 0
 }
 
 // NodeOptions configure a Node.
@@ -256,6 +260,7 @@ func (n *Node) Ready() Ready {
 	for round := 0; ; round++ {
 		br := n.bus.Drain()
 		r.Batch.Bus = append(r.Batch.Bus, br.Changes...)
+		r.EarlyFrames = append(r.EarlyFrames, br.EarlyFrames...)
 		r.Frames = append(r.Frames, br.Frames...)
 		n.route(br)
 		gr := n.groups.Drain()
@@ -275,6 +280,12 @@ func (n *Node) Ready() Ready {
 		if len(gr.Sends) == 0 || round > 8 {
 			break
 		}
+	}
+	if len(r.Batch.Groups) > 0 && len(r.EarlyFrames) > 0 {
+		// Group messages announce group state (a welcome announces a member
+		// row): nothing leaves before that state is stored.
+		r.Frames = append(r.EarlyFrames, r.Frames...)
+		r.EarlyFrames = nil
 	}
 	r.Events = n.events
 	n.events = nil

@@ -129,10 +129,21 @@ func (r *Runtime) armTimer(t ports.Timer) {
 	t.Reset(max(at.Sub(r.clock.Now()), 0))
 }
 
-// flush carries out the node's Ready: persist, then send, then publish, then
-// complete the commands of this iteration.
+// flush carries out the node's Ready: send what depends on nothing stored,
+// persist, then send the rest, complete the commands of this iteration and
+// publish events.
 func (r *Runtime) flush(ctx context.Context, pending []command) error {
 	rd := r.node.Ready()
+	r.sendFrames(rd.EarlyFrames)
+	// Acknowledgements from peers need no local state: tell waiters now.
+	var later []Event
+	for _, ev := range rd.Events {
+		if ev.Kind == EventDelivered {
+			r.publish([]Event{ev})
+			continue
+		}
+		later = append(later, ev)
+	}
 	if !rd.Batch.Empty() {
 		if err := r.store.Apply(context.WithoutCancel(ctx), rd.Batch); err != nil {
 			err = fmt.Errorf("persist node state: %w", err)
@@ -144,18 +155,22 @@ func (r *Runtime) flush(ctx context.Context, pending []command) error {
 			return err
 		}
 	}
-	for _, o := range rd.Frames {
+	r.sendFrames(rd.Frames)
+	for _, c := range pending {
+		c.done <- nil
+	}
+	if len(later) > 0 {
+		r.publish(later)
+	}
+	return nil
+}
+
+func (r *Runtime) sendFrames(frames []mq.Outgoing) {
+	for _, o := range frames {
 		if err := r.tr.Send(o.To, o.Frame); err != nil && !errors.Is(err, ports.ErrBackpressure) {
 			r.log.Debug("transport send", "to", o.To, "err", err)
 		}
 	}
-	for _, c := range pending {
-		c.done <- nil
-	}
-	if len(rd.Events) > 0 {
-		r.publish(rd.Events)
-	}
-	return nil
 }
 
 func (r *Runtime) stop() {

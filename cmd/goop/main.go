@@ -14,6 +14,8 @@ import (
 	"syscall"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/goop-p2p/goop/simnet/simcli"
 )
 
 func main() {
@@ -89,6 +91,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			peerCommand(g, stdout),
 			benchCommand(g, stdout),
 			groupsCommand(stdout),
+			simcli.Command(),
 		},
 	}
 	return a

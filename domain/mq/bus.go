@@ -1,6 +1,7 @@
 package mq
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -26,6 +27,15 @@ type Options struct {
 	ReorderBuffer int
 	// DedupeWindow is how many message ids from compat (epoch-less) senders are remembered.
 	DedupeWindow int
+	// SeqReserve is how many sequence numbers per destination are reserved
+	// durably at a time. Because a restarted node resumes above its last
+	// reservation, a new message may be sent before its outbox row is stored
+	// without any risk of a sequence number being used twice.
+	SeqReserve int64
+	// UnsafeSkipDedupe is fault injection for simnet's self-test; never set in
+	// production. It makes the ordered receive path deliver a duplicate (seq
+	// below the cursor) again instead of only acknowledging it.
+	UnsafeSkipDedupe bool
 }
 
 // DefaultOptions are the bus settings of a real node: a 2 s first ack timeout
@@ -39,6 +49,7 @@ func DefaultOptions() Options {
 		MaxAttempts:   10,
 		ReorderBuffer: 4096,
 		DedupeWindow:  1 << 16,
+		SeqReserve:    1024,
 	}
 }
 
@@ -64,6 +75,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.DedupeWindow <= 0 {
 		o.DedupeWindow = d.DedupeWindow
+	}
+	if o.SeqReserve <= 0 {
+		o.SeqReserve = d.SeqReserve
 	}
 	return o
 }
@@ -96,7 +110,7 @@ const (
 	SetEpoch     ChangeKind = iota + 1 // Epoch
 	PutOutbox                          // Peer, Frame
 	DeleteOutbox                       // Peer, Seq
-	SetNextSeq                         // Peer, Seq = next seq to assign
+	SetNextSeq                         // Peer, Seq = reservation ceiling: no seq at or above it was used
 	SetCursor                          // Peer, Epoch, Seq = next seq to deliver
 )
 
@@ -131,18 +145,20 @@ type Result struct {
 	Reason string
 }
 
-// Ready is what the bus asks its runtime to do, in this order: persist
-// Changes, then send Frames, then hand Deliveries and Results to the app.
+// Ready is what the bus asks its runtime to do, in this order: send
+// EarlyFrames (they depend on nothing in Changes), persist Changes, then send
+// Frames, then hand Deliveries and Results to the app.
 type Ready struct {
-	Changes    []Change
-	Frames     []Outgoing
-	Deliveries []Delivery
-	Results    []Result
+	Changes     []Change
+	EarlyFrames []Outgoing
+	Frames      []Outgoing
+	Deliveries  []Delivery
+	Results     []Result
 }
 
 // Empty reports whether there is nothing to do.
 func (r *Ready) Empty() bool {
-	return len(r.Changes) == 0 && len(r.Frames) == 0 && len(r.Deliveries) == 0 && len(r.Results) == 0
+	return len(r.Changes) == 0 && len(r.EarlyFrames) == 0 && len(r.Frames) == 0 && len(r.Deliveries) == 0 && len(r.Results) == 0
 }
 
 type pending struct {
@@ -153,6 +169,7 @@ type pending struct {
 
 type dest struct {
 	next     int64      // next seq to assign
+	reserved int64      // durable ceiling: seqs below it may be assigned
 	queue    []*pending // unacked messages in seq order (acked ones popped from the head)
 	bySeq    map[int64]*pending
 	sent     int // number of queue entries (a prefix) that have been transmitted at least once
@@ -166,7 +183,13 @@ type source struct {
 	next  int64
 	buf   map[int64]Frame
 	dirty bool
+	// retired are earlier epochs of this sender seen since start: a late
+	// frame of a retired incarnation is acknowledged, never delivered.
+	retired []string
 }
+
+// maxRetiredEpochs bounds the retired epochs remembered per sender.
+const maxRetiredEpochs = 4
 
 // Bus is the sans-I/O state machine of one node's message bus. It is not safe
 // for concurrent use: one goroutine (or the simulator's scheduler) drives it.
@@ -184,6 +207,9 @@ type Bus struct {
 	active       map[PeerID]*dest
 	dirtyDests   []PeerID
 	dirtySources []PeerID
+	// mustPersistFirst: this Ready reserved sequence numbers or set the
+	// epoch, so no msg frame may leave before its Changes are stored.
+	mustPersistFirst bool
 }
 
 // NewBus restores a bus from its durable snapshot. If snap.Epoch is empty the
@@ -201,9 +227,11 @@ func NewBus(self PeerID, snap Snapshot, newEpoch string, opts Options) *Bus {
 	if b.epoch == "" {
 		b.epoch = newEpoch
 		b.out.Changes = append(b.out.Changes, Change{Kind: SetEpoch, Epoch: newEpoch})
+		b.mustPersistFirst = true
 	}
 	for p, n := range snap.NextSeq {
-		b.dest(p).next = n
+		d := b.dest(p)
+		d.next, d.reserved = n, n
 	}
 	entries := slices.Clone(snap.Outbox)
 	slices.SortFunc(entries, func(a, c OutboxEntry) int {
@@ -223,6 +251,7 @@ func NewBus(self PeerID, snap Snapshot, newEpoch string, opts Options) *Bus {
 		b.active[e.To] = d
 		if e.Frame.Seq >= d.next {
 			d.next = e.Frame.Seq + 1
+			d.reserved = d.next
 		}
 	}
 	for p, c := range snap.Cursors {
@@ -280,15 +309,23 @@ func (b *Bus) Send(now time.Time, to PeerID, id, topic string, payload []byte, o
 	if err := f.Validate(); err != nil {
 		return Frame{}, err
 	}
+	if !json.Valid(f.Payload) {
+		return Frame{}, fmt.Errorf("%w: payload is not valid JSON", ErrBadFrame)
+	}
 	d := b.dest(to)
 	if len(d.queue) >= b.opts.MaxPending {
 		return Frame{}, fmt.Errorf("%w (%d messages to %s)", ErrQueueFull, len(d.queue), to)
 	}
 	f.Seq = d.next
 	d.next++
-	if !d.seqDirty {
-		d.seqDirty = true
-		b.dirtyDests = append(b.dirtyDests, to)
+	if f.Seq >= d.reserved {
+		// A new block: persisted before any frame of this Ready goes out.
+		d.reserved = f.Seq + b.opts.SeqReserve
+		b.mustPersistFirst = true
+		if !d.seqDirty {
+			d.seqDirty = true
+			b.dirtyDests = append(b.dirtyDests, to)
+		}
 	}
 	b.active[to] = d
 	p := &pending{f: f}
@@ -331,8 +368,21 @@ func (b *Bus) Receive(now time.Time, from PeerID, f Frame) {
 		return
 	}
 	s := b.sources[from]
+	if s != nil && s.epoch != f.Epoch && slices.Contains(s.retired, f.Epoch) {
+		// A delayed frame of the sender's previous incarnation: that outbox
+		// is gone, so only stop its retransmissions.
+		b.out.Frames = append(b.out.Frames, Outgoing{To: from, Frame: AckFor(&f)})
+		return
+	}
 	if s == nil || s.epoch != f.Epoch {
-		s = &source{epoch: f.Epoch, next: 1, buf: map[int64]Frame{}}
+		ns := &source{epoch: f.Epoch, next: 1, buf: map[int64]Frame{}}
+		if s != nil {
+			ns.retired = append(slices.Clone(s.retired), s.epoch)
+			if len(ns.retired) > maxRetiredEpochs {
+				ns.retired = ns.retired[len(ns.retired)-maxRetiredEpochs:]
+			}
+		}
+		s = ns
 		b.sources[from] = s
 		b.markSource(from, s)
 	}
@@ -346,6 +396,11 @@ func (b *Bus) Receive(now time.Time, from PeerID, f Frame) {
 		b.markSource(from, s)
 	}
 	switch {
+	case f.Seq < s.next && b.opts.UnsafeSkipDedupe:
+		ack := AckFor(&f)
+		f.Epoch, f.Floor = "", 0
+		b.out.Deliveries = append(b.out.Deliveries, Delivery{From: from, Msg: f})
+		b.out.Frames = append(b.out.Frames, Outgoing{To: from, Frame: ack})
 	case f.Seq < s.next:
 		b.out.Frames = append(b.out.Frames, Outgoing{To: from, Frame: AckFor(&f)})
 	case f.Seq == s.next:
@@ -478,6 +533,9 @@ func (b *Bus) Tick(now time.Time) {
 func (b *Bus) retransmit(now time.Time, to PeerID, d *dest) {
 	kept := d.queue[:0]
 	for i, p := range d.queue {
+		if p.acked {
+			continue // acknowledged behind an unacknowledged head: already reported and deleted
+		}
 		if i < d.sent && p.attempts >= b.opts.MaxAttempts {
 			delete(d.bySeq, p.f.Seq)
 			b.out.Changes = append(b.out.Changes, Change{Kind: DeleteOutbox, Peer: to, Seq: p.f.Seq})
@@ -508,7 +566,7 @@ func (b *Bus) Drain() Ready {
 	for _, p := range b.dirtyDests {
 		d := b.dests[p]
 		d.seqDirty = false
-		b.out.Changes = append(b.out.Changes, Change{Kind: SetNextSeq, Peer: p, Seq: d.next})
+		b.out.Changes = append(b.out.Changes, Change{Kind: SetNextSeq, Peer: p, Seq: d.reserved})
 	}
 	b.dirtyDests = b.dirtyDests[:0]
 	slices.Sort(b.dirtySources)
@@ -520,5 +578,19 @@ func (b *Bus) Drain() Ready {
 	b.dirtySources = b.dirtySources[:0]
 	r := b.out
 	b.out = Ready{}
+	// Msg frames (new or retransmitted) depend only on the epoch and the
+	// sequence reservation; acks depend on the cursors in Changes.
+	if !b.mustPersistFirst {
+		var early, late []Outgoing
+		for _, o := range r.Frames {
+			if o.Frame.Type == TypeMsg {
+				early = append(early, o)
+			} else {
+				late = append(late, o)
+			}
+		}
+		r.EarlyFrames, r.Frames = early, late
+	}
+	b.mustPersistFirst = false
 	return r
 }
