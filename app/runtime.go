@@ -88,7 +88,9 @@ func (r *Runtime) Run(ctx context.Context) error {
 			r.node.Handle(r.clock.Now(), ev)
 		case c := <-r.cmds:
 			c.fn(r.clock.Now(), r.node)
-			pending = append(pending, c)
+			if c.done != nil {
+				pending = append(pending, c)
+			}
 		case <-timer.C():
 			r.node.Tick(r.clock.Now())
 		}
@@ -103,7 +105,9 @@ func (r *Runtime) Run(ctx context.Context) error {
 				r.node.Handle(r.clock.Now(), ev)
 			case c := <-r.cmds:
 				c.fn(r.clock.Now(), r.node)
-				pending = append(pending, c)
+				if c.done != nil {
+					pending = append(pending, c)
+				}
 			default:
 				break more
 			}
@@ -150,14 +154,18 @@ func (r *Runtime) flush(ctx context.Context, pending []command) error {
 			r.log.Error("stopping node: cannot persist", "err", err)
 			r.err = err
 			for _, c := range pending {
-				c.done <- err
+				if c.done != nil {
+					c.done <- err
+				}
 			}
 			return err
 		}
 	}
 	r.sendFrames(rd.Frames)
 	for _, c := range pending {
-		c.done <- nil
+		if c.done != nil {
+			c.done <- nil
+		}
 	}
 	if len(later) > 0 {
 		r.publish(later)
@@ -237,6 +245,35 @@ func (r *Runtime) Send(ctx context.Context, to mq.PeerID, topic string, payload 
 		return mq.Frame{}, err
 	}
 	return f, serr
+}
+
+// Post queues a message without waiting for it to be stored: it becomes
+// durable with the node's next flush (microseconds later under load), so a
+// crash in between may lose it, and the caller was not told otherwise. Use it
+// to pipeline many messages; use Send when the caller must know the message
+// is stored. Bad input is refused at once; a refusal found on the node's
+// goroutine (e.g. mq.ErrQueueFull) is published as an EventFailed. Post
+// blocks only while the node's command queue is full.
+func (r *Runtime) Post(ctx context.Context, to mq.PeerID, topic string, payload []byte) error {
+	if err := mq.ValidateTopic(topic); err != nil {
+		return err
+	}
+	if len(payload) > mq.MaxPayloadBytes {
+		return fmt.Errorf("%w: %d bytes (max %d)", mq.ErrPayloadTooLarge, len(payload), mq.MaxPayloadBytes)
+	}
+	c := command{fn: func(now time.Time, n *Node) {
+		if _, err := n.Send(now, to, topic, payload, ""); err != nil {
+			n.events = append(n.events, Event{Kind: EventFailed, Peer: to, Topic: topic, Reason: err.Error()})
+		}
+	}}
+	select {
+	case r.cmds <- c:
+		return nil
+	case <-r.stopped:
+		return ErrStopped
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // SendWait queues a message durably and waits until the peer's node

@@ -207,3 +207,26 @@ func seedOf(id mq.PeerID) uint64 {
 	}
 	return h
 }
+
+func TestPostPipelinesInOrder(t *testing.T) {
+	net := memory.NewNetwork()
+	a := startNode(t, net, "A", memory.NewStore(), app.NodeOptions{})
+	b := startNode(t, net, "B", memory.NewStore(), app.NodeOptions{})
+	sub := b.rt.Subscribe(2048)
+	defer sub.Close()
+	ctx := context.Background()
+	for i := 0; i < 500; i++ {
+		require.NoError(t, a.rt.Post(ctx, "B", fmt.Sprintf("t%d", i), []byte(`1`)))
+	}
+	for i := 0; i < 500; i++ {
+		ev := waitEvent(t, sub, app.EventMessage)
+		require.Equal(t, fmt.Sprintf("t%d", i), ev.Topic)
+	}
+	assert.ErrorIs(t, a.rt.Post(ctx, "B", "", nil), mq.ErrBadFrame)
+	assert.ErrorIs(t, a.rt.Post(ctx, "B", "t", make([]byte, mq.MaxPayloadBytes+1)), mq.ErrPayloadTooLarge)
+	asub := a.rt.Subscribe(16)
+	defer asub.Close()
+	require.NoError(t, a.rt.Post(ctx, "B", "t", []byte("{bad")), "JSON is checked on the node's goroutine")
+	ev := waitEvent(t, asub, app.EventFailed)
+	assert.Contains(t, ev.Reason, "JSON")
+}

@@ -298,8 +298,9 @@ func roundTrips(ctx context.Context, a, b *node.Running, n int, payload []byte) 
 }
 
 // throughput sends count one-way messages from a to b with `senders`
-// goroutines calling Runtime.Send, and returns messages per second until b's
-// application received them all.
+// goroutines calling Runtime.Post (pipelined: each message is stored with the
+// node's next batch), and returns messages per second until b's application
+// received them all.
 func throughput(ctx context.Context, a, b *node.Running, senders, count int, payload []byte) (float64, error) {
 	topic := "bench.tput." + strconv.Itoa(senders)
 	from := mq.PeerID(a.PeerID.String())
@@ -332,7 +333,7 @@ func throughput(ctx context.Context, a, b *node.Running, senders, count int, pay
 		go func() {
 			defer wg.Done()
 			for i := 0; i < n; i++ {
-				if _, err := a.Runtime.Send(ctx, to, topic, payload); err != nil {
+				if err := a.Runtime.Post(ctx, to, topic, payload); err != nil {
 					errs <- err
 					return
 				}
