@@ -54,6 +54,9 @@ type Options struct {
 	Bus mq.Options
 	// Init tunes the creation of a missing peer folder.
 	Init InitOptions
+	// BeforeRun, if set, is called with the runtime before it starts, e.g. to
+	// subscribe to events without missing any a restarted node delivers.
+	BeforeRun func(*app.Runtime)
 }
 
 // Running is a started node. Its fields are set by Start and read-only.
@@ -208,6 +211,9 @@ func Start(ctx context.Context, dir string, opts Options) (_ *Running, err error
 	nd := app.NewNode(self, app.State{Bus: snap}, system.Rand{}, app.NodeOptions{Bus: opts.Bus})
 	rt := app.NewRuntime(nd, tr, st, system.Clock{}, log)
 	r.Runtime = rt
+	if opts.BeforeRun != nil {
+		opts.BeforeRun(rt)
+	}
 	runCtx, stopRun := context.WithCancel(context.WithoutCancel(ctx))
 	r.stopRun = stopRun
 	r.runDone = make(chan struct{})
