@@ -97,6 +97,9 @@ func (b *Batch) Empty() bool { return len(b.Bus) == 0 && len(b.Groups) == 0 }
 type Store interface {
 	// LoadBus returns the bus snapshot (empty for a new store).
 	LoadBus(ctx context.Context) (mq.Snapshot, error)
+	// LoadGroups returns the group snapshot (empty for a new store) in a
+	// deterministic order; its maps are never nil.
+	LoadGroups(ctx context.Context) (group.Snapshot, error)
 	// Apply persists a batch atomically: all of it or none of it.
 	Apply(ctx context.Context, b Batch) error
 	// Close flushes and closes the store.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/goop-p2p/goop/app"
@@ -32,6 +33,47 @@ func (s *server) registerGroups(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/groups/meta", s.groupsMeta)
 	mux.HandleFunc("POST /api/groups/max-members", s.groupsMaxMembers)
 	mux.HandleFunc("GET /api/groups/events", s.groupsEvents)
+	mux.HandleFunc("GET /api/groups/history", s.groupsHistory)
+}
+
+// HistoryJSON is one relayed message kept by the host.
+type HistoryJSON struct {
+	From    string          `json:"from"`
+	Type    string          `json:"type"`
+	Payload json.RawMessage `json:"payload"`
+	At      int64           `json:"at"` // unix ms
+}
+
+func (s *server) groupsHistory(w http.ResponseWriter, r *http.Request) {
+	if s.d.GroupHistory == nil {
+		writeError(w, http.StatusNotImplemented, "this node keeps no group history")
+		return
+	}
+	q := r.URL.Query()
+	id := q.Get("group_id")
+	if !requireGroupID(w, id) {
+		return
+	}
+	limit := 0
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": fmt.Sprintf("limit %q must be a positive integer", truncate(v, 20)), "code": group.CodeInvalid})
+			return
+		}
+		limit = n
+	}
+	hist, err := s.d.GroupHistory(r.Context(), id, limit)
+	if err != nil {
+		s.d.Log.Warn("group history", "group", id, "err", err)
+		writeError(w, http.StatusInternalServerError, "reading history: "+err.Error())
+		return
+	}
+	out := make([]HistoryJSON, 0, len(hist))
+	for _, h := range hist {
+		out = append(out, HistoryJSON{From: string(h.From), Type: h.Type, Payload: h.Payload, At: h.At.UnixMilli()})
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 // GroupJSON is a hosted group row: Goop2's _groups columns plus ours.

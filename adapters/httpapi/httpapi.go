@@ -32,6 +32,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/goop-p2p/goop/app"
+	"github.com/goop-p2p/goop/domain/group"
 	"github.com/goop-p2p/goop/domain/mq"
 )
 
@@ -82,6 +83,9 @@ type Deps struct {
 	// EventBuffer is each SSE client's event buffer; a client that falls
 	// further behind is disconnected (default 1024).
 	EventBuffer int
+	// GroupHistory reads the messages the host relayed in a group, newest
+	// last (nil: the history route answers 501).
+	GroupHistory func(ctx context.Context, groupID string, limit int) ([]group.HistoryEntry, error)
 }
 
 type server struct {

@@ -23,6 +23,7 @@ func (s *server) registerUI(mux *http.ServeMux) {
 			_, _ = w.Write(b)
 		}
 	}
+	mux.HandleFunc("GET /{$}", page("index.html"))
 	mux.HandleFunc("GET /groups", page("groups.html"))
 	mux.Handle("GET /sdk/", http.StripPrefix("", withUIHeaders(files)))
 	mux.Handle("GET /ui/", http.StripPrefix("/ui", withUIHeaders(files)))

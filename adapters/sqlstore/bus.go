@@ -144,16 +144,25 @@ const (
 	maxDeleteTerms = 100
 )
 
-// Apply implements ports.Store: it persists the batch in one transaction,
-// all of it or none of it. The changes are coalesced first: for each outbox
-// row, setting and cursor only the net effect of the batch is written (a
+// Apply implements ports.Store: it persists the batch, bus and group
+// changes, in one transaction, all of it or none of it. The changes are
+// coalesced first: for each outbox row, setting, cursor, group, member,
+// invite and subscription only the net effect of the batch is written (a
 // PutOutbox cancelled by a later DeleteOutbox of the same row is not
-// inserted), with multi-row statements. A batch holding an invalid change
-// (unknown kind, PutOutbox without a msg frame or with a frame whose seq is
-// not the change's, a string with a NUL byte or invalid UTF-8) is refused
-// as a whole.
+// inserted; of several PutGroup of a group the last wins; a DeleteGroup
+// also deletes the group's members and invites, not its history), with
+// multi-row statements. History rows are appended in order, and each group
+// that got some keeps only its newest HistoryLimit rows. A batch holding an
+// invalid change (unknown kind, PutOutbox without a msg frame or with a
+// frame whose seq is not the change's, a group change without its record or
+// whose record's keys are not the change's, a string with a NUL byte or
+// invalid UTF-8) is refused as a whole, with an error naming the change.
 func (s *Store) Apply(ctx context.Context, b ports.Batch) error {
 	p, err := planBus(b.Bus)
+	if err != nil {
+		return fmt.Errorf("sqlstore: apply: %w", err)
+	}
+	gp, err := planGroups(b.Groups)
 	if err != nil {
 		return fmt.Errorf("sqlstore: apply: %w", err)
 	}
@@ -166,10 +175,25 @@ func (s *Store) Apply(ctx context.Context, b ports.Batch) error {
 		return nil
 	}
 	err = s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-		return s.applyPlan(ctx, tx, p)
+		st := &stepper{s: s}
+		if err := s.applyPlan(ctx, tx, st, p); err != nil {
+			return err
+		}
+		return s.applyGroupPlan(ctx, tx, st, gp)
 	})
 	if err != nil {
-		return fmt.Errorf("sqlstore: apply %d changes: %w", len(b.Bus), err)
+		// The transaction rolled back, or its commit failed and may or may
+		// not have happened: recount history from the database next time.
+		s.histCounts = nil
+		return fmt.Errorf("sqlstore: apply %d changes: %w", len(b.Bus)+len(b.Groups), err)
+	}
+	if len(gp.counts) > 0 {
+		if s.histCounts == nil {
+			s.histCounts = make(map[string]int, len(gp.counts))
+		}
+		for g, n := range gp.counts {
+			s.histCounts[g] = n
+		}
 	}
 	return nil
 }
@@ -282,8 +306,7 @@ func (st *stepper) exec(ctx context.Context, q execQuery) error {
 	return nil
 }
 
-func (s *Store) applyPlan(ctx context.Context, tx bun.Tx, p *busPlan) error {
-	st := &stepper{s: s}
+func (s *Store) applyPlan(ctx context.Context, tx bun.Tx, st *stepper, p *busPlan) error {
 	if p.setEpoch {
 		row := metaRow{Key: metaKeyEpoch, Value: p.epoch}
 		q := tx.NewInsert().Model(&row).On("CONFLICT (key) DO UPDATE")

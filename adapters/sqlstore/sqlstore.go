@@ -64,8 +64,9 @@ type Config struct {
 }
 
 // Store is a ports.Store on a SQL database. It is safe for concurrent use;
-// LoadBus, Apply and Close are serialized with each other and block until
-// the database answers. On SQLite (WAL, synchronous=NORMAL) a committed
+// its methods (LoadBus, LoadGroups, Apply, GroupHistory, PublicGroups and
+// Close) are serialized with each other and block until the database
+// answers. On SQLite (WAL, synchronous=NORMAL) a committed
 // Apply survives a crash of the process; the last commits before a power
 // loss or OS crash may be lost, never half of one.
 type Store struct {
@@ -81,6 +82,15 @@ type Store struct {
 	// Apply transaction with the number of statements done so far; an error
 	// aborts the transaction as a failing statement would.
 	afterStep func(step int) error
+	// historyLimit, when positive (tests only), replaces HistoryLimit as the
+	// number of history rows Apply keeps per group.
+	historyLimit int
+	// histCounts caches the committed number of history rows per group, so
+	// that pruning walks only the rows it deletes. Apply fills it lazily
+	// (one count per group and process) and drops it when a transaction
+	// fails. It relies on this Store being the only writer of
+	// _group_history. Guarded by mu.
+	histCounts map[string]int
 }
 
 var schemaName = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
@@ -234,7 +244,7 @@ func (s *Store) DB() *bun.DB { return s.db }
 func (s *Store) Driver() string { return s.driver }
 
 // Close checkpoints the SQLite write-ahead log and closes the database. It is
-// idempotent; LoadBus and Apply return ports.ErrClosed afterwards.
+// idempotent; the other methods return ports.ErrClosed afterwards.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -110,7 +110,10 @@ func TestMigrationsApplyOnceAndAreRecorded(t *testing.T) {
 		assert.Equal(t, int64(1), rows[0].Version)
 		assert.Equal(t, "bus tables", rows[0].Name)
 		assert.False(t, rows[0].AppliedAt.IsZero())
-		for _, table := range []string{"_mq_meta", "_mq_outbox", "_mq_next_seq", "_mq_cursors"} {
+		assert.Equal(t, int64(2), rows[1].Version)
+		assert.Equal(t, "group tables", rows[1].Name)
+		for _, table := range []string{"_mq_meta", "_mq_outbox", "_mq_next_seq", "_mq_cursors",
+			"_groups", "_group_members", "_group_subscriptions", "_group_invites", "_group_history"} {
 			var n int
 			require.NoError(t, s.DB().NewSelect().TableExpr("?", bun.Ident(table)).ColumnExpr("count(*)").Scan(context.Background(), &n), table)
 			assert.Zero(t, n, table)
@@ -134,11 +137,14 @@ type testTable struct {
 
 func TestMigrationsAppendInOrder(t *testing.T) {
 	ctx := context.Background()
+	base := Migrations()
+	last := base[len(base)-1].Version
+	v1, v2, v3 := last+1, last+2, last+3
 	var order []int
 	step := func(v int, name string, fail bool) Migration {
 		return Migration{Version: v, Name: name, Up: func(ctx context.Context, tx bun.Tx) error {
 			order = append(order, v)
-			if v == 2 {
+			if v == v1 {
 				if _, err := tx.NewCreateTable().Model((*testTable)(nil)).Exec(ctx); err != nil {
 					return err
 				}
@@ -153,29 +159,28 @@ func TestMigrationsAppendInOrder(t *testing.T) {
 			return nil
 		}}
 	}
-	base := Migrations()
 	forEachBackend(t, func(t *testing.T, newDB func(testing.TB) Config) {
 		cfg := newDB(t)
 		order = nil
 		// Registered out of order: applied in version order.
-		migs := slices.Concat(base, []Migration{step(3, "three", false), step(2, "two", false)})
+		migs := slices.Concat(base, []Migration{step(v2, "two", false), step(v1, "one", false)})
 		s, err := openWith(ctx, cfg, sortMigs(migs))
 		require.NoError(t, err)
-		assert.Equal(t, []int{2, 3}, order)
+		assert.Equal(t, []int{v1, v2}, order)
 		require.NoError(t, s.Close())
 
 		// A failing migration leaves no trace and fails Open.
 		order = nil
-		_, err = openWith(ctx, cfg, sortMigs(append(migs, step(4, "four", true))))
-		require.ErrorContains(t, err, "migration 4 (four): boom")
-		assert.Equal(t, []int{4}, order)
+		_, err = openWith(ctx, cfg, sortMigs(append(migs, step(v3, "three", true))))
+		require.ErrorContains(t, err, fmt.Sprintf("migration %d (three): boom", v3))
+		assert.Equal(t, []int{v3}, order)
 
 		s, err = openWith(ctx, cfg, sortMigs(migs))
 		require.NoError(t, err)
 		defer s.Close()
 		rows := appliedMigrations(t, s)
 		require.Len(t, rows, len(base)+2)
-		assert.Equal(t, int64(3), rows[len(rows)-1].Version)
+		assert.Equal(t, int64(v2), rows[len(rows)-1].Version)
 		n, err := s.DB().NewSelect().Model((*testTable)(nil)).Count(ctx)
 		require.NoError(t, err)
 		assert.Zero(t, n, "the failed migration's insert was rolled back")
@@ -348,6 +353,14 @@ func TestClosedStore(t *testing.T) {
 		_, err := s.LoadBus(context.Background())
 		assert.ErrorIs(t, err, ports.ErrClosed)
 		err = s.Apply(context.Background(), ports.Batch{Bus: baseBatch()})
+		assert.ErrorIs(t, err, ports.ErrClosed)
+		_, err = s.LoadGroups(context.Background())
+		assert.ErrorIs(t, err, ports.ErrClosed)
+		_, err = s.GroupHistory(context.Background(), "g1", 10)
+		assert.ErrorIs(t, err, ports.ErrClosed)
+		_, err = s.PublicGroups(context.Background())
+		assert.ErrorIs(t, err, ports.ErrClosed)
+		err = s.Apply(context.Background(), ports.Batch{Groups: baseGroupBatch()})
 		assert.ErrorIs(t, err, ports.ErrClosed)
 	})
 }

@@ -74,7 +74,7 @@ func benchCommand(g *globals, stdout io.Writer) *cli.Command {
 				}
 				return res.writeTable(stdout)
 			},
-		}},
+		}, benchGroupsCommand(g, stdout)},
 	}
 }
 

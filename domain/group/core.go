@@ -383,6 +383,54 @@ func validText(s string, max int) bool {
 	return true
 }
 
+// clean makes a string from a remote peer safe to store and show: valid
+// UTF-8, no control characters, at most max bytes.
+func clean(s string, max int) string {
+	if validText(s, max) {
+		return s
+	}
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 && r != '\t' || r == 0x7f {
+			return -1
+		}
+		return r
+	}, s)
+	for len(s) > max {
+		_, size := utf8.DecodeLastRuneInString(s)
+		s = s[:len(s)-size]
+	}
+	return s
+}
+
+// cleanWord keeps a remote identifier-like value (type, role) only if valid.
+func cleanWord(s string) string {
+	if ValidID(s) {
+		return s
+	}
+	return ""
+}
+
+// cleanEnum keeps a remote value only if it is one of the allowed ones.
+func cleanEnum(s string, allowed ...string) string {
+	if slices.Contains(allowed, s) {
+		return s
+	}
+	return ""
+}
+
+// cleanMembers sanitises a member list from a host.
+func cleanMembers(ms []Member) []Member {
+	out := make([]Member, 0, len(ms))
+	for _, m := range ms {
+		if m.PeerID == "" || len(m.PeerID) > mq.MaxPeerIDBytes || !validText(m.PeerID, mq.MaxPeerIDBytes) {
+			continue
+		}
+		out = append(out, Member{PeerID: m.PeerID, Name: clean(m.Name, MaxNameBytes), Role: cleanWord(m.Role), JoinedAt: m.JoinedAt})
+	}
+	return out
+}
+
 func validRole(r string) bool {
 	return r != "" && len(r) <= MaxRoleBytes && ValidID(r)
 }
@@ -970,6 +1018,16 @@ func (c *Core) memberReceive(now time.Time, s *subscription, host PeerID, id, ty
 		if json.Unmarshal(payload, &w) != nil {
 			return
 		}
+		// Everything here came from the host: make it safe to store and show.
+		w.GroupName, w.GroupType, w.Role = clean(w.GroupName, MaxNameBytes), cleanWord(w.GroupType), cleanWord(w.Role)
+		w.Lifecycle, w.Access = cleanEnum(w.Lifecycle, Persistent, Ephemeral), cleanEnum(w.Access, Open, InviteOnly)
+		w.Members = cleanMembers(w.Members)
+		if w.MaxMembers < 0 {
+			w.MaxMembers = 0
+		}
+		if len(w.State) > MaxStateBytes {
+			w.State = nil
+		}
 		wasJoined := s.state == subJoined
 		s.state = subJoined
 		s.restored = false
@@ -1014,6 +1072,7 @@ func (c *Core) memberReceive(now time.Time, s *subscription, host PeerID, id, ty
 		if json.Unmarshal(payload, &mp) != nil {
 			return
 		}
+		mp.Members = cleanMembers(mp.Members)
 		s.members = mp.Members
 		if r := roleOf(mp.Members, c.self); r != "" && r != s.s.Role {
 			s.s.Role = r
@@ -1040,6 +1099,11 @@ func (c *Core) memberReceive(now time.Time, s *subscription, host PeerID, id, ty
 		if json.Unmarshal(payload, &m) != nil {
 			return
 		}
+		m.GroupName, m.GroupType = clean(m.GroupName, MaxNameBytes), cleanWord(m.GroupType)
+		if m.MaxMembers < 0 {
+			m.MaxMembers = 0
+		}
+		payload = mustJSON(m)
 		s.s.GroupName, s.s.MaxMembers = m.GroupName, m.MaxMembers
 		if m.GroupType != "" {
 			s.s.GroupType = m.GroupType

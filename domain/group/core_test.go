@@ -663,3 +663,36 @@ func bytesOf(c byte, n int) []byte {
 	}
 	return b
 }
+
+func TestRemoteTextIsSanitisedBeforeStoring(t *testing.T) {
+	w := newWorld(t, "A")
+	a := w.nodes["A"].core
+	require.NoError(t, a.Join(w.now, "EVIL", gid))
+	w.settle()
+	welcome := []byte(`{"group_name":"bad\u0000name\u0007","group_type":"x\u0000","role":"r\u0000",` +
+		`"lifecycle":"\u0000","access":"weird","max_members":-5,"members":[{"peer_id":"A","name":"n\u0000","role":"ok"},{"peer_id":"\u0000"}]}`)
+	require.True(t, a.Receive(w.now, "EVIL", Topic(gid, TypeWelcome), welcome, ""))
+	meta := []byte(`{"group_name":"m\u0000","group_type":"\u0001","max_members":-1}`)
+	require.True(t, a.Receive(w.now, "EVIL", Topic(gid, TypeMeta), meta, ""))
+	r := a.Drain()
+	for _, c := range r.Changes {
+		if c.Sub == nil {
+			continue
+		}
+		for _, s := range []string{c.Sub.GroupName, c.Sub.GroupType, c.Sub.Role, c.Sub.Lifecycle, c.Sub.Access} {
+			assert.NotContains(t, s, "\x00")
+			assert.NotContains(t, s, "\x07")
+		}
+		assert.GreaterOrEqual(t, c.Sub.MaxMembers, 0)
+	}
+	sv, ok := a.Subscription("EVIL", gid)
+	require.True(t, ok)
+	assert.Equal(t, "m", sv.Sub.GroupName, "control characters removed")
+	assert.Len(t, sv.Members, 1, "a member without a usable peer id is dropped")
+	assert.Equal(t, "n", sv.Members[0].Name)
+	for _, ev := range r.Events {
+		if ev.Type == EvMeta {
+			assert.NotContains(t, string(ev.Payload), "\\u0000")
+		}
+	}
+}

@@ -103,10 +103,3 @@ func (s *Store) LoadGroups(context.Context) (group.Snapshot, error) {
 	defer s.mu.Unlock()
 	return s.groups.Snapshot(), nil
 }
-
-// GroupHistory returns the relayed messages kept for groups (tests).
-func (s *Store) GroupHistory() []group.HistoryEntry {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.Clone(s.groups.History)
-}

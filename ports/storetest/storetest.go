@@ -1,6 +1,6 @@
 // Package storetest is the behavioural contract of ports.Store, run by every
 // implementation's tests (the in-memory fake and the SQL adapters) so that
-// they all keep the semantics the bus relies on.
+// they all keep the semantics the bus and the group core rely on.
 package storetest
 
 import (
@@ -21,11 +21,13 @@ import (
 	"github.com/goop-p2p/goop/ports"
 )
 
-// RunStoreContract runs the contract scenarios as subtests. open must return
-// a new, empty store for each call; RunStoreContract closes it.
+// RunStoreContract runs the contract scenarios, bus then groups, as
+// subtests. open must return a new, empty store for each call;
+// RunStoreContract closes it. Group scenarios that need GroupHistory or
+// PublicGroups skip stores that are not a GroupStore.
 func RunStoreContract(t *testing.T, open func(t *testing.T) ports.Store) {
 	t.Helper()
-	for _, sc := range scenarios {
+	for _, sc := range slices.Concat(scenarios, groupScenarios) {
 		t.Run(sc.name, func(t *testing.T) {
 			st := open(t)
 			t.Cleanup(func() { assert.NoError(t, st.Close()) })

@@ -29,6 +29,7 @@ import (
 	"github.com/goop-p2p/goop/adapters/sqlstore"
 	"github.com/goop-p2p/goop/adapters/system"
 	"github.com/goop-p2p/goop/app"
+	"github.com/goop-p2p/goop/domain/group"
 	"github.com/goop-p2p/goop/domain/mq"
 	"github.com/goop-p2p/goop/ports"
 )
@@ -52,6 +53,8 @@ type Options struct {
 	MQ p2p.MQOptions
 	// Bus tunes the bus core (zero: mq.DefaultOptions).
 	Bus mq.Options
+	// Groups tunes the group core (zero: group.DefaultConfig).
+	Groups group.Config
 	// Init tunes the creation of a missing peer folder.
 	Init InitOptions
 	// BeforeRun, if set, is called with the runtime before it starts, e.g. to
@@ -207,8 +210,13 @@ func Start(ctx context.Context, dir string, opts Options) (_ *Running, err error
 	if err != nil {
 		return nil, fmt.Errorf("load node state: %w", err)
 	}
+	gsnap, err := st.LoadGroups(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("load groups: %w", err)
+	}
 	self := mq.PeerID(h.ID().String())
-	nd := app.NewNode(self, app.State{Bus: snap}, system.Rand{}, app.NodeOptions{Bus: opts.Bus})
+	nd := app.NewNode(self, app.State{Bus: snap, Groups: gsnap}, system.Rand{},
+		app.NodeOptions{Bus: opts.Bus, Groups: opts.Groups, Label: cfg.Profile.Label})
 	rt := app.NewRuntime(nd, tr, st, system.Clock{}, log)
 	r.Runtime = rt
 	if opts.BeforeRun != nil {
@@ -230,10 +238,11 @@ func Start(ctx context.Context, dir string, opts Options) (_ *Running, err error
 	r.stopHTTP = stopHTTP
 	r.srv = &http.Server{
 		Handler: httpapi.New(httpapi.Deps{
-			Runtime: rt,
-			Label:   cfg.Profile.Label,
-			Addrs:   func() []string { return hostAddrs(h) },
-			Log:     log,
+			Runtime:      rt,
+			Label:        cfg.Profile.Label,
+			Addrs:        func() []string { return hostAddrs(h) },
+			Log:          log,
+			GroupHistory: st.GroupHistory,
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,

@@ -1,0 +1,1034 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	ma "github.com/multiformats/go-multiaddr"
+	"github.com/urfave/cli/v2"
+
+	"github.com/goop-p2p/goop/adapters/p2p"
+	"github.com/goop-p2p/goop/app"
+	"github.com/goop-p2p/goop/cmd/goop/node"
+	"github.com/goop-p2p/goop/domain/group"
+	"github.com/goop-p2p/goop/domain/mq"
+)
+
+// Limits and timeouts of `goop bench groups`.
+const (
+	// groupsMaxMembers bounds --members: every member is a full node in this process.
+	groupsMaxMembers = 200
+	// groupsStartParallel is how many nodes start at once.
+	groupsStartParallel = 4
+	// groupsWarmup is how many unrecorded messages precede the latency measures.
+	groupsWarmup = 20
+	// groupsSendBatch and groupsSenders shape the pipelined sender of the
+	// throughput measures: groupsSenders goroutines, each running one
+	// Runtime.Do with groupsSendBatch SendToGroup calls at a time.
+	groupsSendBatch = 16
+	groupsSenders   = 4
+	// groupsMsgWait bounds waiting for one message's deliveries (latency).
+	groupsMsgWait = 30 * time.Second
+	// groupsAllWait bounds waiting for all deliveries of a throughput measure
+	// or for a slow member to catch up.
+	groupsAllWait = 3 * time.Minute
+)
+
+func benchGroupsCommand(g *globals, stdout io.Writer) *cli.Command {
+	return &cli.Command{
+		Name:  "groups",
+		Usage: "measure host-relayed group fan-out between real nodes on 127.0.0.1",
+		Description: "Starts a host node and max(--members) member nodes (plus one more for the slow\n" +
+			"member measure) in this process (temporary folders, SQLite stores, libp2p on\n" +
+			"127.0.0.1). For each N in --members the host creates an open, persistent realtime\n" +
+			"group that N members join, and measures, with JSON payloads of --payload-bytes:\n" +
+			"  - latency: messages sent one after the other, each waiting for all its\n" +
+			"    deliveries; one sample per (message, receiving member): from before the\n" +
+			"    sender's Runtime.Do until the receiver's runtime published the group msg event.\n" +
+			"    Once with a member sending (member -> host -> N-1 others), once with the host.\n" +
+			"  - throughput: --messages sent pipelined (4 goroutines, 16 sends per Runtime.Do),\n" +
+			"    deliveries per second at all receivers until the last one arrived.\n" +
+			"  - slow member: one more member joins through a TCP proxy on 127.0.0.1 that\n" +
+			"    delays every chunk by --slow-ms in each direction (a delay line: latency, not a\n" +
+			"    bandwidth cap). The others' latency and throughput are measured with the proxy\n" +
+			"    at 0 ms and at --slow-ms.",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "json", Usage: "print the results as one JSON object"},
+			&cli.StringFlag{Name: "members", Value: "10,50", Usage: "comma-separated group sizes N (members besides the host)"},
+			&cli.IntFlag{Name: "messages", Value: 500, Usage: "messages per latency and per throughput measure"},
+			&cli.IntFlag{Name: "payload-bytes", Value: 1024, Usage: "size of each message's JSON payload"},
+			&cli.IntFlag{Name: "slow-ms", Value: 100, Usage: "delay of the slow member's link each way (0: skip the slow member measure)"},
+			&cli.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile of the measures (not the start-up) to `FILE`"},
+		},
+		Action: func(c *cli.Context) error {
+			opts := groupsBenchOptions{Messages: c.Int("messages"), PayloadBytes: c.Int("payload-bytes"),
+				SlowMS: c.Int("slow-ms"), CPUProfile: c.String("cpuprofile"), Log: g.log}
+			var err error
+			if opts.Members, err = parseMemberCounts(c.String("members")); err != nil {
+				return cli.Exit(err.Error(), exitUsage)
+			}
+			if opts.Messages < 10 || opts.Messages > 100_000 {
+				return cli.Exit("--messages must be between 10 and 100000", exitUsage)
+			}
+			if opts.PayloadBytes < minGroupsPayload || opts.PayloadBytes > mq.MaxPayloadBytes {
+				return cli.Exit(fmt.Sprintf("--payload-bytes must be between %d and %d", minGroupsPayload, mq.MaxPayloadBytes), exitUsage)
+			}
+			if opts.SlowMS < 0 || opts.SlowMS > 10_000 {
+				return cli.Exit("--slow-ms must be between 0 and 10000", exitUsage)
+			}
+			res, err := benchGroups(c.Context, opts)
+			if err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				return json.NewEncoder(stdout).Encode(res)
+			}
+			return res.writeTable(stdout)
+		},
+	}
+}
+
+// parseMemberCounts parses --members: distinct group sizes 2..groupsMaxMembers.
+func parseMemberCounts(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 2 || n > groupsMaxMembers {
+			return nil, fmt.Errorf("--members: %q is not a list of group sizes between 2 and %d", s, groupsMaxMembers)
+		}
+		if !slices.Contains(out, n) {
+			out = append(out, n)
+		}
+	}
+	return out, nil
+}
+
+// groupsBenchOptions configure benchGroups.
+type groupsBenchOptions struct {
+	// Members are the group sizes to measure (members besides the host).
+	Members      []int
+	Messages     int
+	PayloadBytes int
+	// SlowMS is the slow member's delay each way; 0 skips that measure.
+	SlowMS int
+	// CPUProfile, if set, receives a CPU profile of the measures.
+	CPUProfile string
+	Log        *slog.Logger
+}
+
+// groupsBenchResult is the output of `goop bench groups` (its --json form).
+type groupsBenchResult struct {
+	GoVersion    string `json:"go_version"`
+	CPUs         int    `json:"cpus"`
+	Messages     int    `json:"messages"`
+	PayloadBytes int    `json:"payload_bytes"`
+	// Nodes is how many nodes ran in this process (host, members, slow member).
+	Nodes int `json:"nodes"`
+	// StartMS is how long starting and connecting all nodes took.
+	StartMS float64     `json:"start_ms"`
+	Runs    []groupsRun `json:"runs"`
+}
+
+// groupsRun is the measures of one group size.
+type groupsRun struct {
+	Members int `json:"members"`
+	// Transport is the members' connection to the host (quic-v1 or tcp).
+	Transport string `json:"transport"`
+	// JoinMS is how long all members took to join (joins sent at once).
+	JoinMS float64 `json:"join_ms"`
+	// LatencyMemberSends: a member sends, the host relays to the N-1 others.
+	LatencyMemberSends latency `json:"latency_member_sends"`
+	// LatencyHostSends: the host sends to the N members.
+	LatencyHostSends latency `json:"latency_host_sends"`
+	// Deliveries per second at all receivers, messages pipelined.
+	DeliveriesPerSecHostSends   float64 `json:"deliveries_per_sec_host_sends"`
+	DeliveriesPerSecMemberSends float64 `json:"deliveries_per_sec_member_sends"`
+	// Slow is the slow member measure (absent with --slow-ms 0).
+	Slow *slowMemberRun `json:"slow_member,omitempty"`
+}
+
+// slowMemberRun compares the others' figures with one more member behind a
+// delaying proxy at 0 ms (baseline) and at DelayMS each way (slowed).
+type slowMemberRun struct {
+	DelayMS int `json:"delay_ms"`
+	// Others are the member-sends latency samples of the N-1 other members.
+	OthersBaseline latency `json:"others_latency_baseline"`
+	OthersSlowed   latency `json:"others_latency_slowed"`
+	// OthersP99Ratio is slowed p99 / baseline p99.
+	OthersP99Ratio float64 `json:"others_p99_ratio"`
+	// SlowMember is the slow member's own latency while slowed.
+	SlowMember latency `json:"slow_member_latency"`
+	// Deliveries per second at the N members (host sends, pipelined).
+	OthersDeliveriesPerSecBaseline float64 `json:"others_deliveries_per_sec_baseline"`
+	OthersDeliveriesPerSecSlowed   float64 `json:"others_deliveries_per_sec_slowed"`
+}
+
+func (r *groupsBenchResult) writeTable(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "goop bench groups: %d messages of %d payload bytes per measure, %d nodes on 127.0.0.1 (started in %.0f ms), %s, %d CPUs\n\n",
+		r.Messages, r.PayloadBytes, r.Nodes, r.StartMS, r.GoVersion, r.CPUs)
+	for _, run := range r.Runs {
+		fmt.Fprintf(tw, "N=%d members over %s (joined in %.0f ms)\tsamples\tmedian\tp99\tmean\t\n", run.Members, run.Transport, run.JoinMS)
+		row := func(name string, l latency) {
+			fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%s\t\n", name, l.N, fmtUS(l.MedianUS), fmtUS(l.P99US), fmtUS(l.MeanUS))
+		}
+		row("latency, member sends (via host)", run.LatencyMemberSends)
+		row("latency, host sends", run.LatencyHostSends)
+		fmt.Fprintf(tw, "  deliveries/s, host sends\t\t%.0f\t\t\t\n", run.DeliveriesPerSecHostSends)
+		fmt.Fprintf(tw, "  deliveries/s, member sends\t\t%.0f\t\t\t\n", run.DeliveriesPerSecMemberSends)
+		if s := run.Slow; s != nil {
+			row("others' latency, +1 member at 0 ms", s.OthersBaseline)
+			row(fmt.Sprintf("others' latency, +1 member at %d ms", s.DelayMS), s.OthersSlowed)
+			fmt.Fprintf(tw, "  others' p99 slowed / baseline\t\t%.2fx\t\t\t\n", s.OthersP99Ratio)
+			row(fmt.Sprintf("slow member's own latency (%d ms each way)", s.DelayMS), s.SlowMember)
+			fmt.Fprintf(tw, "  others' deliveries/s, +1 member at 0 ms\t\t%.0f\t\t\t\n", s.OthersDeliveriesPerSecBaseline)
+			fmt.Fprintf(tw, "  others' deliveries/s, +1 member at %d ms\t\t%.0f\t\t\t\n", s.DelayMS, s.OthersDeliveriesPerSecSlowed)
+		}
+		fmt.Fprintln(tw, "\t\t\t\t\t")
+	}
+	return tw.Flush()
+}
+
+// groupsBench is one run of benchGroups: the nodes, their event collectors
+// and the measure in progress.
+type groupsBench struct {
+	o       groupsBenchOptions
+	epoch   time.Time
+	host    *node.Running
+	members []*node.Running // the slow member, if any, is last
+	subs    []*app.Subscription
+	pad     string
+
+	cur       atomic.Pointer[groupsMeasure]
+	nextNonce uint64 // owned by the measuring goroutine
+	closing   atomic.Bool
+	lost      chan struct{} // closed when a collector's subscription ended
+	lostOnce  sync.Once
+	lostWho   atomic.Int64
+	wg        sync.WaitGroup
+}
+
+// groupsMeasure tracks the deliveries of messages first..first+n-1 in group
+// gid. Its fields are set before it is published to the collectors and not
+// changed after, except the atomics.
+type groupsMeasure struct {
+	gid   string
+	first uint64
+	n     int
+	slots int    // len(groupsBench.members)
+	await []bool // by member: deliveries counted in left/total
+	watch []bool // by member: deliveries counted in watchLeft
+	sent  []time.Duration
+	// at is each delivery's time since epoch, [msg*slots+member]; 0 = none yet.
+	at        []atomic.Int64
+	left      []atomic.Int32
+	done      []chan struct{}
+	total     atomic.Int64
+	allDone   chan struct{}
+	watchLeft atomic.Int64
+	watchDone chan struct{}
+	dups      atomic.Int64
+}
+
+func (b *groupsBench) now() time.Duration { return time.Since(b.epoch) }
+
+func (b *groupsBench) newMeasure(gid string, n int, await, watch []int) *groupsMeasure {
+	m := &groupsMeasure{gid: gid, first: b.nextNonce, n: n, slots: len(b.members),
+		await: make([]bool, len(b.members)), watch: make([]bool, len(b.members)),
+		sent: make([]time.Duration, n), at: make([]atomic.Int64, n*len(b.members)),
+		left: make([]atomic.Int32, n), done: make([]chan struct{}, n),
+		allDone: make(chan struct{}), watchDone: make(chan struct{})}
+	b.nextNonce += uint64(n)
+	for _, i := range await {
+		m.await[i] = true
+	}
+	for _, i := range watch {
+		m.watch[i] = true
+	}
+	for k := range m.done {
+		m.done[k] = make(chan struct{})
+		m.left[k].Store(int32(len(await)))
+	}
+	m.total.Store(int64(n * len(await)))
+	m.watchLeft.Store(int64(n * len(watch)))
+	if len(watch) == 0 {
+		close(m.watchDone)
+	}
+	return m
+}
+
+// deliver records that member i's runtime published message nonce.
+func (m *groupsMeasure) deliver(i int, nonce uint64, at time.Duration) {
+	if nonce < m.first || nonce >= m.first+uint64(m.n) || (!m.await[i] && !m.watch[i]) {
+		return
+	}
+	k := int(nonce - m.first)
+	if !m.at[k*m.slots+i].CompareAndSwap(0, int64(max(at, 1))) {
+		m.dups.Add(1)
+		return
+	}
+	if m.await[i] {
+		if m.left[k].Add(-1) == 0 {
+			close(m.done[k])
+		}
+		if m.total.Add(-1) == 0 {
+			close(m.allDone)
+		}
+	}
+	if m.watch[i] && m.watchLeft.Add(-1) == 0 {
+		close(m.watchDone)
+	}
+}
+
+// samples returns the delivery latencies of members (message by message).
+func (m *groupsMeasure) samples(members []int) []time.Duration {
+	out := make([]time.Duration, 0, m.n*len(members))
+	for k := 0; k < m.n; k++ {
+		for _, i := range members {
+			if at := m.at[k*m.slots+i].Load(); at > 0 {
+				out = append(out, time.Duration(at)-m.sent[k])
+			}
+		}
+	}
+	return out
+}
+
+// last returns the latest delivery time of members.
+func (m *groupsMeasure) last(members []int) time.Duration {
+	var last int64
+	for k := 0; k < m.n; k++ {
+		for _, i := range members {
+			last = max(last, m.at[k*m.slots+i].Load())
+		}
+	}
+	return time.Duration(last)
+}
+
+// collect follows member i's events until its subscription ends.
+func (b *groupsBench) collect(i int, sub *app.Subscription) {
+	defer b.wg.Done()
+	for ev := range sub.C {
+		if ev.Kind != app.EventGroup || ev.Group == nil || ev.Group.Type != group.EvMsg {
+			continue
+		}
+		at := b.now()
+		m := b.cur.Load()
+		if m == nil || ev.Group.Group != m.gid {
+			continue
+		}
+		if nonce, ok := parseNonce(ev.Group.Payload); ok {
+			m.deliver(i, nonce, at)
+		}
+	}
+	if !b.closing.Load() {
+		b.lostOnce.Do(func() {
+			b.lostWho.Store(int64(i))
+			close(b.lost)
+		})
+	}
+}
+
+// minGroupsPayload is the smallest --payload-bytes: room for the nonce.
+const minGroupsPayload = 32
+
+// payload is message nonce's JSON payload: {"n":nonce,"p":"xx…"} padded to
+// o.PayloadBytes (longer only if the nonce does not fit).
+func (b *groupsBench) payload(nonce uint64) []byte {
+	p := make([]byte, 0, b.o.PayloadBytes)
+	p = append(p, `{"n":`...)
+	p = strconv.AppendUint(p, nonce, 10)
+	p = append(p, `,"p":"`...)
+	if pad := b.o.PayloadBytes - len(p) - 2; pad > 0 {
+		p = append(p, b.pad[:pad]...)
+	}
+	return append(p, `"}`...)
+}
+
+// parseNonce reads the nonce of a payload made by groupsBench.payload.
+func parseNonce(p []byte) (uint64, bool) {
+	rest, ok := strings.CutPrefix(string(p[:min(len(p), 32)]), `{"n":`)
+	if !ok {
+		return 0, false
+	}
+	end := strings.IndexByte(rest, ',')
+	if end < 0 {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(rest[:end], 10, 64)
+	return n, err == nil
+}
+
+// benchGroups runs the group fan-out benchmark; see the bench groups command.
+func benchGroups(ctx context.Context, o groupsBenchOptions) (_ *groupsBenchResult, err error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Minute)
+	defer cancel()
+	if len(o.Members) == 0 || o.Messages < 1 || o.PayloadBytes < minGroupsPayload {
+		return nil, errors.New("bench groups: need group sizes, messages and a payload of at least 32 bytes")
+	}
+	root, err := os.MkdirTemp("", "goop-bench-groups-*")
+	if err != nil {
+		return nil, fmt.Errorf("bench groups: %w", err)
+	}
+	defer os.RemoveAll(root)
+
+	maxN := slices.Max(o.Members)
+	slots := maxN
+	if o.SlowMS > 0 {
+		slots++
+	}
+	b := &groupsBench{o: o, epoch: time.Now(), lost: make(chan struct{}), pad: strings.Repeat("x", o.PayloadBytes)}
+	res := &groupsBenchResult{GoVersion: runtime.Version(), CPUs: runtime.NumCPU(), Messages: o.Messages,
+		PayloadBytes: o.PayloadBytes, Nodes: 1 + slots}
+
+	t0 := time.Now()
+	defer func() {
+		b.closing.Store(true)
+		if cerr := b.closeNodes(); cerr != nil && err == nil {
+			err = fmt.Errorf("bench groups: stop nodes: %w", cerr)
+		}
+		b.wg.Wait()
+	}()
+	if err := b.startNodes(ctx, root, slots); err != nil {
+		return nil, fmt.Errorf("bench groups: %w", err)
+	}
+	// Members reach the host directly; the slow member through its proxy, later.
+	direct := b.members[:maxN]
+	var cerrs []error
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, m := range direct {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := p2p.ConnectPeers(ctx, m.Host, b.host.Addrs()); err != nil {
+				mu.Lock()
+				cerrs = append(cerrs, err)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(cerrs...); err != nil {
+		return nil, fmt.Errorf("bench groups: connect members to the host: %w", err)
+	}
+	var proxy *delayProxy
+	if o.SlowMS > 0 {
+		if proxy, err = b.connectSlow(ctx); err != nil {
+			return nil, fmt.Errorf("bench groups: slow member: %w", err)
+		}
+		defer proxy.Close()
+	}
+	res.StartMS = msSince(t0)
+
+	if o.CPUProfile != "" {
+		f, err := os.Create(o.CPUProfile)
+		if err != nil {
+			return nil, fmt.Errorf("bench groups: --cpuprofile: %w", err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			_ = f.Close()
+			return nil, fmt.Errorf("bench groups: --cpuprofile: %w", err)
+		}
+		defer func() {
+			pprof.StopCPUProfile()
+			if cerr := f.Close(); cerr != nil && err == nil {
+				err = fmt.Errorf("bench groups: --cpuprofile: %w", cerr)
+			}
+		}()
+	}
+	for _, n := range o.Members {
+		run, err := b.runSize(ctx, n, proxy)
+		if err != nil {
+			return nil, fmt.Errorf("bench groups: N=%d: %w", n, err)
+		}
+		res.Runs = append(res.Runs, *run)
+	}
+	return res, nil
+}
+
+func msSince(t time.Time) float64 { return float64(time.Since(t)) / float64(time.Millisecond) }
+
+// startNodes starts the host and `slots` member nodes, and a collector per member.
+func (b *groupsBench) startNodes(ctx context.Context, root string, slots int) error {
+	start := func(name string) (*node.Running, error) {
+		r, err := node.Start(ctx, filepath.Join(root, name), node.Options{
+			Log:      b.o.Log,
+			ListenIP: "127.0.0.1",
+			Init: node.InitOptions{Label: name, Configure: func(c *app.Config) {
+				c.Viewer.HTTPAddr = "127.0.0.1:0"
+			}},
+		})
+		if err != nil {
+			return nil, fmt.Errorf("start node %s: %w", name, err)
+		}
+		return r, nil
+	}
+	var err error
+	if b.host, err = start("host"); err != nil {
+		return err
+	}
+	b.members = make([]*node.Running, slots)
+	errs := make([]error, slots)
+	sem := make(chan struct{}, groupsStartParallel)
+	var wg sync.WaitGroup
+	for i := range slots {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			b.members[i], errs[i] = start(fmt.Sprintf("member%03d", i))
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	// Each delivery publishes two events (the bus message and the group msg).
+	buf := min(4*b.o.Messages+4096, 1<<16)
+	b.subs = make([]*app.Subscription, slots)
+	for i, m := range b.members {
+		b.subs[i] = m.Runtime.Subscribe(buf)
+		b.wg.Add(1)
+		go b.collect(i, b.subs[i])
+	}
+	return nil
+}
+
+// closeNodes stops every started node, in parallel.
+func (b *groupsBench) closeNodes() error {
+	for _, s := range b.subs {
+		if s != nil {
+			s.Close()
+		}
+	}
+	nodes := append([]*node.Running{b.host}, b.members...)
+	errs := make([]error, len(nodes))
+	var wg sync.WaitGroup
+	for i, r := range nodes {
+		if r == nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = r.Close()
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// connectSlow connects the last member to the host through a delaying TCP
+// proxy (at 0 ms until a slow measure) and checks it has no other connection.
+func (b *groupsBench) connectSlow(ctx context.Context) (*delayProxy, error) {
+	target, err := tcpAddr(b.host)
+	if err != nil {
+		return nil, err
+	}
+	p, err := newDelayProxy("127.0.0.1:0", target)
+	if err != nil {
+		return nil, err
+	}
+	slow := b.members[len(b.members)-1]
+	addr := fmt.Sprintf("/ip4/127.0.0.1/tcp/%d/p2p/%s", p.Port(), b.host.PeerID)
+	if err := p2p.ConnectPeers(ctx, slow.Host, []string{addr}); err != nil {
+		p.Close()
+		return nil, fmt.Errorf("connect through the proxy: %w", err)
+	}
+	if err := b.checkSlowConn(p); err != nil {
+		p.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+// checkSlowConn verifies that the slow member reaches the host only through the proxy.
+func (b *groupsBench) checkSlowConn(p *delayProxy) error {
+	slow := b.members[len(b.members)-1]
+	conns := slow.Host.Network().ConnsToPeer(b.host.PeerID)
+	if len(conns) == 0 {
+		return errors.New("the slow member is not connected to the host")
+	}
+	want := "/tcp/" + strconv.Itoa(p.Port())
+	for _, c := range conns {
+		if !strings.HasSuffix(c.RemoteMultiaddr().String(), want) {
+			return fmt.Errorf("the slow member reaches the host at %s, not through the proxy", c.RemoteMultiaddr())
+		}
+	}
+	return nil
+}
+
+// tcpAddr returns r's TCP listen address on 127.0.0.1 as host:port.
+func tcpAddr(r *node.Running) (string, error) {
+	for _, a := range r.Host.Addrs() {
+		ip, err1 := a.ValueForProtocol(ma.P_IP4)
+		port, err2 := a.ValueForProtocol(ma.P_TCP)
+		if err1 == nil && err2 == nil && ip == "127.0.0.1" {
+			return net.JoinHostPort(ip, port), nil
+		}
+	}
+	return "", fmt.Errorf("host has no TCP address on 127.0.0.1 (%v)", r.Host.Addrs())
+}
+
+// runSize creates a group with the first n members and measures it.
+func (b *groupsBench) runSize(ctx context.Context, n int, proxy *delayProxy) (*groupsRun, error) {
+	run := &groupsRun{Members: n}
+	hostID := mq.PeerID(b.host.PeerID.String())
+	gid, err := b.createGroup(ctx, fmt.Sprintf("bench %d", n))
+	if err != nil {
+		return nil, err
+	}
+	members := make([]int, n)
+	for i := range members {
+		members[i] = i
+	}
+	t0 := time.Now()
+	if err := b.join(ctx, gid, members); err != nil {
+		return nil, err
+	}
+	run.JoinMS = msSince(t0)
+	if conns := b.members[0].Host.Network().ConnsToPeer(b.host.PeerID); len(conns) > 0 {
+		run.Transport = transportName(conns[0].RemoteMultiaddr().String())
+	}
+	sender := b.members[0]
+	others := members[1:]
+
+	// Warm up both paths, then measure.
+	if _, err := b.latency(ctx, sender, hostID, gid, others, nil, min(groupsWarmup, b.o.Messages)); err != nil {
+		return nil, fmt.Errorf("warm-up: %w", err)
+	}
+	if _, err := b.latency(ctx, b.host, hostID, gid, members, nil, min(groupsWarmup, b.o.Messages)); err != nil {
+		return nil, fmt.Errorf("warm-up: %w", err)
+	}
+	m, err := b.latency(ctx, sender, hostID, gid, others, nil, b.o.Messages)
+	if err != nil {
+		return nil, fmt.Errorf("latency, member sends: %w", err)
+	}
+	run.LatencyMemberSends = summarize(m.samples(others))
+	if m, err = b.latency(ctx, b.host, hostID, gid, members, nil, b.o.Messages); err != nil {
+		return nil, fmt.Errorf("latency, host sends: %w", err)
+	}
+	run.LatencyHostSends = summarize(m.samples(members))
+	if run.DeliveriesPerSecHostSends, _, err = b.throughput(ctx, b.host, hostID, gid, members, nil, b.o.Messages); err != nil {
+		return nil, fmt.Errorf("throughput, host sends: %w", err)
+	}
+	if run.DeliveriesPerSecMemberSends, _, err = b.throughput(ctx, sender, hostID, gid, others, nil, b.o.Messages); err != nil {
+		return nil, fmt.Errorf("throughput, member sends: %w", err)
+	}
+	if proxy == nil {
+		return run, nil
+	}
+
+	// One more member, behind the proxy.
+	slowIdx := len(b.members) - 1
+	slow := []int{slowIdx}
+	proxy.SetDelay(0)
+	if err := b.join(ctx, gid, slow); err != nil {
+		return nil, fmt.Errorf("slow member join: %w", err)
+	}
+	s := &slowMemberRun{DelayMS: b.o.SlowMS}
+	if m, err = b.latency(ctx, sender, hostID, gid, others, slow, b.o.Messages); err != nil {
+		return nil, fmt.Errorf("slow member at 0 ms: latency: %w", err)
+	}
+	s.OthersBaseline = summarize(m.samples(others))
+	if s.OthersDeliveriesPerSecBaseline, _, err = b.throughput(ctx, b.host, hostID, gid, members, slow, b.o.Messages); err != nil {
+		return nil, fmt.Errorf("slow member at 0 ms: throughput: %w", err)
+	}
+	proxy.SetDelay(time.Duration(b.o.SlowMS) * time.Millisecond)
+	if _, err := b.latency(ctx, sender, hostID, gid, others, slow, min(groupsWarmup, b.o.Messages)); err != nil {
+		return nil, fmt.Errorf("slow member: warm-up: %w", err)
+	}
+	if m, err = b.latency(ctx, sender, hostID, gid, others, slow, b.o.Messages); err != nil {
+		return nil, fmt.Errorf("slow member: latency: %w", err)
+	}
+	s.OthersSlowed = summarize(m.samples(others))
+	s.SlowMember = summarize(m.samples(slow))
+	if s.OthersDeliveriesPerSecSlowed, _, err = b.throughput(ctx, b.host, hostID, gid, members, slow, b.o.Messages); err != nil {
+		return nil, fmt.Errorf("slow member: throughput: %w", err)
+	}
+	proxy.SetDelay(0)
+	if err := b.checkSlowConn(proxy); err != nil {
+		return nil, err
+	}
+	if s.OthersBaseline.P99US > 0 {
+		s.OthersP99Ratio = s.OthersSlowed.P99US / s.OthersBaseline.P99US
+	}
+	run.Slow = s
+	return run, nil
+}
+
+// createGroup creates an open, persistent realtime group on the host (the
+// host does not join it) and returns its id.
+func (b *groupsBench) createGroup(ctx context.Context, name string) (string, error) {
+	var gid string
+	var cerr error
+	err := b.host.Runtime.Do(ctx, func(now time.Time, n *app.Node) {
+		gid = n.NewGroupID()
+		_, cerr = n.Group(now).Create(now, group.CreateSpec{ID: gid, Name: name, Type: group.AppRealtime,
+			Lifecycle: group.Persistent, Access: group.Open})
+	})
+	if err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", fmt.Errorf("create group: %w", err)
+	}
+	return gid, nil
+}
+
+// join has members join gid (all at once) and waits for each one's EvJoined.
+func (b *groupsBench) join(ctx context.Context, gid string, members []int) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	host := mq.PeerID(b.host.PeerID.String())
+	errs := make([]error, len(members))
+	var wg sync.WaitGroup
+	for j, i := range members {
+		r := b.members[i]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sub := r.Runtime.Subscribe(1024)
+			defer sub.Close()
+			var jerr error
+			if err := r.Runtime.Do(ctx, func(now time.Time, n *app.Node) { jerr = n.Group(now).Join(now, host, gid) }); err != nil || jerr != nil {
+				errs[j] = fmt.Errorf("member %d: join: %w", i, errors.Join(err, jerr))
+				return
+			}
+			for {
+				select {
+				case ev, ok := <-sub.C:
+					if !ok {
+						errs[j] = fmt.Errorf("member %d: event subscription ended before joining", i)
+						return
+					}
+					if ev.Kind != app.EventGroup || ev.Group == nil || ev.Group.Group != gid {
+						continue
+					}
+					switch ev.Group.Type {
+					case group.EvJoined:
+						return
+					case group.EvJoinFailed:
+						errs[j] = fmt.Errorf("member %d: join failed: %v", i, ev.Group.Err)
+						return
+					}
+				case <-ctx.Done():
+					errs[j] = fmt.Errorf("member %d: no welcome: %w", i, ctx.Err())
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// send sends messages first..first+count-1 of m from r to group gid in one
+// Runtime.Do (returns once they are stored on r).
+func (b *groupsBench) send(ctx context.Context, r *node.Running, host mq.PeerID, m *groupsMeasure, first, count int) error {
+	payloads := make([][]byte, count)
+	for j := range payloads {
+		payloads[j] = b.payload(m.first + uint64(first+j))
+	}
+	var serr error
+	err := r.Runtime.Do(ctx, func(now time.Time, n *app.Node) {
+		g := n.Group(now)
+		for _, p := range payloads {
+			if err := g.SendToGroup(now, host, m.gid, group.TypeMsg, p); err != nil && serr == nil {
+				serr = err
+			}
+		}
+	})
+	if err == nil {
+		err = serr
+	}
+	return err
+}
+
+// latency sends count messages from r one after the other, each once all
+// of await received it; watch members' deliveries are recorded too and
+// waited for at the end.
+func (b *groupsBench) latency(ctx context.Context, r *node.Running, host mq.PeerID, gid string, await, watch []int, count int) (*groupsMeasure, error) {
+	m := b.newMeasure(gid, count, await, watch)
+	b.cur.Store(m)
+	defer b.cur.Store(nil)
+	timer := time.NewTimer(groupsMsgWait)
+	defer timer.Stop()
+	for k := 0; k < count; k++ {
+		m.sent[k] = b.now()
+		if err := b.send(ctx, r, host, m, k, 1); err != nil {
+			return nil, fmt.Errorf("message %d: %w", k, err)
+		}
+		timer.Reset(groupsMsgWait)
+		select {
+		case <-m.done[k]:
+		case <-timer.C:
+			return nil, fmt.Errorf("message %d: %d of %d deliveries missing after %s", k, m.left[k].Load(), len(await), groupsMsgWait)
+		case <-b.lost:
+			return nil, b.lostErr()
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	if err := b.waitWatched(ctx, m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// throughput sends count messages from r pipelined and returns the
+// deliveries per second at await (until the last one arrived).
+func (b *groupsBench) throughput(ctx context.Context, r *node.Running, host mq.PeerID, gid string, await, watch []int, count int) (float64, *groupsMeasure, error) {
+	m := b.newMeasure(gid, count, await, watch)
+	b.cur.Store(m)
+	defer b.cur.Store(nil)
+	start := b.now()
+	var next atomic.Int64
+	errs := make(chan error, groupsSenders)
+	for range groupsSenders {
+		go func() {
+			for {
+				k := int(next.Add(groupsSendBatch) - groupsSendBatch)
+				if k >= count {
+					errs <- nil
+					return
+				}
+				sent := b.now()
+				for j := k; j < min(k+groupsSendBatch, count); j++ {
+					m.sent[j] = sent
+				}
+				if err := b.send(ctx, r, host, m, k, min(groupsSendBatch, count-k)); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	var err error
+	for range groupsSenders {
+		err = errors.Join(err, <-errs)
+	}
+	if err != nil {
+		return 0, nil, err
+	}
+	wait := time.NewTimer(groupsAllWait)
+	defer wait.Stop()
+	select {
+	case <-m.allDone:
+	case <-wait.C:
+		return 0, nil, fmt.Errorf("%d of %d deliveries missing after %s", m.total.Load(), count*len(await), groupsAllWait)
+	case <-b.lost:
+		return 0, nil, b.lostErr()
+	case <-ctx.Done():
+		return 0, nil, ctx.Err()
+	}
+	elapsed := m.last(await) - start
+	if err := b.waitWatched(ctx, m); err != nil {
+		return 0, nil, err
+	}
+	return float64(count*len(await)) / elapsed.Seconds(), m, nil
+}
+
+// waitWatched waits until the watched members received every message of m,
+// and fails on duplicates.
+func (b *groupsBench) waitWatched(ctx context.Context, m *groupsMeasure) error {
+	wait := time.NewTimer(groupsAllWait)
+	defer wait.Stop()
+	select {
+	case <-m.watchDone:
+	case <-wait.C:
+		return fmt.Errorf("the slow member misses %d deliveries after %s", m.watchLeft.Load(), groupsAllWait)
+	case <-b.lost:
+		return b.lostErr()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if d := m.dups.Load(); d > 0 {
+		return fmt.Errorf("%d messages were delivered twice", d)
+	}
+	return nil
+}
+
+func (b *groupsBench) lostErr() error {
+	return fmt.Errorf("member %d's event subscription ended (its node stopped, or its collector fell behind)", b.lostWho.Load())
+}
+
+// delayProxy forwards TCP connections from a listener on loopback to a
+// target, holding every chunk read in either direction for a settable delay
+// before writing it on (a delay line: each chunk's delay starts when it is
+// read, so throughput is not capped by the delay). Each direction buffers
+// at most delayProxyChunks chunks; beyond that it stops reading. Safe for
+// concurrent use.
+type delayProxy struct {
+	ln     net.Listener
+	target string
+	delay  atomic.Int64 // nanoseconds
+
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// Bounds of delayProxy.
+const (
+	delayProxyChunk   = 32 << 10
+	delayProxyChunks  = 64
+	delayProxyTimeout = 30 * time.Second // dial, and each write
+)
+
+// newDelayProxy listens on listen (e.g. 127.0.0.1:0) and forwards to target
+// with no delay until SetDelay. Close it to stop.
+func newDelayProxy(listen, target string) (*delayProxy, error) {
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return nil, fmt.Errorf("delay proxy: %w", err)
+	}
+	p := &delayProxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
+	p.wg.Add(1)
+	go p.serve()
+	return p, nil
+}
+
+// Port is the proxy's listening port.
+func (p *delayProxy) Port() int { return p.ln.Addr().(*net.TCPAddr).Port }
+
+// SetDelay sets the delay of chunks read from now on, in both directions.
+func (p *delayProxy) SetDelay(d time.Duration) { p.delay.Store(int64(d)) }
+
+// Close stops accepting, closes every proxied connection and waits for the
+// proxy's goroutines.
+func (p *delayProxy) Close() {
+	p.mu.Lock()
+	p.closed = true
+	for c := range p.conns {
+		_ = c.Close()
+	}
+	p.mu.Unlock()
+	_ = p.ln.Close()
+	p.wg.Wait()
+}
+
+// track registers c to be closed by Close; false if the proxy is closed.
+func (p *delayProxy) track(c net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return false
+	}
+	p.conns[c] = struct{}{}
+	return true
+}
+
+func (p *delayProxy) untrack(c net.Conn) {
+	p.mu.Lock()
+	delete(p.conns, c)
+	p.mu.Unlock()
+	_ = c.Close()
+}
+
+func (p *delayProxy) serve() {
+	defer p.wg.Done()
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		if !p.track(c) {
+			_ = c.Close()
+			return
+		}
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			defer p.untrack(c)
+			t, err := net.DialTimeout("tcp", p.target, delayProxyTimeout)
+			if err != nil {
+				return
+			}
+			if !p.track(t) {
+				_ = t.Close()
+				return
+			}
+			defer p.untrack(t)
+			var wg sync.WaitGroup
+			wg.Add(2)
+			go func() { defer wg.Done(); p.pipe(t, c) }()
+			go func() { defer wg.Done(); p.pipe(c, t) }()
+			wg.Wait()
+		}()
+	}
+}
+
+type delayedChunk struct {
+	b  []byte
+	at time.Time
+}
+
+// pipe copies src to dst through the delay line. On EOF it half-closes dst
+// once everything read was written; on any error it closes both.
+func (p *delayProxy) pipe(dst, src net.Conn) {
+	ch := make(chan delayedChunk, delayProxyChunks)
+	stop := make(chan struct{})
+	var readErr error
+	go func() {
+		defer close(ch)
+		for {
+			buf := make([]byte, delayProxyChunk)
+			n, err := src.Read(buf)
+			if n > 0 {
+				select {
+				case ch <- delayedChunk{b: buf[:n], at: time.Now().Add(time.Duration(p.delay.Load()))}:
+				case <-stop:
+					return
+				}
+			}
+			if err != nil {
+				readErr = err
+				return
+			}
+		}
+	}()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for c := range ch {
+		if d := time.Until(c.at); d > 0 {
+			timer.Reset(d)
+			<-timer.C
+		}
+		_ = dst.SetWriteDeadline(time.Now().Add(delayProxyTimeout))
+		if _, err := dst.Write(c.b); err != nil {
+			close(stop)
+			_ = dst.Close()
+			_ = src.Close()
+			for range ch {
+			}
+			return
+		}
+	}
+	if errors.Is(readErr, io.EOF) {
+		if tc, ok := dst.(*net.TCPConn); ok {
+			_ = tc.CloseWrite()
+			return
+		}
+	}
+	_ = dst.Close()
+	_ = src.Close()
+}
