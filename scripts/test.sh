@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The project's test command (README): vet, the whole test suite, and a race
 # run of the concurrent adapters. It provides what the tests need: a private
-# PostgreSQL cluster for the Postgres adapter tests (installed with apt-get
-# when missing and running as root) and Chromium for the browser tests.
+# PostgreSQL cluster for the Postgres adapter tests and Chromium for the
+# browser tests (both installed with apt-get when missing and running as
+# root). Browser screenshots are kept in .artifacts/ (GOOP_ARTIFACTS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,13 @@ if [ -z "$pg_bin" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) || true
   for d in /usr/lib/postgresql/*/bin; do [ -x "$d/initdb" ] && pg_bin="$d"; done
 fi
+
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  log "installing Chromium for the browser tests (apt-get)"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null) || true
+fi
+command -v chromium >/dev/null 2>&1 || log "no chromium: browser tests will skip (they fail under CI=true)"
+export GOOP_ARTIFACTS="${GOOP_ARTIFACTS:-$PWD/.artifacts}"
 
 pg_dir=""
 cleanup() {

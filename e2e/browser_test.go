@@ -1,0 +1,160 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+	"github.com/stretchr/testify/require"
+
+	"github.com/goop-p2p/goop/app"
+	"github.com/goop-p2p/goop/cmd/goop/node"
+)
+
+// chromium finds a headless browser; the test command installs Debian's.
+func chromium(t *testing.T) string {
+	t.Helper()
+	for _, name := range []string{os.Getenv("GOOP_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"} {
+		if name == "" {
+			continue
+		}
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatal("no chromium on PATH: .ci/run must install it")
+	}
+	t.Skip("no chromium on PATH (scripts/test.sh installs it as root: apt-get install chromium)")
+	return ""
+}
+
+// browser starts one headless browser and returns a function that opens a
+// new tab context on it.
+func browser(t *testing.T) func() (context.Context, context.CancelFunc) {
+	t.Helper()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chromium(t)),
+		chromedp.NoSandbox,
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1280, 900),
+	)
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	bctx, cancelBrowser := chromedp.NewContext(actx)
+	require.NoError(t, chromedp.Do(bctx)) // start the browser now
+	t.Cleanup(func() { cancelBrowser(); cancelAlloc() })
+	return func() (context.Context, context.CancelFunc) {
+		tab, cancel := chromedp.NewContext(bctx)
+		tctx, cancelT := context.WithTimeout(tab, 60*time.Second)
+		return tctx, func() { cancelT(); cancel() }
+	}
+}
+
+func startViewer(t *testing.T, label string, peers []string) *node.Running {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r, err := node.Start(ctx, filepath.Join(t.TempDir(), label), node.Options{ListenIP: "127.0.0.1",
+		Init: node.InitOptions{Label: label, Configure: func(c *app.Config) {
+			c.Viewer.HTTPAddr = "127.0.0.1:0"
+			c.P2P.Peers = peers
+		}}})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = r.Close() })
+	return r
+}
+
+// eval runs a JS expression (which may be a promise) in the page and returns
+// its result.
+func eval[T any](ctx context.Context, js string) (T, error) {
+	return chromedp.Run(ctx, chromedp.Evaluate[T](js, chromedp.EvalAwaitPromise))
+}
+
+// evalOK runs a JS expression for its effect.
+func evalOK(js string) chromedp.Action[chromedp.Void] {
+	return chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
+		_, err := chromedp.Evaluate[any](js, chromedp.EvalAwaitPromise)(ctx, t)
+		return err
+	})
+}
+
+// poll waits until the JS expression is truthy and returns its value.
+func poll[T any](ctx context.Context, js string) (T, error) {
+	return chromedp.Run(ctx, chromedp.Poll[T](js, chromedp.WithPollingTimeout(30*time.Second)))
+}
+
+func screenshot(t *testing.T, name string) chromedp.Action[chromedp.Void] {
+	return chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+		png, err := chromedp.FullScreenshot(100)(ctx, tg)
+		if err != nil {
+			return err
+		}
+		dir := os.Getenv("GOOP_ARTIFACTS")
+		if dir == "" {
+			dir = filepath.Join(os.TempDir(), "goop-artifacts")
+		}
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		path := filepath.Join(dir, name)
+		t.Logf("screenshot: %s", path)
+		return os.WriteFile(path, png, 0o644)
+	})
+}
+
+// TestSDKGroupsInTwoBrowsers drives the SDK in real pages of two nodes: the
+// host creates a group with the seed's id form and joins it with a callback,
+// the other side joins with (host, id), and messages cross both ways.
+func TestSDKGroupsInTwoBrowsers(t *testing.T) {
+	newTab := browser(t)
+	host := startViewer(t, "host", nil)
+	guest := startViewer(t, "guest", dialable(host))
+	hostURL, guestURL := strings.TrimRight(host.ViewerURL, "/"), strings.TrimRight(guest.ViewerURL, "/")
+
+	hctx, hcancel := newTab()
+	defer hcancel()
+	gctx, gcancel := newTab()
+	defer gcancel()
+
+	// Host page: create "chess-42", then the seed's form Goop.group.join(id, fn).
+	require.NoError(t, chromedp.Do(hctx, chromedp.Navigate(hostURL+"/groups"), chromedp.WaitVisible("#create")))
+	created, err := eval[map[string]any](hctx, `Goop.group.create({id: "chess-42", name: "chess", group_type: "realtime", lifecycle: "ephemeral"})`)
+	require.NoError(t, err)
+	require.Equal(t, "chess-42", created["id"])
+	status, err := eval[string](hctx, `window.got = []; Goop.group.join("chess-42", function (m) { window.got.push(m) }).then(r => r.status)`)
+	require.NoError(t, err)
+	require.Equal(t, "joined", status)
+
+	// Guest page: join with (host, id), listen, send a move.
+	require.NoError(t, chromedp.Do(gctx, chromedp.Navigate(guestURL+"/groups"), chromedp.WaitVisible("#join")))
+	status, err = eval[string](gctx, fmt.Sprintf(`window.got = []; Goop.group.subscribe(function (e) { if (e.type === "msg") window.got.push(e) });
+		Goop.group.join(%q, "chess-42").then(r => r.status)`, host.PeerID.String()))
+	require.NoError(t, err)
+	require.Equal(t, "joined", status)
+	require.NoError(t, chromedp.Do(gctx, evalOK(`Goop.group.send({move: "e2e4"})`)))
+
+	hostGot, err := poll[[]map[string]any](hctx, `window.got.length > 0 && window.got`)
+	require.NoError(t, err)
+	require.Equal(t, guest.PeerID.String(), hostGot[0]["from"], "the callback names the sender")
+	require.Equal(t, map[string]any{"move": "e2e4"}, hostGot[0]["payload"])
+	require.NoError(t, chromedp.Do(hctx, evalOK(`Goop.group.send({move: "e7e5"}, "chess-42")`)))
+
+	guestGot, err := poll[[]map[string]any](gctx, `window.got.length > 0 && window.got`)
+	require.NoError(t, err)
+	require.Equal(t, map[string]any{"move": "e7e5"}, guestGot[0]["payload"])
+	require.Equal(t, host.PeerID.String(), guestGot[0]["from"])
+
+	// The groups pages show it live; keep the pictures.
+	require.NoError(t, chromedp.Do(hctx, chromedp.Navigate(hostURL+"/groups"), chromedp.WaitVisible(".group"), screenshot(t, "groups-host.png")))
+	require.NoError(t, chromedp.Do(gctx, chromedp.Navigate(guestURL+"/groups"), chromedp.WaitVisible(".group"), screenshot(t, "groups-guest.png")))
+}
