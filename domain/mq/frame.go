@@ -115,6 +115,29 @@ func ValidateTopic(t string) error {
 
 // printable reports whether s is valid UTF-8 without control characters.
 func printable(s string) bool {
+	i := 0
+	for ; i+8 <= len(s); i += 8 {
+		// Eight bytes at a time: flag bytes < 0x20, == 0x7f or >= 0x80.
+		x := uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
+			uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
+		del := x ^ (0x7f * lsbs)
+		if (x|((x-0x20*lsbs)&^x)|((del-lsbs)&^del))&msbs != 0 {
+			break
+		}
+	}
+	for ; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 || c == 0x7f {
+			return false
+		}
+		if c >= utf8.RuneSelf {
+			return printableUTF8(s[i:]) // the ASCII prefix is fine
+		}
+	}
+	return true
+}
+
+func printableUTF8(s string) bool {
 	if !utf8.ValidString(s) {
 		return false
 	}
@@ -126,18 +149,25 @@ func printable(s string) bool {
 	return true
 }
 
-// DecodeFrame parses and validates one line (without its trailing newline).
+// DecodeFrame parses and validates one line (without its trailing newline):
+// exactly one JSON object, whitespace allowed around it. Keys and values are
+// read as encoding/json reads them into a Frame (unknown keys ignored, keys
+// matched case-insensitively, the last of a repeated key wins), except that
+// arrays and objects may nest at most 512 deep; a missing msg payload
+// decodes as null.
+//
+// Ownership: the returned Frame owns its memory and never aliases line, so
+// the caller may reuse line's buffer at once. Decoding a valid ack allocates
+// once (its id); a valid msg twice (one string holding id, topic, origin and
+// epoch, and the copy of its payload). Errors wrap ErrBadFrame or
+// ErrPayloadTooLarge. DecodeFrame is safe for concurrent use.
 func DecodeFrame(line []byte) (Frame, error) {
-	var f Frame
 	if len(line) > MaxLineBytes {
-		return f, fmt.Errorf("%w: line of %d bytes exceeds %d", ErrBadFrame, len(line), MaxLineBytes)
+		return Frame{}, fmt.Errorf("%w: line of %d bytes exceeds %d", ErrBadFrame, len(line), MaxLineBytes)
 	}
-	dec := json.NewDecoder(bytes.NewReader(line))
-	if err := dec.Decode(&f); err != nil {
-		return Frame{}, fmt.Errorf("%w: %v", ErrBadFrame, err)
-	}
-	if dec.More() {
-		return Frame{}, fmt.Errorf("%w: trailing data after JSON object", ErrBadFrame)
+	f, err := parseFrame(line)
+	if err != nil {
+		return Frame{}, err
 	}
 	if f.Type == TypeMsg && len(f.Payload) == 0 {
 		f.Payload = json.RawMessage("null")
