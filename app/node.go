@@ -16,6 +16,7 @@ import (
 
 	"github.com/goop-p2p/goop/domain/group"
 	"github.com/goop-p2p/goop/domain/mq"
+	"github.com/goop-p2p/goop/domain/presence"
 	"github.com/goop-p2p/goop/ports"
 )
 
@@ -38,6 +39,12 @@ const (
 	EventReceipt
 	// EventGroup: something happened in a group (Group holds it).
 	EventGroup
+	// EventPeer: the peer table changed (Presence holds it; Peer is its id).
+	EventPeer
+	// EventReceived: the transport of Peer received our message MsgID (the
+	// early transport ack of a Goop 1.1.0 peer); EventDelivered follows once
+	// the peer stored it.
+	EventReceived
 )
 
 // Event is something the node publishes to its local subscribers (SSE, tests).
@@ -49,6 +56,8 @@ type Event struct {
 	Topic  string
 	Reason string
 	Group  *group.Event
+	// Presence is the peer table event of an EventPeer.
+	Presence *presence.Event
 }
 
 // Ready is the output of node steps since the previous Ready, to be carried
@@ -61,11 +70,16 @@ type Ready struct {
 	EarlyFrames []mq.Outgoing
 	Frames      []mq.Outgoing
 	Events      []Event
+	// Publish is our presence to publish (ports.Discovery), and Dial the
+	// peers to connect to; both after Batch is persisted.
+	Publish []presence.Msg
+	Dial    []presence.DialHint
 }
 
 // Empty reports whether there is nothing to do.
 func (r *Ready) Empty() bool {
-	return r.Batch.Empty() && len(r.EarlyFrames) == 0 && len(r.Frames) == 0 && len(r.Events) == 0
+	return r.Batch.Empty() && len(r.EarlyFrames) == 0 && len(r.Frames) == 0 && len(r.Events) == 0 &&
+		len(r.Publish) == 0 && len(r.Dial) == 0
 }
 
 // NodeOptions configure a Node.
@@ -76,12 +90,19 @@ type NodeOptions struct {
 	Label string
 	// TypeHandlers plug group app types in; their flags override the defaults.
 	TypeHandlers []ports.GroupTypeHandler
+	// Presence tunes the peer table and our own presence (zero: a table
+	// with the compat timings; nothing announced).
+	Presence presence.Config
+	// Profile is what the node announces (its Label defaults to Label).
+	Profile presence.Profile
 }
 
 // State is a node's durable state as loaded from its store.
 type State struct {
 	Bus    mq.Snapshot
 	Groups group.Snapshot
+	// Peers is the cached peer table.
+	Peers []presence.Peer
 }
 
 // Node is one peer's composition of domain cores. Not safe for concurrent
@@ -95,6 +116,9 @@ type Node struct {
 	events   []Event
 	stats    Stats
 	handlers map[string]ports.GroupTypeHandler
+	presence *presence.Core
+	// presenceStarted: the first Tick started the presence core.
+	presenceStarted bool
 }
 
 // Stats counts what a node did since it started.
@@ -124,6 +148,7 @@ func NewNode(self mq.PeerID, st State, rnd ports.Rand, opts NodeOptions) *Node {
 		gcfg.Types[h.Type()] = h.Flags()
 	}
 	n.groups = group.NewCore(self, opts.Label, st.Groups, gcfg)
+	n.presence = newPresence(self, st, opts)
 	return n
 }
 
@@ -240,6 +265,7 @@ func (n *Node) Handle(now time.Time, ev ports.TransportEvent) {
 func (n *Node) Tick(now time.Time) {
 	n.bus.Tick(now)
 	n.groups.Tick(now)
+	n.tickPresence(now)
 	n.now = now
 }
 
@@ -248,6 +274,9 @@ func (n *Node) NextWake() (time.Time, bool) {
 	at, ok := n.bus.NextWake()
 	if gat, gok := n.groups.NextWake(); gok && (!ok || gat.Before(at)) {
 		at, ok = gat, true
+	}
+	if pat, pok := n.presence.NextWake(); pok && (!ok || pat.Before(at)) {
+		at, ok = pat, true
 	}
 	return at, ok
 }
@@ -287,6 +316,7 @@ func (n *Node) Ready() Ready {
 		r.Frames = append(r.EarlyFrames, r.Frames...)
 		r.EarlyFrames = nil
 	}
+	n.drainPresence(&r)
 	r.Events = n.events
 	n.events = nil
 	return r
@@ -309,6 +339,10 @@ func (n *Node) route(br mq.Ready) {
 		n.events = append(n.events, Event{Kind: EventMessage, Peer: d.From, Msg: d.Msg, MsgID: d.Msg.ID, Topic: d.Msg.Topic})
 	}
 	for _, res := range br.Results {
+		if res.Received {
+			n.events = append(n.events, Event{Kind: EventReceived, Peer: res.To, MsgID: res.ID, Topic: res.Topic})
+			continue
+		}
 		if res.Failed {
 			n.stats.Failed++
 			n.events = append(n.events, Event{Kind: EventFailed, Peer: res.To, MsgID: res.ID, Topic: res.Topic, Reason: res.Reason})

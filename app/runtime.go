@@ -35,6 +35,7 @@ type Runtime struct {
 	store ports.Store
 	clock ports.Clock
 	log   *slog.Logger
+	disc  ports.Discovery // nil: no discovery (see SetDiscovery)
 
 	cmds    chan command
 	stopped chan struct{}
@@ -42,7 +43,7 @@ type Runtime struct {
 
 	mu      sync.Mutex
 	subs    map[*Subscription]struct{}
-	waiters map[string]chan Event
+	waiters map[string]waiter
 }
 
 // NewRuntime prepares a runtime; call Run to start it.
@@ -55,7 +56,7 @@ func NewRuntime(node *Node, tr ports.Transport, store ports.Store, clock ports.C
 		cmds:    make(chan command, 1024),
 		stopped: make(chan struct{}),
 		subs:    map[*Subscription]struct{}{},
-		waiters: map[string]chan Event{},
+		waiters: map[string]waiter{},
 	}
 }
 
@@ -75,12 +76,16 @@ func (r *Runtime) Run(ctx context.Context) error {
 		return err
 	}
 	events := r.tr.Events()
+	discEvents := r.discoveryEvents()
 	for {
 		r.armTimer(timer)
 		var pending []command
 		select {
 		case <-ctx.Done():
+			r.shutdown(ctx)
 			return nil
+		case ev, ok := <-discEvents:
+			discEvents = r.onDiscovery(discEvents, ev, ok)
 		case ev, ok := <-events:
 			if !ok {
 				return nil
@@ -98,6 +103,8 @@ func (r *Runtime) Run(ctx context.Context) error {
 	more:
 		for i := 0; i < maxBatch; i++ {
 			select {
+			case ev, ok := <-discEvents:
+				discEvents = r.onDiscovery(discEvents, ev, ok)
 			case ev, ok := <-events:
 				if !ok {
 					break more
@@ -142,7 +149,7 @@ func (r *Runtime) flush(ctx context.Context, pending []command) error {
 	// Acknowledgements from peers need no local state: tell waiters now.
 	var later []Event
 	for _, ev := range rd.Events {
-		if ev.Kind == EventDelivered {
+		if ev.Kind == EventDelivered || ev.Kind == EventReceived {
 			r.publish([]Event{ev})
 			continue
 		}
@@ -162,6 +169,7 @@ func (r *Runtime) flush(ctx context.Context, pending []command) error {
 		}
 	}
 	r.sendFrames(rd.Frames)
+	r.discover(ctx, &rd)
 	for _, c := range pending {
 		if c.done != nil {
 			c.done <- nil
@@ -280,6 +288,24 @@ func (r *Runtime) Post(ctx context.Context, to mq.PeerID, topic string, payload 
 // acknowledged it (EventDelivered), it failed (EventFailed), or ctx ends. On
 // ctx expiry the message stays queued and the returned frame is still valid.
 func (r *Runtime) SendWait(ctx context.Context, to mq.PeerID, topic string, payload []byte) (mq.Frame, Event, error) {
+	return r.sendWait(ctx, to, topic, payload, false)
+}
+
+// SendRoundTrip is SendWait that returns at the first acknowledgement of any
+// kind: EventReceived (the peer's transport has it; a Goop 1.1.0 peer sends
+// it at once), or EventDelivered/EventFailed. It measures the bus round trip
+// as SPEC §2 defines the ack: a transport ack.
+func (r *Runtime) SendRoundTrip(ctx context.Context, to mq.PeerID, topic string, payload []byte) (mq.Frame, Event, error) {
+	return r.sendWait(ctx, to, topic, payload, true)
+}
+
+// waiter is a caller of SendWait/SendRoundTrip waiting for its message.
+type waiter struct {
+	ch    chan Event
+	early bool // EventReceived is enough
+}
+
+func (r *Runtime) sendWait(ctx context.Context, to mq.PeerID, topic string, payload []byte, early bool) (mq.Frame, Event, error) {
 	ch := make(chan Event, 1)
 	var f mq.Frame
 	var serr error
@@ -287,7 +313,7 @@ func (r *Runtime) SendWait(ctx context.Context, to mq.PeerID, topic string, payl
 		f, serr = n.Send(now, to, topic, payload, "")
 		if serr == nil {
 			r.mu.Lock()
-			r.waiters[f.ID] = ch
+			r.waiters[f.ID] = waiter{ch: ch, early: early}
 			r.mu.Unlock()
 		}
 	})
@@ -358,10 +384,10 @@ func (r *Runtime) publish(evs []Event) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, ev := range evs {
-		if ev.Kind == EventDelivered || ev.Kind == EventFailed {
-			if ch, ok := r.waiters[ev.MsgID]; ok {
+		if ev.Kind == EventDelivered || ev.Kind == EventFailed || ev.Kind == EventReceived {
+			if w, ok := r.waiters[ev.MsgID]; ok && (ev.Kind != EventReceived || w.early) {
 				delete(r.waiters, ev.MsgID)
-				ch <- ev
+				w.ch <- ev
 			}
 		}
 		for s := range r.subs {

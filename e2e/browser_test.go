@@ -64,7 +64,7 @@ func startViewer(t *testing.T, label string, peers []string) *node.Running {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	r, err := node.Start(ctx, filepath.Join(t.TempDir(), label), node.Options{ListenIP: "127.0.0.1",
+	r, err := node.Start(ctx, filepath.Join(t.TempDir(), label), node.Options{ListenIP: "127.0.0.1", NoAutoConnect: true,
 		Init: node.InitOptions{Label: label, Configure: func(c *app.Config) {
 			c.Viewer.HTTPAddr = "127.0.0.1:0"
 			c.P2P.Peers = peers

@@ -56,7 +56,7 @@ func start(t *testing.T, dir string, drop *ackDropper, peers []string, before fu
 	bus.InitialRTO = 100 * time.Millisecond // retransmit lost acks quickly in the test
 	bus.MaxRTO = time.Second
 	bus.MaxAttempts = 1000
-	r, err := node.Start(ctx, dir, node.Options{ListenIP: "127.0.0.1", Bus: bus,
+	r, err := node.Start(ctx, dir, node.Options{ListenIP: "127.0.0.1", Bus: bus, NoAutoConnect: true,
 		MQ:        p2p.MQOptions{DropInbound: drop.drop},
 		BeforeRun: before,
 		Init: node.InitOptions{Configure: func(c *app.Config) {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/goop-p2p/goop/domain/group"
 	"github.com/goop-p2p/goop/domain/mq"
+	"github.com/goop-p2p/goop/domain/presence"
 )
 
 // Clock is the source of time. Real nodes use the wall clock; simnet a virtual one.
@@ -88,10 +89,12 @@ type Transport interface {
 type Batch struct {
 	Bus    []mq.Change
 	Groups []group.Change
+	// Peers are changes of the cached peer table (`_peers`).
+	Peers []presence.Change
 }
 
 // Empty reports whether the batch holds no change.
-func (b *Batch) Empty() bool { return len(b.Bus) == 0 && len(b.Groups) == 0 }
+func (b *Batch) Empty() bool { return len(b.Bus) == 0 && len(b.Groups) == 0 && len(b.Peers) == 0 }
 
 // Store is the node's durable state (data.db). Safe for concurrent use.
 type Store interface {
@@ -100,6 +103,9 @@ type Store interface {
 	// LoadGroups returns the group snapshot (empty for a new store) in a
 	// deterministic order; its maps are never nil.
 	LoadGroups(ctx context.Context) (group.Snapshot, error)
+	// LoadPeers returns the cached peer table (empty for a new store),
+	// sorted by peer id.
+	LoadPeers(ctx context.Context) ([]presence.Peer, error)
 	// Apply persists a batch atomically: all of it or none of it.
 	Apply(ctx context.Context, b Batch) error
 	// Close flushes and closes the store.

@@ -28,6 +28,8 @@ type Scenario struct {
 var builtins = []Scenario{
 	{Name: ScenarioStorm, Description: "every peer sends to random peers under loss, duplication, reordering, bandwidth limits, partitions and crashes; then heal and converge",
 		Run: RunStorm},
+	{Name: ScenarioGroupStorm, Description: "1-3 hosts' groups; members join, chat, leave, re-join, get kicked under loss, duplication, reordering, partitions and crashes of members and hosts; then heal and converge (every member re-joined or left, every accepted message delivered exactly once, member lists agree)",
+		Run: RunGroupStorm},
 }
 
 // Builtins returns the built-in scenarios.
@@ -152,7 +154,7 @@ func ReplayCommand(name string, seed uint64, p Params) string {
 	d := DefaultParams()
 	var b strings.Builder
 	fmt.Fprintf(&b, "go run ./cmd/goop sim --scenario %s --seed %d", name, seed)
-	if name == ScenarioStorm {
+	if name == ScenarioStorm || name == ScenarioGroupStorm {
 		fmt.Fprintf(&b, " --peers %d --duration %s", p.Peers, p.Duration)
 		if p.Rate != d.Rate {
 			fmt.Fprintf(&b, " --rate %g", p.Rate)

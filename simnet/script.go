@@ -32,8 +32,10 @@ func EmbeddedScripts() []string {
 // are kept as they are. A command is a name and arguments key=value or flags;
 // peers are named p0, p1, ... Commands (see ScriptCommands, `goop sim --list`):
 // world, add-peers, segment, link, send, partition, heal, crash, restart,
-// run, converge, broadcast, check, stats, state, hash. "run" and "converge"
-// print what the nodes published: deliveries, acks and failures.
+// run, converge, broadcast, check, stats, state, hash, and the group-*
+// commands (scriptgroup.go). "run" and "converge" print what the nodes
+// published: deliveries, acks and failures, and group events; bus traffic of
+// the group protocol itself (joins, pings, relays) is not printed.
 type Script struct {
 	Name  string
 	items []scriptItem
@@ -152,6 +154,7 @@ type ScriptEnv struct {
 	converges  int
 	convergeOK int
 	lastLive   error
+	groupHosts map[string]int // group id → host, from group-create
 }
 
 // ScriptCommand is one script command. Run returns the command's output
@@ -253,7 +256,8 @@ func (e *ScriptEnv) parsePeer(v string) (int, error) {
 	return n, nil
 }
 
-// Peers parses a list of peers ("p0,p2" or "*" for all) given as key.
+// Peers parses a list of peers ("p0,p2", ranges "p1..p5", or "*" for all)
+// given as key.
 func (e *ScriptEnv) Peers(a Args, key string) ([]int, error) {
 	v, ok := a.Get(key)
 	if !ok {
@@ -268,6 +272,23 @@ func (e *ScriptEnv) Peers(a Args, key string) ([]int, error) {
 	}
 	var out []int
 	for _, s := range strings.Split(v, ",") {
+		if lo, hi, ok := strings.Cut(s, ".."); ok {
+			i, err := e.parsePeer(lo)
+			if err != nil {
+				return nil, err
+			}
+			j, err := e.parsePeer(hi)
+			if err != nil {
+				return nil, err
+			}
+			if j < i {
+				return nil, fmt.Errorf("empty peer range %q", s)
+			}
+			for k := i; k <= j; k++ {
+				out = append(out, k)
+			}
+			continue
+		}
 		i, err := e.parsePeer(s)
 		if err != nil {
 			return nil, err
@@ -308,11 +329,25 @@ func (e *ScriptEnv) onStep(w *World, s *Step) {
 		}
 		switch ev.Kind {
 		case app.EventMessage:
+			if groupTopic(ev.Topic) {
+				continue
+			}
 			e.events = append(e.events, fmt.Sprintf("%s %s delivered %s→%s #%d %s", at, name, other, name, ev.Msg.Seq, ev.Msg.Payload))
 		case app.EventDelivered:
+			if groupTopic(ev.Topic) {
+				continue
+			}
 			e.events = append(e.events, fmt.Sprintf("%s %s got ack %s", at, name, e.seqs[ev.MsgID]))
 		case app.EventFailed:
-			e.events = append(e.events, fmt.Sprintf("%s %s gave up %s: %s", at, name, e.seqs[ev.MsgID], ev.Reason))
+			what := e.seqs[ev.MsgID]
+			if what == "" {
+				what = fmt.Sprintf("%s→%s %s", name, other, ev.Topic)
+			}
+			e.events = append(e.events, fmt.Sprintf("%s %s gave up %s: %s", at, name, what, ev.Reason))
+		case app.EventGroup:
+			if l := e.groupLine(w, s.Peer, ev.Group); l != "" {
+				e.events = append(e.events, fmt.Sprintf("%s %s %s", at, name, l))
+			}
 		case app.EventReceipt:
 			e.events = append(e.events, fmt.Sprintf("%s %s got a receipt from %s", at, name, other))
 		}
@@ -396,7 +431,7 @@ func (s *Script) Execute(seed uint64, p Params) ([][]string, *ScriptEnv, error) 
 
 func init() {
 	for _, c := range []ScriptCommand{
-		{"world", "world [peers=N] [latency=D] [jitter=D] [spread=D] [loss=F] [dup=F] [reorder=F] [reorder-delay=D] [bandwidth=B/s] [rto=D] [max-rto=D] [attempts=N] [window=N] [codec=N] [allow-failures] [fault=skip-dedupe]", cmdWorld},
+		{"world", "world [peers=N] [latency=D] [jitter=D] [spread=D] [loss=F] [dup=F] [reorder=F] [reorder-delay=D] [bandwidth=B/s] [rto=D] [max-rto=D] [attempts=N] [window=N] [codec=N] [allow-failures] [fault=skip-dedupe] [groups] [ping=D] [evict=D] [rejoin=D] [join-timeout=D] [idle=D]", cmdWorld},
 		{"add-peers", "add-peers n=N [segment=NAME]", cmdAddPeers},
 		{"segment", "segment name=NAME peers=p0,p1", cmdSegment},
 		{"link", "link from=P to=P [both] [latency=D] [jitter=D] [loss=F] [dup=F] [reorder=F] [reorder-delay=D] [bandwidth=B/s]", cmdLink},
@@ -484,9 +519,15 @@ func cmdWorld(e *ScriptEnv, a Args) (string, error) {
 	default:
 		return "", fmt.Errorf("unknown fault %q", fault)
 	}
+	if opts.Node.Groups, err = groupArgs(a, opts.Node.Groups); err != nil {
+		return "", err
+	}
 	mq := NewMQChecker()
 	mq.AllowFailures = a.Has("allow-failures")
 	opts.Checkers = []Checker{mq}
+	if a.Has("groups") {
+		opts.Checkers = append(opts.Checkers, NewGroupChecker())
+	}
 	opts.OnStep = e.onStep
 	opts.OnBroadcast = func(*World, int, int, []byte) {}
 	e.W = New(e.Seed, opts)

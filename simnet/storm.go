@@ -18,11 +18,12 @@ const (
 
 // Params are the knobs common to scenarios (the flags of `goop sim`).
 type Params struct {
-	// Peers is the number of peers (mq-storm; default 100).
+	// Peers is the number of peers (mq-storm, group-storm; default 100).
 	Peers int `json:"peers"`
 	// Duration is the length of the fault phase before liveness (default 30 s).
 	Duration time.Duration `json:"-"`
-	// Rate is the messages per second each peer sends (default 1).
+	// Rate is the messages per second each peer sends (default 1); in
+	// group-storm, the actions per second (mostly messages to its groups).
 	Rate float64 `json:"rate"`
 	// Deadline bounds the liveness phase (default 120 s of virtual time).
 	Deadline time.Duration `json:"-"`

@@ -86,11 +86,15 @@ type Options struct {
 	// LatencySpread adds to each link a fixed extra latency in
 	// [0, LatencySpread), derived from the seed and the two peers (symmetric).
 	LatencySpread time.Duration
-	// Node configures every node; a zero Node.Bus means SimBusOptions.
+	// Node configures every node; a zero Node.Bus means SimBusOptions, and
+	// zero group timers take SimGroupConfig's values.
 	Node app.NodeOptions
 	// CodecEvery makes every n-th frame travel through mq.AppendFrame and
 	// mq.DecodeFrame (0 means 64; negative disables).
 	CodecEvery int
+	// NoReceivedAcks turns off the transport's early received acks (on by
+	// default, as on real 1.1.0 streams).
+	NoReceivedAcks bool
 	// Checkers verify properties after every step; nil means DefaultCheckers.
 	// Checkers are stateful: give each world its own.
 	Checkers []Checker
@@ -124,9 +128,10 @@ const (
 	StepDisconnect                     // the node learnt its connection to From is gone
 	StepCrash                          // the peer crashed; its node is gone
 	StepBroadcast                      // a LAN broadcast from From reached the peer
+	StepCommand                        // a group command ran on the peer's node (Command)
 )
 
-var stepNames = [...]string{"?", "start", "frame", "wake", "send", "connect", "disconnect", "crash", "broadcast"}
+var stepNames = [...]string{"?", "start", "frame", "wake", "send", "connect", "disconnect", "crash", "broadcast", "command"}
 
 func (k StepKind) String() string {
 	if int(k) < len(stepNames) {
@@ -148,6 +153,8 @@ type Step struct {
 	Frame *mq.Frame
 	// Events is what the node published in this step.
 	Events []app.Event
+	// Command is the group command of a StepCommand, with its result.
+	Command *GroupCommand
 }
 
 // Stats count what happened in a world.
@@ -245,7 +252,8 @@ type World struct {
 	step     Step
 	codecN   int
 	codecBuf []byte
-	cur      mq.Frame // the frame being received, for Step.Frame
+	cur      mq.Frame      // the frame being received, for Step.Frame
+	cmd      *GroupCommand // the group command being flushed, for Step.Command
 }
 
 // New builds a world of opts.Peers peers for seed.
@@ -253,6 +261,7 @@ func New(seed uint64, opts Options) *World {
 	if opts.Node.Bus == (mq.Options{}) {
 		opts.Node.Bus = SimBusOptions()
 	}
+	opts.Node.Groups = withSimGroupTimers(opts.Node.Groups)
 	if opts.CodecEvery == 0 {
 		opts.CodecEvery = 64
 	}
@@ -468,9 +477,18 @@ func (w *World) observe(kind StepKind, peer, from, to int, f *mq.Frame, evs []ap
 		}
 		w.hashWord(uint64(ev.Kind)<<56 | uint64(ev.Msg.Seq))
 		w.hashString(ev.MsgID)
+		if ev.Group != nil {
+			w.hashString(ev.Group.Type)
+			w.hashString(ev.Group.Group)
+			w.hashString(string(ev.Group.From))
+		}
+	}
+	if c := w.cmd; c != nil {
+		w.hashWord(uint64(c.Op)<<32 | uint64(uint32(c.Peer)))
+		w.hashString(c.Group)
 	}
 	s := &w.step
-	*s = Step{Time: time.Duration(w.now), Kind: kind, Peer: peer, From: from, To: to, Frame: f, Events: evs}
+	*s = Step{Time: time.Duration(w.now), Kind: kind, Peer: peer, From: from, To: to, Frame: f, Events: evs, Command: w.cmd}
 	if w.fail == nil {
 		for _, c := range w.checkers {
 			if v := c.Observe(w, s); v != nil {
@@ -886,6 +904,11 @@ func (w *World) next() {
 		w.stats.FramesDelivered++
 		w.stats.Events++
 		w.cur = ev.frame
+		if ev.frame.Type == mq.TypeMsg && ev.frame.Epoch != "" && !w.opts.NoReceivedAcks {
+			// As the real 1.1.0 transport does: a received ack goes back the
+			// moment the msg is decoded, before the node has stored anything.
+			w.transmit(p, &mq.Outgoing{To: src.id, Frame: mq.Frame{Type: mq.TypeAck, ID: ev.frame.ID, Seq: ev.frame.Seq, Stage: mq.StageReceived}})
+		}
 		p.node.Handle(w.vt(), ports.TransportEvent{Kind: ports.FrameReceived, From: src.id, Frame: ev.frame})
 		w.flush(p, StepFrame, int(ev.from), -1, &w.cur)
 		w.cur = mq.Frame{}

@@ -347,7 +347,7 @@ func TestCodecRoundTripIsExercised(t *testing.T) {
 	_, err := w.Send(0, 1, "t", []byte("{\n\"multi\": \"line\"\n}"))
 	require.NoError(t, err)
 	require.NoError(t, w.Converge(time.Second))
-	assert.Equal(t, uint64(2), w.Stats().CodecChecked, "the msg and its ack went through the codec")
+	assert.Equal(t, uint64(3), w.Stats().CodecChecked, "the msg, its received ack and its final ack went through the codec")
 }
 
 // step builds a synthetic step for checker tests.

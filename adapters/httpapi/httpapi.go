@@ -12,7 +12,9 @@
 // own name to 127.0.0.1 and then talk to the viewer with that name as Host.
 // Requests that change state (any method but GET and HEAD) that carry an
 // Origin header must come from the viewer's own origin, so other web sites
-// cannot post to the API from the user's browser (CSRF).
+// cannot post to the API from the user's browser (CSRF). Pages of other
+// peers are served on their own origins, p-<label>.localhost, where the API
+// is scoped to that peer (see sites.go).
 package httpapi
 
 import (
@@ -31,6 +33,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/goop-p2p/goop/adapters/dataproto"
 	"github.com/goop-p2p/goop/app"
 	"github.com/goop-p2p/goop/domain/group"
 	"github.com/goop-p2p/goop/domain/mq"
@@ -86,10 +89,31 @@ type Deps struct {
 	// GroupHistory reads the messages the host relayed in a group, newest
 	// last (nil: the history route answers 501).
 	GroupHistory func(ctx context.Context, groupID string, limit int) ([]group.HistoryEntry, error)
+
+	// SiteRoot is the folder of this node's own site (paths.site_root,
+	// absolute), served at /p/<self>/ (empty: those pages answer 404).
+	SiteRoot string
+	// FetchSite fetches a file of another peer's site (site.Fetch): it must
+	// bound the wait for the reply's header itself, bound each body read, and
+	// return errors wrapping the site package's typed errors (nil: remote
+	// pages answer 502). See sites.go for how remote pages are isolated.
+	FetchSite func(ctx context.Context, peer mq.PeerID, path string) (mime string, size int64, body io.ReadCloser, err error)
+	// QueryData runs a query on another peer's public data surface
+	// (dataproto.Query); errors are *dataproto.Error (nil: 502).
+	QueryData func(ctx context.Context, peer mq.PeerID, req dataproto.Request) (json.RawMessage, error)
+	// LocalViews is the data surface of this node's own pages
+	// (/api/data/query); nil exposes nothing.
+	LocalViews *dataproto.Registry
+	// PublicViews is the data surface other peers see; a page of this node
+	// opened on its peer origin queries it.
+	PublicViews *dataproto.Registry
+	// DataTimeout bounds a data query, local or proxied (default 10 s).
+	DataTimeout time.Duration
 }
 
 type server struct {
-	d Deps
+	d      Deps
+	labels labelCache
 }
 
 // New returns the viewer API handler. It is safe for concurrent use.
@@ -112,6 +136,9 @@ func New(d Deps) http.Handler {
 	if d.EventBuffer <= 0 {
 		d.EventBuffer = DefaultEventBuffer
 	}
+	if d.DataTimeout <= 0 {
+		d.DataTimeout = dataproto.DefaultTimeout
+	}
 	s := &server{d: d}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", s.healthz)
@@ -120,8 +147,11 @@ func New(d Deps) http.Handler {
 	mux.HandleFunc("POST /api/mq/ack", s.ack)
 	mux.HandleFunc("GET /api/mq/events", s.events)
 	s.registerGroups(mux)
+	s.registerPeers(mux)
 	s.registerUI(mux)
-	return guard(mux)
+	s.registerSites(mux)
+	s.registerData(mux)
+	return guard(s.scopeRemotePage(mux))
 }
 
 // guard rejects requests whose Host is not a loopback name or address

@@ -25,6 +25,7 @@ func (s *server) registerUI(mux *http.ServeMux) {
 	}
 	mux.HandleFunc("GET /{$}", page("index.html"))
 	mux.HandleFunc("GET /groups", page("groups.html"))
+	mux.HandleFunc("GET /peers", page("peers.html"))
 	mux.Handle("GET /sdk/", http.StripPrefix("", withUIHeaders(files)))
 	mux.Handle("GET /ui/", http.StripPrefix("/ui", withUIHeaders(files)))
 }

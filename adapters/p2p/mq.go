@@ -90,6 +90,9 @@ type MQOptions struct {
 	// msg's stream is reset). Tests use it to lose acks or msgs at will. It is
 	// called from network goroutines and must be safe for concurrent use.
 	DropInbound func(from mq.PeerID, f mq.Frame) bool
+	// NoReceivedAcks turns off the early received acks on 1.1.0 streams
+	// (tests and benchmarks that measure the final ack alone).
+	NoReceivedAcks bool
 }
 
 func (o MQOptions) withDefaults() MQOptions {
@@ -474,6 +477,13 @@ func (t *MQTransport) readLoop(p *peerState, st *stream11) {
 		}
 		if f.Type == mq.TypeMsg {
 			p.noteRoute(f.ID, st)
+			if f.Epoch != "" && !t.opts.NoReceivedAcks {
+				// Ours: tell the sender at once that the msg arrived (a
+				// transport ack, SPEC §2); the node's final ack follows once
+				// the message is durably delivered. Best effort: if the queue
+				// is full the final ack still comes.
+				p.q.push(outItem{f: mq.Frame{Type: mq.TypeAck, ID: f.ID, Seq: f.Seq, Stage: mq.StageReceived}, via: st})
+			}
 		}
 		if !t.deliver(p.pid, f) {
 			if !t.closed.Load() {

@@ -135,9 +135,9 @@ func (s *Store) LoadBus(ctx context.Context) (mq.Snapshot, error) {
 	return snap, nil
 }
 
-// Limits on one statement of Apply. bun inlines the values into the SQL text,
-// so these bound the statement's size (and SQLite's expression depth for the
-// OR-ed delete ranges) rather than a count of bound variables.
+// Limits on one statement of Apply: they bound the statement's size (bun
+// inlines the values into the SQL text; the hot path binds them) and
+// SQLite's expression depth for the OR-ed delete ranges.
 const (
 	maxInsertRows  = 500
 	maxInsertBytes = 4 << 20 // payload and string bytes per INSERT
@@ -150,7 +150,9 @@ const (
 // invite and subscription only the net effect of the batch is written (a
 // PutOutbox cancelled by a later DeleteOutbox of the same row is not
 // inserted; of several PutGroup of a group the last wins; a DeleteGroup
-// also deletes the group's members and invites, not its history), with
+// also deletes the group's members and invites, not its history). The
+// frequent statements (cursors, next seqs, outbox rows, history) are
+// prepared once with bound parameters (see hot.go); the others are
 // multi-row statements. History rows are appended in order, and each group
 // that got some keeps only its newest HistoryLimit rows. A batch holding an
 // invalid change (unknown kind, PutOutbox without a msg frame or with a
@@ -174,13 +176,29 @@ func (s *Store) Apply(ctx context.Context, b ports.Batch) error {
 	if b.Empty() {
 		return nil
 	}
-	err = s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-		st := &stepper{s: s}
-		if err := s.applyPlan(ctx, tx, st, p); err != nil {
-			return err
-		}
-		return s.applyGroupPlan(ctx, tx, st, gp)
-	})
+	if err := s.hot.prepare(ctx, s.db.DB, s.driver == DriverPostgres, p.hotKinds()|gp.hotKinds()); err != nil {
+		return fmt.Errorf("sqlstore: apply: %w", err)
+	}
+	if p.one != nil && gp.empty() && len(b.Peers) == 0 && s.afterStep == nil {
+		// A batch of one statement needs no transaction around it: the
+		// statement alone is all or nothing, and takes the same write lock
+		// (with the same busy wait) as BEGIN IMMEDIATE. Skipping BEGIN and
+		// COMMIT spares their work (a goroutine per database/sql
+		// transaction, two statements; two round trips on Postgres). The
+		// test hook needs a transaction to fail.
+		err = s.applyOne(ctx, &stepper{s: s}, p.one)
+	} else {
+		err = s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+			st := &stepper{s: s, tx: tx}
+			if err := s.applyPlan(ctx, st, p); err != nil {
+				return err
+			}
+			if err := s.applyGroupPlan(ctx, st, gp); err != nil {
+				return err
+			}
+			return s.applyPeers(ctx, tx, b.Peers)
+		})
+	}
 	if err != nil {
 		// The transaction rolled back, or its commit failed and may or may
 		// not have happened: recount history from the database next time.
@@ -206,6 +224,10 @@ type outKey struct {
 // busPlan is the net effect of a batch of bus changes. puts and dels are
 // disjoint, so their order does not matter.
 type busPlan struct {
+	// one, when set, is the batch's only change (not a SetEpoch), and the
+	// other fields are empty.
+	one *mq.Change
+
 	epoch    string
 	setEpoch bool
 	puts     map[outKey]*mq.Frame
@@ -219,26 +241,23 @@ type busPlan struct {
 // batch put it again); a PutOutbox followed by a DeleteOutbox is dropped.
 func planBus(cs []mq.Change) (*busPlan, error) {
 	p := &busPlan{}
-	for i, c := range cs {
-		if err := checkText(string(c.Peer), c.Epoch); err != nil {
+	for i := range cs {
+		if err := checkBusChange(&cs[i]); err != nil {
 			return nil, fmt.Errorf("change %d: %w", i, err)
 		}
+	}
+	if len(cs) == 1 && cs[0].Kind != mq.SetEpoch {
+		// The most frequent batch (a receiver's cursor, a sender's new or
+		// acknowledged message) has nothing to fold.
+		p.one = &cs[0]
+		return p, nil
+	}
+	for i := range cs {
+		c := &cs[i]
 		switch c.Kind {
 		case mq.SetEpoch:
 			p.epoch, p.setEpoch = c.Epoch, true
 		case mq.PutOutbox:
-			if c.Frame == nil {
-				return nil, fmt.Errorf("change %d: PutOutbox without a frame", i)
-			}
-			if c.Frame.Type != mq.TypeMsg {
-				return nil, fmt.Errorf("change %d: PutOutbox of a %q frame, want %q", i, c.Frame.Type, mq.TypeMsg)
-			}
-			if c.Frame.Seq != c.Seq {
-				return nil, fmt.Errorf("change %d: PutOutbox seq %d but frame seq %d", i, c.Seq, c.Frame.Seq)
-			}
-			if err := checkText(c.Frame.ID, c.Frame.Topic, string(c.Frame.Origin)); err != nil {
-				return nil, fmt.Errorf("change %d: %w", i, err)
-			}
 			k := outKey{c.Peer, c.Seq}
 			if p.puts == nil {
 				p.puts = make(map[outKey]*mq.Frame, len(cs))
@@ -262,11 +281,37 @@ func planBus(cs []mq.Change) (*busPlan, error) {
 				p.cursors = map[mq.PeerID]mq.Cursor{}
 			}
 			p.cursors[c.Peer] = mq.Cursor{Epoch: c.Epoch, Next: c.Seq}
-		default:
-			return nil, fmt.Errorf("change %d: unknown kind %d", i, c.Kind)
 		}
 	}
 	return p, nil
+}
+
+// checkBusChange refuses a change the store cannot keep faithfully: an
+// unknown kind, a PutOutbox without a msg frame or with a frame whose seq is
+// not the change's, a string with a NUL byte or invalid UTF-8.
+func checkBusChange(c *mq.Change) error {
+	if err := checkText(string(c.Peer), c.Epoch); err != nil {
+		return err
+	}
+	switch c.Kind {
+	case mq.SetEpoch, mq.DeleteOutbox, mq.SetNextSeq, mq.SetCursor:
+	case mq.PutOutbox:
+		if c.Frame == nil {
+			return fmt.Errorf("PutOutbox without a frame")
+		}
+		if c.Frame.Type != mq.TypeMsg {
+			return fmt.Errorf("PutOutbox of a %q frame, want %q", c.Frame.Type, mq.TypeMsg)
+		}
+		if c.Frame.Seq != c.Seq {
+			return fmt.Errorf("PutOutbox seq %d but frame seq %d", c.Seq, c.Frame.Seq)
+		}
+		if err := checkText(c.Frame.ID, c.Frame.Topic, string(c.Frame.Origin)); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("unknown kind %d", c.Kind)
+	}
+	return nil
 }
 
 // checkText refuses strings that a SQL text column cannot hold the same way
@@ -284,69 +329,113 @@ func checkText(ss ...string) error {
 	return nil
 }
 
-// stepper runs the statements of one Apply, calling the test hook after each.
-type stepper struct {
-	s *Store
-	n int
-}
-
-// execQuery is what the bun query types have in common here.
-type execQuery interface {
-	Exec(ctx context.Context, dest ...any) (sql.Result, error)
-}
-
-func (st *stepper) exec(ctx context.Context, q execQuery) error {
-	if _, err := q.Exec(ctx); err != nil {
-		return err
+// hotKinds is the set (1<<kind) of hot statement families p needs.
+func (p *busPlan) hotKinds() uint {
+	if p.one != nil {
+		switch p.one.Kind {
+		case mq.SetCursor:
+			return 1 << hotCursor
+		case mq.SetNextSeq:
+			return 1 << hotNextSeq
+		case mq.PutOutbox:
+			return 1 << hotPutOutbox
+		case mq.DeleteOutbox:
+			return 1 << hotDelOutbox
+		}
 	}
-	st.n++
-	if st.s.afterStep != nil {
-		return st.s.afterStep(st.n)
+	var k uint
+	if len(p.cursors) > 0 {
+		k |= 1 << hotCursor
 	}
-	return nil
+	if len(p.nextSeq) > 0 {
+		k |= 1 << hotNextSeq
+	}
+	if len(p.puts) > 0 {
+		k |= 1 << hotPutOutbox
+	}
+	if len(p.dels) > 0 {
+		k |= 1 << hotDelOutbox
+	}
+	return k
 }
 
-func (s *Store) applyPlan(ctx context.Context, tx bun.Tx, st *stepper, p *busPlan) error {
+func (s *Store) applyPlan(ctx context.Context, st *stepper, p *busPlan) error {
+	if p.one != nil {
+		return s.applyOne(ctx, st, p.one)
+	}
 	if p.setEpoch {
 		row := metaRow{Key: metaKeyEpoch, Value: p.epoch}
-		q := tx.NewInsert().Model(&row).On("CONFLICT (key) DO UPDATE")
+		q := st.tx.NewInsert().Model(&row).On("CONFLICT (key) DO UPDATE")
 		if err := st.exec(ctx, q); err != nil {
 			return fmt.Errorf("set epoch: %w", err)
 		}
 	}
-	if err := s.deleteOutbox(ctx, tx, st, p.dels); err != nil {
+	if err := s.deleteOutbox(ctx, st, p.dels); err != nil {
 		return fmt.Errorf("delete outbox: %w", err)
 	}
-	if err := s.putOutbox(ctx, tx, st, p.puts); err != nil {
+	if err := s.putOutbox(ctx, st, p.puts); err != nil {
 		return fmt.Errorf("put outbox: %w", err)
 	}
 	if len(p.nextSeq) > 0 {
-		rows := make([]nextSeqRow, 0, len(p.nextSeq))
-		for peer, n := range p.nextSeq {
-			rows = append(rows, nextSeqRow{PeerID: string(peer), NextSeq: n})
+		peers := sortedPeers(p.nextSeq)
+		args := st.argsBuf(2 * len(peers))
+		for _, peer := range peers {
+			args = append(args, string(peer), p.nextSeq[peer])
 		}
-		slices.SortFunc(rows, func(a, b nextSeqRow) int { return cmp.Compare(a.PeerID, b.PeerID) })
-		for chunk := range slices.Chunk(rows, maxInsertRows) {
-			q := tx.NewInsert().Model(&chunk).On("CONFLICT (peer_id) DO UPDATE")
-			if err := st.exec(ctx, q); err != nil {
-				return fmt.Errorf("set next seq: %w", err)
-			}
+		if err := st.execHot(ctx, hotNextSeq, args, len(peers), nil); err != nil {
+			return fmt.Errorf("set next seq: %w", err)
 		}
 	}
 	if len(p.cursors) > 0 {
-		rows := make([]cursorRow, 0, len(p.cursors))
-		for peer, c := range p.cursors {
-			rows = append(rows, cursorRow{PeerID: string(peer), Epoch: c.Epoch, NextSeq: c.Next})
+		peers := sortedPeers(p.cursors)
+		args := st.argsBuf(3 * len(peers))
+		for _, peer := range peers {
+			c := p.cursors[peer]
+			args = append(args, string(peer), c.Epoch, c.Next)
 		}
-		slices.SortFunc(rows, func(a, b cursorRow) int { return cmp.Compare(a.PeerID, b.PeerID) })
-		for chunk := range slices.Chunk(rows, maxInsertRows) {
-			q := tx.NewInsert().Model(&chunk).On("CONFLICT (peer_id) DO UPDATE")
-			if err := st.exec(ctx, q); err != nil {
-				return fmt.Errorf("set cursors: %w", err)
-			}
+		if err := st.execHot(ctx, hotCursor, args, len(peers), nil); err != nil {
+			return fmt.Errorf("set cursors: %w", err)
 		}
 	}
 	return nil
+}
+
+// applyOne writes the single change c of a batch (not a SetEpoch) as the
+// general path would, without building its maps and sorted rows.
+func (s *Store) applyOne(ctx context.Context, st *stepper, c *mq.Change) error {
+	switch c.Kind {
+	case mq.SetCursor:
+		if err := st.execHot(ctx, hotCursor, append(st.argsBuf(3), string(c.Peer), c.Epoch, c.Seq), 1, nil); err != nil {
+			return fmt.Errorf("set cursors: %w", err)
+		}
+	case mq.SetNextSeq:
+		if err := st.execHot(ctx, hotNextSeq, append(st.argsBuf(2), string(c.Peer), c.Seq), 1, nil); err != nil {
+			return fmt.Errorf("set next seq: %w", err)
+		}
+	case mq.PutOutbox:
+		f := c.Frame
+		args := append(st.argsBuf(7), string(c.Peer), c.Seq, f.ID, f.Topic, []byte(f.Payload), string(f.Origin), s.now().UnixMilli())
+		if err := st.execHot(ctx, hotPutOutbox, args, 1, nil); err != nil {
+			return fmt.Errorf("put outbox: %w", err)
+		}
+	case mq.DeleteOutbox:
+		if err := st.execHot(ctx, hotDelOutbox, append(st.argsBuf(3), string(c.Peer), c.Seq, c.Seq), 1, nil); err != nil {
+			return fmt.Errorf("delete outbox: %w", err)
+		}
+	default:
+		return fmt.Errorf("change of kind %d cannot be applied alone", c.Kind)
+	}
+	return nil
+}
+
+// sortedPeers returns the keys of m in order.
+func sortedPeers[V any](m map[mq.PeerID]V) []mq.PeerID {
+	peers := make([]mq.PeerID, 0, len(m))
+	for peer := range m {
+		peers = append(peers, peer)
+	}
+	slices.Sort(peers)
+	return peers
 }
 
 // seqRange is the rows lo..hi (inclusive) of one destination's outbox.
@@ -357,7 +446,7 @@ type seqRange struct {
 
 // deleteOutbox deletes the keys of dels, as runs of consecutive seqs: an
 // acknowledgement usually removes a contiguous run, which is one range term.
-func (s *Store) deleteOutbox(ctx context.Context, tx bun.Tx, st *stepper, dels map[outKey]struct{}) error {
+func (s *Store) deleteOutbox(ctx context.Context, st *stepper, dels map[outKey]struct{}) error {
 	if len(dels) == 0 {
 		return nil
 	}
@@ -374,63 +463,38 @@ func (s *Store) deleteOutbox(ctx context.Context, tx bun.Tx, st *stepper, dels m
 		}
 		ranges = append(ranges, seqRange{peer: k.peer, lo: k.seq, hi: k.seq})
 	}
-	for chunk := range slices.Chunk(ranges, maxDeleteTerms) {
-		q := tx.NewDelete().Model((*outboxRow)(nil))
-		for _, r := range chunk {
-			if r.lo == r.hi {
-				q = q.WhereOr("(peer_id = ? AND seq = ?)", string(r.peer), r.lo)
-			} else {
-				q = q.WhereOr("(peer_id = ? AND seq BETWEEN ? AND ?)", string(r.peer), r.lo, r.hi)
-			}
-		}
-		if err := st.exec(ctx, q); err != nil {
-			return err
-		}
+	args := st.argsBuf(3 * len(ranges))
+	var peer any
+	for _, r := range ranges {
+		args = append(args, strArg(&peer, string(r.peer)), r.lo, r.hi)
 	}
-	return nil
+	return st.execHot(ctx, hotDelOutbox, args, len(ranges), nil)
 }
 
-// putOutbox upserts the frames of puts with multi-row inserts, chunked by
-// row count and bytes.
-func (s *Store) putOutbox(ctx context.Context, tx bun.Tx, st *stepper, puts map[outKey]*mq.Frame) error {
+// putOutbox upserts the frames of puts, in key order, with multi-row
+// statements of about maxInsertBytes at most.
+func (s *Store) putOutbox(ctx context.Context, st *stepper, puts map[outKey]*mq.Frame) error {
 	if len(puts) == 0 {
 		return nil
 	}
-	now := s.now().UnixMilli()
-	rows := make([]outboxRow, 0, len(puts))
-	for k, f := range puts {
-		rows = append(rows, outboxRow{
-			PeerID:    string(k.peer),
-			Seq:       k.seq,
-			MsgID:     f.ID,
-			Topic:     f.Topic,
-			Payload:   f.Payload,
-			Origin:    string(f.Origin),
-			CreatedAt: now,
-		})
+	keys := make([]outKey, 0, len(puts))
+	for k := range puts {
+		keys = append(keys, k)
 	}
-	slices.SortFunc(rows, func(a, b outboxRow) int {
-		return cmp.Or(cmp.Compare(a.PeerID, b.PeerID), cmp.Compare(a.Seq, b.Seq))
-	})
-	for start := 0; start < len(rows); {
-		end, size := start, 0
-		for end < len(rows) && end-start < maxInsertRows {
-			r := &rows[end]
-			n := 2*len(r.Payload) + len(r.PeerID) + len(r.MsgID) + len(r.Topic) + len(r.Origin) + 64
-			if end > start && size+n > maxInsertBytes {
-				break
-			}
-			size += n
-			end++
-		}
-		chunk := rows[start:end]
-		q := tx.NewInsert().Model(&chunk).On("CONFLICT (peer_id, seq) DO UPDATE")
-		if err := st.exec(ctx, q); err != nil {
-			return err
-		}
-		start = end
+	slices.SortFunc(keys, compareKeys)
+	now := any(s.now().UnixMilli())
+	args := st.argsBuf(len(hotSpecs[hotPutOutbox].cols) * len(keys))
+	var peer, topic, origin any
+	for _, k := range keys {
+		f := puts[k]
+		args = append(args, strArg(&peer, string(k.peer)), k.seq, f.ID, strArg(&topic, f.Topic), []byte(f.Payload),
+			strArg(&origin, string(f.Origin)), now)
 	}
-	return nil
+	size := func(i int) int {
+		f := puts[keys[i]]
+		return 2*len(f.Payload) + len(keys[i].peer) + len(f.ID) + len(f.Topic) + len(f.Origin) + 64
+	}
+	return st.execHot(ctx, hotPutOutbox, args, len(keys), size)
 }
 
 func compareKeys(a, b outKey) int {

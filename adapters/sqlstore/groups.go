@@ -554,11 +554,20 @@ func checkGroupChange(c *group.Change) error {
 	return nil
 }
 
-// applyGroupPlan runs the statements of p in tx.
-func (s *Store) applyGroupPlan(ctx context.Context, tx bun.Tx, st *stepper, p *groupPlan) error {
+// hotKinds is the set (1<<kind) of hot statement families p needs.
+func (p *groupPlan) hotKinds() uint {
+	if len(p.history) > 0 {
+		return 1<<hotHistory | 1<<hotPrune
+	}
+	return 0
+}
+
+// applyGroupPlan runs the statements of p in st's transaction.
+func (s *Store) applyGroupPlan(ctx context.Context, st *stepper, p *groupPlan) error {
 	if p.empty() {
 		return nil
 	}
+	tx := st.tx
 	if err := s.applyGroupRows(ctx, tx, st, p.groups); err != nil {
 		return fmt.Errorf("groups: %w", err)
 	}
@@ -582,7 +591,7 @@ func (s *Store) applyGroupPlan(ctx context.Context, tx bun.Tx, st *stepper, p *g
 	if err := applySubs(ctx, tx, st, p.subs); err != nil {
 		return fmt.Errorf("subscriptions: %w", err)
 	}
-	if err := s.appendHistory(ctx, tx, st, p); err != nil {
+	if err := s.appendHistory(ctx, st, p); err != nil {
 		return fmt.Errorf("history: %w", err)
 	}
 	return nil
@@ -760,21 +769,24 @@ func applySubs(ctx context.Context, tx bun.Tx, st *stepper, subs map[subKey]*gro
 // appendHistory inserts hs in order, then prunes each group that got new
 // rows to its newest historyLimit rows. It records the groups' new row
 // counts in p.counts for Apply to cache once the transaction commits.
-func (s *Store) appendHistory(ctx context.Context, tx bun.Tx, st *stepper, p *groupPlan) error {
+func (s *Store) appendHistory(ctx context.Context, st *stepper, p *groupPlan) error {
 	if len(p.history) == 0 {
 		return nil
 	}
-	rows := make([]historyRow, len(p.history))
+	tx := st.tx
+	args := st.argsBuf(len(hotSpecs[hotHistory].cols) * len(p.history))
 	added := map[string]int{}
-	for i, h := range p.history {
-		rows[i] = historyRow{GroupID: h.GroupID, FromPeer: string(h.From), Type: h.Type, Payload: nilIfEmpty(h.Payload), At: h.At.UnixMilli()}
+	var gid, from, typ any
+	for _, h := range p.history {
+		args = append(args, strArg(&gid, h.GroupID), strArg(&from, string(h.From)), strArg(&typ, h.Type),
+			nilIfEmpty(h.Payload), h.At.UnixMilli())
 		added[h.GroupID]++
 	}
-	size := func(r *historyRow) int { return 2*len(r.Payload) + len(r.GroupID) + len(r.FromPeer) + len(r.Type) + 64 }
-	err := insertChunks(ctx, tx, st, rows, size, func(q *bun.InsertQuery) *bun.InsertQuery {
-		return q.Returning("NULL") // the ids are not needed
-	})
-	if err != nil {
+	size := func(i int) int {
+		h := p.history[i]
+		return 2*len(h.Payload) + len(h.GroupID) + len(h.From) + len(h.Type) + 64
+	}
+	if err := st.execHot(ctx, hotHistory, args, len(p.history), size); err != nil {
 		return err
 	}
 	limit := s.historyLimit
@@ -798,10 +810,8 @@ func (s *Store) appendHistory(ctx context.Context, tx bun.Tx, st *stepper, p *gr
 		if excess := n - limit; excess > 0 {
 			// The id of the newest row to drop is the excess-th oldest: the
 			// index is walked from the oldest end over the dropped rows only.
-			cut := tx.NewSelect().Model((*historyRow)(nil)).Column("id").Where("group_id = ?", gid).
-				OrderExpr("id ASC").Limit(1).Offset(int64(excess - 1))
-			q := tx.NewDelete().Model((*historyRow)(nil)).Where("group_id = ?", gid).Where("id <= (?)", cut)
-			if err := st.exec(ctx, q); err != nil {
+			args := append(st.argsBuf(3), gid, gid, int64(excess-1))
+			if err := st.execHot(ctx, hotPrune, args, 1, nil); err != nil {
 				return fmt.Errorf("prune %q: %w", gid, err)
 			}
 			n = limit

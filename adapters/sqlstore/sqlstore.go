@@ -85,6 +85,9 @@ type Store struct {
 	// historyLimit, when positive (tests only), replaces HistoryLimit as the
 	// number of history rows Apply keeps per group.
 	historyLimit int
+	// hot holds Apply's prepared statements. Guarded by mu.
+	hot hotStmts
+
 	// histCounts caches the committed number of history rows per group, so
 	// that pruning walks only the rows it deletes. Apply fills it lazily
 	// (one count per group and process) and drops it when a transaction
@@ -108,6 +111,7 @@ func openWith(ctx context.Context, cfg Config, migs []Migration) (*Store, error)
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	s := &Store{log: log, now: time.Now}
+	s.hot.sizes = stmtSizes(cfg.Driver)
 	var err error
 	switch cfg.Driver {
 	case "", DriverSQLite:
@@ -253,6 +257,9 @@ func (s *Store) Close() error {
 	}
 	s.closed = true
 	var errs []error
+	if err := s.hot.close(); err != nil {
+		errs = append(errs, fmt.Errorf("sqlstore: close statements: %w", err))
+	}
 	if s.driver == DriverSQLite {
 		if _, err := s.db.ExecContext(context.Background(), "PRAGMA wal_checkpoint(TRUNCATE)"); err != nil {
 			errs = append(errs, fmt.Errorf("sqlstore: checkpoint: %w", err))

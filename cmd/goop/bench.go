@@ -74,7 +74,7 @@ func benchCommand(g *globals, stdout io.Writer) *cli.Command {
 				}
 				return res.writeTable(stdout)
 			},
-		}, benchGroupsCommand(g, stdout)},
+		}, benchGroupsCommand(g, stdout), benchRendezvousCommand(g, stdout)},
 	}
 }
 
@@ -122,8 +122,14 @@ type benchResult struct {
 	// Transport is the connection the round trips ran on (tcp or quic-v1).
 	Transport string  `json:"transport"`
 	Echo      latency `json:"echo"`
-	MQ11      latency `json:"mq_1_1_0"`
-	MQ10      latency `json:"mq_1_0_0"`
+	// MQ11 and MQ10 are msg -> ack round trips, the ack being the transport
+	// ack of SPEC §2 (a Goop 1.1.0 peer sends it as soon as it decodes the
+	// msg; a 1.0.0 peer sends one ack, after storing).
+	MQ11 latency `json:"mq_1_1_0"`
+	MQ10 latency `json:"mq_1_0_0"`
+	// MQ11Stored is msg -> final ack on 1.1.0: the peer stored its cursor
+	// and delivered the message to its application.
+	MQ11Stored latency `json:"mq_1_1_0_stored"`
 	// RatioMQ11ToEcho is the MQ 1.1.0 median round trip over the echo median.
 	RatioMQ11ToEcho float64 `json:"ratio_mq_1_1_0_to_echo_median"`
 	Throughput1     float64 `json:"msgs_per_sec_1_sender"`
@@ -147,6 +153,7 @@ func (r *benchResult) writeTable(w io.Writer) error {
 	row("libp2p stream echo round trip (baseline)", r.Echo)
 	row("MQ 1.1.0 round trip (msg -> ack)", r.MQ11)
 	row("MQ 1.0.0 round trip (msg -> ack)", r.MQ10)
+	row("MQ 1.1.0 msg -> stored and delivered", r.MQ11Stored)
 	fmt.Fprintln(tw, "\t\t\t\t")
 	fmt.Fprintf(tw, "MQ 1.1.0 median / echo median\t%.1fx\t\t\t\n", r.RatioMQ11ToEcho)
 	fmt.Fprintf(tw, "one-way messages/s, 1 sender\t%.0f\t\t\t\n", r.Throughput1)
@@ -179,10 +186,11 @@ func benchMQ(ctx context.Context, o benchOptions) (*benchResult, error) {
 	res := &benchResult{GoVersion: runtime.Version(), CPUs: runtime.NumCPU(), Count: o.Count, PayloadBytes: o.PayloadBytes}
 	start := func(name string, mqOpts p2p.MQOptions) (*node.Running, error) {
 		return node.Start(ctx, filepath.Join(root, name), node.Options{
-			Log:      o.Log,
-			ListenIP: "127.0.0.1",
-			MQ:       mqOpts,
-			Init:     node.InitOptions{Configure: func(c *app.Config) { c.Viewer.HTTPAddr = "127.0.0.1:0" }},
+			NoAutoConnect: true, // measure only the nodes of this run
+			Log:           o.Log,
+			ListenIP:      "127.0.0.1",
+			MQ:            mqOpts,
+			Init:          node.InitOptions{Configure: func(c *app.Config) { c.Viewer.HTTPAddr = "127.0.0.1:0" }},
 		})
 	}
 	t0 := time.Now()
@@ -239,6 +247,11 @@ func benchMQ(ctx context.Context, o benchOptions) (*benchResult, error) {
 		}
 		*tc.out = summarize(ds)
 	}
+	stored, err := roundTripsWith(ctx, a, b, o.Count, payload, false)
+	if err != nil {
+		return nil, fmt.Errorf("bench: MQ 1.1.0 stored round trips: %w", err)
+	}
+	res.MQ11Stored = summarize(stored)
 	if res.Echo.MedianUS > 0 {
 		res.RatioMQ11ToEcho = res.MQ11.MedianUS / res.Echo.MedianUS
 	}
@@ -279,14 +292,24 @@ func benchPayload(n int) []byte {
 }
 
 // roundTrips sends n messages from a to b one after the other, each waiting
-// for b's ack, and returns each round trip.
+// for b's ack (the first one: the transport ack), and returns each round trip.
 func roundTrips(ctx context.Context, a, b *node.Running, n int, payload []byte) ([]time.Duration, error) {
+	return roundTripsWith(ctx, a, b, n, payload, true)
+}
+
+// roundTripsWith waits for the transport ack (early) or for the final ack.
+func roundTripsWith(ctx context.Context, a, b *node.Running, n int, payload []byte, early bool) ([]time.Duration, error) {
 	to := mq.PeerID(b.PeerID.String())
 	out := make([]time.Duration, 0, n)
 	for i := 0; i < n; i++ {
 		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		t0 := time.Now()
-		_, _, err := a.Runtime.SendWait(sctx, to, "bench.rtt", payload)
+		var err error
+		if early {
+			_, _, err = a.Runtime.SendRoundTrip(sctx, to, "bench.rtt", payload)
+		} else {
+			_, _, err = a.Runtime.SendWait(sctx, to, "bench.rtt", payload)
+		}
 		d := time.Since(t0)
 		cancel()
 		if err != nil {

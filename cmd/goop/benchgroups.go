@@ -67,18 +67,20 @@ func benchGroupsCommand(g *globals, stdout io.Writer) *cli.Command {
 			"  - slow member: one more member joins through a TCP proxy on 127.0.0.1 that\n" +
 			"    delays every chunk by --slow-ms in each direction (a delay line: latency, not a\n" +
 			"    bandwidth cap). The others' latency and throughput are measured with the proxy\n" +
-			"    at 0 ms and at --slow-ms.",
+			"    at 0 ms and at --slow-ms (the slow member's link is TCP; the others use\n" +
+			"    --transport).",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "json", Usage: "print the results as one JSON object"},
 			&cli.StringFlag{Name: "members", Value: "10,50", Usage: "comma-separated group sizes N (members besides the host)"},
 			&cli.IntFlag{Name: "messages", Value: 500, Usage: "messages per latency and per throughput measure"},
 			&cli.IntFlag{Name: "payload-bytes", Value: 1024, Usage: "size of each message's JSON payload"},
 			&cli.IntFlag{Name: "slow-ms", Value: 100, Usage: "delay of the slow member's link each way (0: skip the slow member measure)"},
+			&cli.StringFlag{Name: "transport", Value: "quic-v1", Usage: "members reach the host over `T`: quic-v1, tcp or any (libp2p's choice)"},
 			&cli.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile of the measures (not the start-up) to `FILE`"},
 		},
 		Action: func(c *cli.Context) error {
 			opts := groupsBenchOptions{Messages: c.Int("messages"), PayloadBytes: c.Int("payload-bytes"),
-				SlowMS: c.Int("slow-ms"), CPUProfile: c.String("cpuprofile"), Log: g.log}
+				SlowMS: c.Int("slow-ms"), Transport: c.String("transport"), CPUProfile: c.String("cpuprofile"), Log: g.log}
 			var err error
 			if opts.Members, err = parseMemberCounts(c.String("members")); err != nil {
 				return cli.Exit(err.Error(), exitUsage)
@@ -91,6 +93,9 @@ func benchGroupsCommand(g *globals, stdout io.Writer) *cli.Command {
 			}
 			if opts.SlowMS < 0 || opts.SlowMS > 10_000 {
 				return cli.Exit("--slow-ms must be between 0 and 10000", exitUsage)
+			}
+			if !slices.Contains([]string{"quic-v1", "tcp", "any"}, opts.Transport) {
+				return cli.Exit("--transport must be quic-v1, tcp or any", exitUsage)
 			}
 			res, err := benchGroups(c.Context, opts)
 			if err != nil {
@@ -127,6 +132,9 @@ type groupsBenchOptions struct {
 	PayloadBytes int
 	// SlowMS is the slow member's delay each way; 0 skips that measure.
 	SlowMS int
+	// Transport is how members reach the host: quic-v1, tcp, or any (or
+	// empty: libp2p's choice).
+	Transport string
 	// CPUProfile, if set, receives a CPU profile of the measures.
 	CPUProfile string
 	Log        *slog.Logger
@@ -148,7 +156,8 @@ type groupsBenchResult struct {
 // groupsRun is the measures of one group size.
 type groupsRun struct {
 	Members int `json:"members"`
-	// Transport is the members' connection to the host (quic-v1 or tcp).
+	// Transport is the members' connection to the host (quic-v1, tcp, or
+	// mixed with --transport any).
 	Transport string `json:"transport"`
 	// JoinMS is how long all members took to join (joins sent at once).
 	JoinMS float64 `json:"join_ms"`
@@ -159,8 +168,19 @@ type groupsRun struct {
 	// Deliveries per second at all receivers, messages pipelined.
 	DeliveriesPerSecHostSends   float64 `json:"deliveries_per_sec_host_sends"`
 	DeliveriesPerSecMemberSends float64 `json:"deliveries_per_sec_member_sends"`
+	// CPUPerDeliveryUS is this process's CPU time (all nodes) per delivery
+	// during each measure; 0 where /proc/self/stat is not available.
+	CPUPerDeliveryUS groupsCPU `json:"cpu_us_per_delivery"`
 	// Slow is the slow member measure (absent with --slow-ms 0).
 	Slow *slowMemberRun `json:"slow_member,omitempty"`
+}
+
+// groupsCPU is CPU time per delivery, in microseconds, by measure.
+type groupsCPU struct {
+	LatencyMemberSends    float64 `json:"latency_member_sends"`
+	LatencyHostSends      float64 `json:"latency_host_sends"`
+	ThroughputHostSends   float64 `json:"throughput_host_sends"`
+	ThroughputMemberSends float64 `json:"throughput_member_sends"`
 }
 
 // slowMemberRun compares the others' figures with one more member behind a
@@ -183,24 +203,35 @@ func (r *groupsBenchResult) writeTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "goop bench groups: %d messages of %d payload bytes per measure, %d nodes on 127.0.0.1 (started in %.0f ms), %s, %d CPUs\n\n",
 		r.Messages, r.PayloadBytes, r.Nodes, r.StartMS, r.GoVersion, r.CPUs)
+	cpu := func(us float64) string {
+		if us <= 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.0f µs", us)
+	}
 	for _, run := range r.Runs {
-		fmt.Fprintf(tw, "N=%d members over %s (joined in %.0f ms)\tsamples\tmedian\tp99\tmean\t\n", run.Members, run.Transport, run.JoinMS)
-		row := func(name string, l latency) {
-			fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%s\t\n", name, l.N, fmtUS(l.MedianUS), fmtUS(l.P99US), fmtUS(l.MeanUS))
+		fmt.Fprintf(tw, "N=%d members over %s (joined in %.0f ms)\tsamples\tmedian\tp99\tmean\tdeliveries/s\tCPU/delivery\t\n",
+			run.Members, run.Transport, run.JoinMS)
+		lat := func(name string, l latency, cpuUS float64) {
+			fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%s\t\t%s\t\n", name, l.N, fmtUS(l.MedianUS), fmtUS(l.P99US), fmtUS(l.MeanUS), cpu(cpuUS))
 		}
-		row("latency, member sends (via host)", run.LatencyMemberSends)
-		row("latency, host sends", run.LatencyHostSends)
-		fmt.Fprintf(tw, "  deliveries/s, host sends\t\t%.0f\t\t\t\n", run.DeliveriesPerSecHostSends)
-		fmt.Fprintf(tw, "  deliveries/s, member sends\t\t%.0f\t\t\t\n", run.DeliveriesPerSecMemberSends)
+		tput := func(name string, v, cpuUS float64) {
+			fmt.Fprintf(tw, "  %s\t\t\t\t\t%.0f\t%s\t\n", name, v, cpu(cpuUS))
+		}
+		c := run.CPUPerDeliveryUS
+		lat("latency, member sends (via host)", run.LatencyMemberSends, c.LatencyMemberSends)
+		lat("latency, host sends", run.LatencyHostSends, c.LatencyHostSends)
+		tput("throughput, host sends", run.DeliveriesPerSecHostSends, c.ThroughputHostSends)
+		tput("throughput, member sends (via host)", run.DeliveriesPerSecMemberSends, c.ThroughputMemberSends)
 		if s := run.Slow; s != nil {
-			row("others' latency, +1 member at 0 ms", s.OthersBaseline)
-			row(fmt.Sprintf("others' latency, +1 member at %d ms", s.DelayMS), s.OthersSlowed)
-			fmt.Fprintf(tw, "  others' p99 slowed / baseline\t\t%.2fx\t\t\t\n", s.OthersP99Ratio)
-			row(fmt.Sprintf("slow member's own latency (%d ms each way)", s.DelayMS), s.SlowMember)
-			fmt.Fprintf(tw, "  others' deliveries/s, +1 member at 0 ms\t\t%.0f\t\t\t\n", s.OthersDeliveriesPerSecBaseline)
-			fmt.Fprintf(tw, "  others' deliveries/s, +1 member at %d ms\t\t%.0f\t\t\t\n", s.DelayMS, s.OthersDeliveriesPerSecSlowed)
+			lat("others' latency, +1 member at 0 ms", s.OthersBaseline, 0)
+			lat(fmt.Sprintf("others' latency, +1 member at %d ms", s.DelayMS), s.OthersSlowed, 0)
+			fmt.Fprintf(tw, "  others' p99 slowed / baseline\t\t\t%.2fx\t\t\t\t\n", s.OthersP99Ratio)
+			lat(fmt.Sprintf("slow member's own latency (%d ms each way)", s.DelayMS), s.SlowMember, 0)
+			tput("others' throughput, +1 member at 0 ms", s.OthersDeliveriesPerSecBaseline, 0)
+			tput(fmt.Sprintf("others' throughput, +1 member at %d ms", s.DelayMS), s.OthersDeliveriesPerSecSlowed, 0)
 		}
-		fmt.Fprintln(tw, "\t\t\t\t\t")
+		fmt.Fprintln(tw, "\t\t\t\t\t\t\t")
 	}
 	return tw.Flush()
 }
@@ -208,12 +239,17 @@ func (r *groupsBenchResult) writeTable(w io.Writer) error {
 // groupsBench is one run of benchGroups: the nodes, their event collectors
 // and the measure in progress.
 type groupsBench struct {
-	o       groupsBenchOptions
-	epoch   time.Time
-	host    *node.Running
-	members []*node.Running // the slow member, if any, is last
-	subs    []*app.Subscription
-	pad     string
+	o     groupsBenchOptions
+	root  string
+	epoch time.Time
+	proxy *delayProxy // the slow member's link, if any
+	// transport is the members' connection to the host (quic-v1, tcp, or
+	// mixed with --transport any).
+	transport string
+	host      *node.Running
+	members   []*node.Running // the slow member, if any, is last
+	subs      []*app.Subscription
+	pad       string
 
 	cur       atomic.Pointer[groupsMeasure]
 	nextNonce uint64 // owned by the measuring goroutine
@@ -244,6 +280,22 @@ type groupsMeasure struct {
 	watchLeft atomic.Int64
 	watchDone chan struct{}
 	dups      atomic.Int64
+	// cpu is the process's CPU time during the measure (0: unknown).
+	cpu time.Duration
+}
+
+// cpuPerDeliveryUS is m's CPU time per delivery (awaited and watched), in µs.
+func (m *groupsMeasure) cpuPerDeliveryUS() float64 {
+	n := 0
+	for i := range m.await {
+		if m.await[i] || m.watch[i] {
+			n += m.n
+		}
+	}
+	if n == 0 || m.cpu <= 0 {
+		return 0
+	}
+	return float64(m.cpu) / float64(time.Microsecond) / float64(n)
 }
 
 func (b *groupsBench) now() time.Duration { return time.Since(b.epoch) }
@@ -381,60 +433,18 @@ func benchGroups(ctx context.Context, o groupsBenchOptions) (_ *groupsBenchResul
 	if len(o.Members) == 0 || o.Messages < 1 || o.PayloadBytes < minGroupsPayload {
 		return nil, errors.New("bench groups: need group sizes, messages and a payload of at least 32 bytes")
 	}
-	root, err := os.MkdirTemp("", "goop-bench-groups-*")
-	if err != nil {
-		return nil, fmt.Errorf("bench groups: %w", err)
-	}
-	defer os.RemoveAll(root)
-
-	maxN := slices.Max(o.Members)
-	slots := maxN
-	if o.SlowMS > 0 {
-		slots++
-	}
-	b := &groupsBench{o: o, epoch: time.Now(), lost: make(chan struct{}), pad: strings.Repeat("x", o.PayloadBytes)}
-	res := &groupsBenchResult{GoVersion: runtime.Version(), CPUs: runtime.NumCPU(), Messages: o.Messages,
-		PayloadBytes: o.PayloadBytes, Nodes: 1 + slots}
-
 	t0 := time.Now()
+	b, err := startGroupsBench(ctx, o, slices.Max(o.Members))
+	if err != nil {
+		return nil, err
+	}
 	defer func() {
-		b.closing.Store(true)
-		if cerr := b.closeNodes(); cerr != nil && err == nil {
-			err = fmt.Errorf("bench groups: stop nodes: %w", cerr)
+		if cerr := b.Close(); cerr != nil && err == nil {
+			err = cerr
 		}
-		b.wg.Wait()
 	}()
-	if err := b.startNodes(ctx, root, slots); err != nil {
-		return nil, fmt.Errorf("bench groups: %w", err)
-	}
-	// Members reach the host directly; the slow member through its proxy, later.
-	direct := b.members[:maxN]
-	var cerrs []error
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for _, m := range direct {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := p2p.ConnectPeers(ctx, m.Host, b.host.Addrs()); err != nil {
-				mu.Lock()
-				cerrs = append(cerrs, err)
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	if err := errors.Join(cerrs...); err != nil {
-		return nil, fmt.Errorf("bench groups: connect members to the host: %w", err)
-	}
-	var proxy *delayProxy
-	if o.SlowMS > 0 {
-		if proxy, err = b.connectSlow(ctx); err != nil {
-			return nil, fmt.Errorf("bench groups: slow member: %w", err)
-		}
-		defer proxy.Close()
-	}
-	res.StartMS = msSince(t0)
+	res := &groupsBenchResult{GoVersion: runtime.Version(), CPUs: runtime.NumCPU(), Messages: o.Messages,
+		PayloadBytes: o.PayloadBytes, Nodes: 1 + len(b.members), StartMS: msSince(t0)}
 
 	if o.CPUProfile != "" {
 		f, err := os.Create(o.CPUProfile)
@@ -453,7 +463,7 @@ func benchGroups(ctx context.Context, o groupsBenchOptions) (_ *groupsBenchResul
 		}()
 	}
 	for _, n := range o.Members {
-		run, err := b.runSize(ctx, n, proxy)
+		run, err := b.runSize(ctx, n)
 		if err != nil {
 			return nil, fmt.Errorf("bench groups: N=%d: %w", n, err)
 		}
@@ -462,14 +472,102 @@ func benchGroups(ctx context.Context, o groupsBenchOptions) (_ *groupsBenchResul
 	return res, nil
 }
 
+// startGroupsBench starts the host and maxN member nodes (plus the slow
+// member behind its proxy when o.SlowMS > 0) in a temporary folder, and
+// connects them to the host. Close stops them and removes the folder.
+func startGroupsBench(ctx context.Context, o groupsBenchOptions, maxN int) (_ *groupsBench, err error) {
+	root, err := os.MkdirTemp("", "goop-bench-groups-*")
+	if err != nil {
+		return nil, fmt.Errorf("bench groups: %w", err)
+	}
+	slots := maxN
+	if o.SlowMS > 0 {
+		slots++
+	}
+	b := &groupsBench{o: o, root: root, epoch: time.Now(), lost: make(chan struct{}), pad: strings.Repeat("x", o.PayloadBytes)}
+	defer func() {
+		if err != nil {
+			_ = b.Close()
+		}
+	}()
+	if err := b.startNodes(ctx, slots); err != nil {
+		return nil, fmt.Errorf("bench groups: %w", err)
+	}
+	// Members reach the host directly; the slow member through its proxy.
+	var addrs []string
+	for _, a := range b.host.Addrs() {
+		if o.Transport == "" || o.Transport == "any" || transportName(a) == o.Transport {
+			addrs = append(addrs, a)
+		}
+	}
+	if len(addrs) == 0 {
+		return nil, fmt.Errorf("bench groups: the host has no %s address (%v)", o.Transport, b.host.Addrs())
+	}
+	errs := make([]error, maxN)
+	var wg sync.WaitGroup
+	for i, m := range b.members[:maxN] {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = p2p.ConnectPeers(ctx, m.Host, addrs)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("bench groups: connect members to the host: %w", err)
+	}
+	for i, m := range b.members[:maxN] {
+		conns := m.Host.Network().ConnsToPeer(b.host.PeerID)
+		if len(conns) == 0 {
+			return nil, fmt.Errorf("bench groups: member %d is not connected to the host", i)
+		}
+		for _, c := range conns {
+			got := transportName(c.RemoteMultiaddr().String())
+			switch {
+			case b.transport == "":
+				b.transport = got
+			case got == b.transport:
+			case o.Transport == "" || o.Transport == "any":
+				b.transport = "mixed"
+			default:
+				return nil, fmt.Errorf("bench groups: member %d reaches the host over %s, not %s", i, got, o.Transport)
+			}
+		}
+	}
+	if o.SlowMS > 0 {
+		if b.proxy, err = b.connectSlow(ctx); err != nil {
+			return nil, fmt.Errorf("bench groups: slow member: %w", err)
+		}
+	}
+	return b, nil
+}
+
+// Close stops the proxy and every node, and removes the temporary folder.
+func (b *groupsBench) Close() error {
+	b.closing.Store(true)
+	if b.proxy != nil {
+		b.proxy.Close()
+	}
+	err := b.closeNodes()
+	b.wg.Wait()
+	if rerr := os.RemoveAll(b.root); rerr != nil && err == nil {
+		err = rerr
+	}
+	if err != nil {
+		return fmt.Errorf("bench groups: stop nodes: %w", err)
+	}
+	return nil
+}
+
 func msSince(t time.Time) float64 { return float64(time.Since(t)) / float64(time.Millisecond) }
 
 // startNodes starts the host and `slots` member nodes, and a collector per member.
-func (b *groupsBench) startNodes(ctx context.Context, root string, slots int) error {
+func (b *groupsBench) startNodes(ctx context.Context, slots int) error {
 	start := func(name string) (*node.Running, error) {
-		r, err := node.Start(ctx, filepath.Join(root, name), node.Options{
-			Log:      b.o.Log,
-			ListenIP: "127.0.0.1",
+		r, err := node.Start(ctx, filepath.Join(b.root, name), node.Options{
+			NoAutoConnect: true, // only the connections this bench makes
+			Log:           b.o.Log,
+			ListenIP:      "127.0.0.1",
 			Init: node.InitOptions{Label: name, Configure: func(c *app.Config) {
 				c.Viewer.HTTPAddr = "127.0.0.1:0"
 			}},
@@ -588,7 +686,8 @@ func tcpAddr(r *node.Running) (string, error) {
 }
 
 // runSize creates a group with the first n members and measures it.
-func (b *groupsBench) runSize(ctx context.Context, n int, proxy *delayProxy) (*groupsRun, error) {
+func (b *groupsBench) runSize(ctx context.Context, n int) (*groupsRun, error) {
+	proxy := b.proxy
 	run := &groupsRun{Members: n}
 	hostID := mq.PeerID(b.host.PeerID.String())
 	gid, err := b.createGroup(ctx, fmt.Sprintf("bench %d", n))
@@ -604,9 +703,7 @@ func (b *groupsBench) runSize(ctx context.Context, n int, proxy *delayProxy) (*g
 		return nil, err
 	}
 	run.JoinMS = msSince(t0)
-	if conns := b.members[0].Host.Network().ConnsToPeer(b.host.PeerID); len(conns) > 0 {
-		run.Transport = transportName(conns[0].RemoteMultiaddr().String())
-	}
+	run.Transport = b.transport
 	sender := b.members[0]
 	others := members[1:]
 
@@ -622,16 +719,20 @@ func (b *groupsBench) runSize(ctx context.Context, n int, proxy *delayProxy) (*g
 		return nil, fmt.Errorf("latency, member sends: %w", err)
 	}
 	run.LatencyMemberSends = summarize(m.samples(others))
+	run.CPUPerDeliveryUS.LatencyMemberSends = m.cpuPerDeliveryUS()
 	if m, err = b.latency(ctx, b.host, hostID, gid, members, nil, b.o.Messages); err != nil {
 		return nil, fmt.Errorf("latency, host sends: %w", err)
 	}
 	run.LatencyHostSends = summarize(m.samples(members))
-	if run.DeliveriesPerSecHostSends, _, err = b.throughput(ctx, b.host, hostID, gid, members, nil, b.o.Messages); err != nil {
+	run.CPUPerDeliveryUS.LatencyHostSends = m.cpuPerDeliveryUS()
+	if run.DeliveriesPerSecHostSends, m, err = b.throughput(ctx, b.host, hostID, gid, members, nil, b.o.Messages); err != nil {
 		return nil, fmt.Errorf("throughput, host sends: %w", err)
 	}
-	if run.DeliveriesPerSecMemberSends, _, err = b.throughput(ctx, sender, hostID, gid, others, nil, b.o.Messages); err != nil {
+	run.CPUPerDeliveryUS.ThroughputHostSends = m.cpuPerDeliveryUS()
+	if run.DeliveriesPerSecMemberSends, m, err = b.throughput(ctx, sender, hostID, gid, others, nil, b.o.Messages); err != nil {
 		return nil, fmt.Errorf("throughput, member sends: %w", err)
 	}
+	run.CPUPerDeliveryUS.ThroughputMemberSends = m.cpuPerDeliveryUS()
 	if proxy == nil {
 		return run, nil
 	}
@@ -769,6 +870,7 @@ func (b *groupsBench) latency(ctx context.Context, r *node.Running, host mq.Peer
 	m := b.newMeasure(gid, count, await, watch)
 	b.cur.Store(m)
 	defer b.cur.Store(nil)
+	cpu0, cpuOK := processCPU()
 	timer := time.NewTimer(groupsMsgWait)
 	defer timer.Stop()
 	for k := 0; k < count; k++ {
@@ -790,6 +892,9 @@ func (b *groupsBench) latency(ctx context.Context, r *node.Running, host mq.Peer
 	if err := b.waitWatched(ctx, m); err != nil {
 		return nil, err
 	}
+	if cpu1, ok := processCPU(); ok && cpuOK {
+		m.cpu = cpu1 - cpu0
+	}
 	return m, nil
 }
 
@@ -799,6 +904,7 @@ func (b *groupsBench) throughput(ctx context.Context, r *node.Running, host mq.P
 	m := b.newMeasure(gid, count, await, watch)
 	b.cur.Store(m)
 	defer b.cur.Store(nil)
+	cpu0, cpuOK := processCPU()
 	start := b.now()
 	var next atomic.Int64
 	errs := make(chan error, groupsSenders)
@@ -842,6 +948,9 @@ func (b *groupsBench) throughput(ctx context.Context, r *node.Running, host mq.P
 	elapsed := m.last(await) - start
 	if err := b.waitWatched(ctx, m); err != nil {
 		return 0, nil, err
+	}
+	if cpu1, ok := processCPU(); ok && cpuOK {
+		m.cpu = cpu1 - cpu0
 	}
 	return float64(count*len(await)) / elapsed.Seconds(), m, nil
 }
@@ -1031,4 +1140,30 @@ func (p *delayProxy) pipe(dst, src net.Conn) {
 	}
 	_ = dst.Close()
 	_ = src.Close()
+}
+
+// processCPU returns this process's CPU time (user and system, all threads)
+// from /proc/self/stat, with a resolution of 10 ms; false where that file is
+// not available (not Linux).
+func processCPU() (time.Duration, bool) {
+	data, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		return 0, false
+	}
+	// The command name (field 2) is in parentheses and may hold spaces.
+	i := strings.LastIndexByte(string(data), ')')
+	if i < 0 {
+		return 0, false
+	}
+	f := strings.Fields(string(data[i+1:]))
+	// f[0] is field 3; utime and stime are fields 14 and 15, in USER_HZ (100 on Linux).
+	if len(f) < 13 {
+		return 0, false
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, false
+	}
+	return time.Duration(ut+st) * (time.Second / 100), true
 }

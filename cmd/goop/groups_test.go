@@ -33,7 +33,7 @@ func startMesh(t *testing.T, n int) []*node.Running {
 			}
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-		r, err := node.Start(ctx, t.TempDir(), node.Options{ListenIP: "127.0.0.1", Init: node.InitOptions{
+		r, err := node.Start(ctx, t.TempDir(), node.Options{ListenIP: "127.0.0.1", NoAutoConnect: true, Init: node.InitOptions{
 			Label: []string{"host", "alice", "bob", "carol"}[i],
 			Configure: func(c *app.Config) {
 				c.Viewer.HTTPAddr = "127.0.0.1:0"

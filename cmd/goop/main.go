@@ -89,8 +89,10 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Commands: []*cli.Command{
 			initCommand(g, stdout),
 			peerCommand(g, stdout),
+			rendezvousCommand(g, stdout),
 			benchCommand(g, stdout),
 			groupsCommand(stdout),
+			peersCommand(stdout),
 			simcli.Command(),
 		},
 	}

@@ -191,7 +191,7 @@ func TestPeerCommandRunsUntilCancelled(t *testing.T) {
 	cfg.Viewer.HTTPAddr = "127.0.0.1:0"
 	writeConfig(t, dir, cfg)
 	// A first node warms up libp2p's process-wide goroutines.
-	warm, err := node.Start(context.Background(), filepath.Join(t.TempDir(), "warm"), node.Options{ListenIP: "127.0.0.1",
+	warm, err := node.Start(context.Background(), filepath.Join(t.TempDir(), "warm"), node.Options{ListenIP: "127.0.0.1", NoAutoConnect: true,
 		Init: node.InitOptions{Configure: func(c *app.Config) { c.Viewer.HTTPAddr = "127.0.0.1:0" }}})
 	require.NoError(t, err)
 	require.NoError(t, warm.Close())

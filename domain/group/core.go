@@ -253,6 +253,7 @@ type subscription struct {
 	joinDeadline time.Time // while joining: when the attempt times out
 	nextRejoin   time.Time // while joined and the host is silent
 	restored     bool      // re-joining after our restart: keep trying
+	stored       bool      // a durable row exists for it
 }
 
 type subKey struct {
@@ -323,7 +324,7 @@ func (c *Core) start(now time.Time) {
 		return strings.Compare(string(a.Host)+a.GroupID, string(b.Host)+b.GroupID)
 	})
 	for _, s := range subs {
-		sub := &subscription{s: s, state: subJoined, lastHeard: now, restored: true, nextRejoin: now.Add(c.cfg.RejoinInterval)}
+		sub := &subscription{s: s, state: subJoined, lastHeard: now, restored: true, stored: true, nextRejoin: now.Add(c.cfg.RejoinInterval)}
 		c.subs[subKey{s.Host, s.GroupID}] = sub
 		c.sendJoin(s.Host, s.GroupID)
 	}
@@ -803,11 +804,16 @@ func (c *Core) Join(now time.Time, host PeerID, id string) error {
 		return nil
 	}
 	k := subKey{host, id}
-	if s := c.subs[k]; s != nil && s.state == subJoined {
+	old := c.subs[k]
+	if old != nil && old.state == subJoined {
 		return nil
 	}
-	c.subs[k] = &subscription{s: Subscription{Host: host, GroupID: id}, state: subJoining,
+	ns := &subscription{s: Subscription{Host: host, GroupID: id}, state: subJoining,
 		joinDeadline: now.Add(c.cfg.JoinTimeout), lastHeard: now}
+	if old != nil {
+		ns.s, ns.stored = old.s, old.stored // keep what we knew, and that a row exists
+	}
+	c.subs[k] = ns
 	c.sendJoin(host, id)
 	return nil
 }
@@ -844,7 +850,7 @@ func (c *Core) Leave(now time.Time, host PeerID, id string) error {
 
 func (c *Core) dropSub(k subKey, s *subscription) {
 	delete(c.subs, k)
-	if s.state == subJoined && !s.s.Volatile {
+	if s.stored {
 		c.change(Change{Kind: DeleteSubscription, GroupID: k.id, Peer: k.host})
 	}
 }
@@ -1045,6 +1051,7 @@ func (c *Core) memberReceive(now time.Time, s *subscription, host PeerID, id, ty
 		if !sub.Volatile {
 			cp := sub
 			c.change(Change{Kind: PutSubscription, GroupID: id, Peer: host, Sub: &cp})
+			s.stored = true
 		}
 		if wasJoined {
 			c.event(Event{Type: EvMembers, Group: id, Host: host, Members: w.Members, GroupType: sub.GroupType})
@@ -1058,8 +1065,11 @@ func (c *Core) memberReceive(now time.Time, s *subscription, host PeerID, id, ty
 		}
 		ge := &Error{Code: truncate(e.Payload.Code, 64), Message: truncate(e.Payload.Message, 512)}
 		switch {
+		case ge.Code == CodeNotMember && s.state == subJoining && !s.restored:
+			// The answer to a msg/state sent before this join (e.g. while we
+			// were evicted); the join's own welcome or refusal is still to come.
 		case s.state == subJoining && !s.restored:
-			delete(c.subs, k)
+			c.dropSub(k, s)
 			c.event(Event{Type: EvJoinFailed, Group: id, Host: host, Err: ge, GroupType: s.s.GroupType})
 		case ge.Code == CodeNotMember:
 			c.rejoin(now, s, host, id, true)
@@ -1219,7 +1229,7 @@ func (c *Core) Tick(now time.Time) {
 		s := c.subs[k]
 		switch {
 		case s.state == subJoining && !s.restored && !now.Before(s.joinDeadline):
-			delete(c.subs, k)
+			c.dropSub(k, s)
 			c.event(Event{Type: EvJoinFailed, Group: k.id, Host: k.host, GroupType: s.s.GroupType,
 				Err: Errorf(CodeTimeout, "host %s did not answer the join within %s", k.host, c.cfg.JoinTimeout)})
 		case s.restored && !now.Before(s.nextRejoin):

@@ -696,3 +696,47 @@ func TestRemoteTextIsSanitisedBeforeStoring(t *testing.T) {
 		}
 	}
 }
+
+func TestStaleNotMemberDoesNotFailAPendingJoin(t *testing.T) {
+	w := newWorld(t, "H", "A")
+	w.create("H", CreateSpec{})
+	w.join("A", "H", gid)
+	a := w.nodes["A"].core
+	// A was evicted while away; its leave and new join cross a not_member
+	// answering a message it had sent before.
+	require.NoError(t, a.Leave(w.now, "H", gid))
+	require.NoError(t, a.Join(w.now, "H", gid))
+	stale := mustJSON(control{Type: TypeError, Group: gid, Payload: &Error{Code: CodeNotMember, Message: "A is not a member"}})
+	a.Receive(w.now, "H", Topic(gid, TypeError), stale, "")
+	w.settle()
+	assert.Empty(t, w.nodes["A"].eventsOf(EvJoinFailed), "a stale not_member is not the join's answer")
+	sv, ok := a.Subscription("H", gid)
+	require.True(t, ok)
+	assert.True(t, sv.Joined)
+}
+
+func TestTimedOutRejoinRemovesStoredSubscription(t *testing.T) {
+	w := newWorld(t, "H", "A")
+	w.create("H", CreateSpec{})
+	w.join("A", "H", gid)
+	require.Len(t, w.nodes["A"].store.subs, 1)
+	w.cut["H"] = true
+	// The host is gone for good: the member's own explicit re-join times out.
+	a := w.nodes["A"].core
+	require.NoError(t, a.Leave(w.now, "H", gid))
+	w.settle()
+	w.restart("A")
+	assert.Empty(t, w.nodes["A"].store.subs, "leave removed the row")
+	w2 := newWorld(t, "H2", "B")
+	w2.create("H2", CreateSpec{})
+	w2.join("B", "H2", gid)
+	b := w2.nodes["B"].core
+	// Lost membership (host forgot us), then a user join that times out.
+	b.Receive(w2.now, "H2", Topic(gid, TypeMembers), mustJSON(membersPayload{Members: []Member{}}), "")
+	w2.cut["H2"] = true
+	w2.settle()
+	require.NoError(t, b.Join(w2.now, "H2", gid))
+	w2.advance(10 * time.Second)
+	require.Len(t, w2.nodes["B"].eventsOf(EvJoinFailed), 1)
+	assert.Empty(t, w2.nodes["B"].store.subs, "the stored row goes with the failed join, so a restart does not revive it")
+}

@@ -136,13 +136,16 @@ type Delivery struct {
 	Msg  Frame
 }
 
-// Result reports the fate of a message this node sent.
+// Result reports the fate of a message this node sent. Received results are
+// early news (the peer's transport has it); every message then gets exactly
+// one final result: delivered (stored by the peer) or Failed.
 type Result struct {
-	To     PeerID
-	ID     string
-	Topic  string
-	Failed bool
-	Reason string
+	To       PeerID
+	ID       string
+	Topic    string
+	Failed   bool
+	Received bool
+	Reason   string
 }
 
 // Ready is what the bus asks its runtime to do, in this order: send
@@ -165,6 +168,7 @@ type pending struct {
 	f        Frame
 	attempts int
 	acked    bool
+	reported bool // its Received result went out
 }
 
 type dest struct {
@@ -461,6 +465,15 @@ func (b *Bus) onAck(now time.Time, from PeerID, f Frame) {
 	}
 	p := d.bySeq[f.Seq]
 	if p == nil || p.f.ID != f.ID || p.acked {
+		return
+	}
+	if f.Stage == StageReceived {
+		// The peer's transport has it: early news, once; the message stays
+		// (and is retransmitted) until the final ack says it is stored.
+		if !p.reported {
+			p.reported = true
+			b.out.Results = append(b.out.Results, Result{To: from, ID: p.f.ID, Topic: p.f.Topic, Received: true})
+		}
 		return
 	}
 	p.acked = true

@@ -531,3 +531,58 @@ func TestLateFrameOfRetiredEpochIsNotDelivered(t *testing.T) {
 	pump(t, t0, peers, nil)
 	assert.Len(t, b.delivered, 4)
 }
+
+func TestReceivedAckReportsDeliveryButKeepsTheMessage(t *testing.T) {
+	opts := Options{InitialRTO: time.Second}
+	a, b := newPeer("A", opts), newPeer("B", opts)
+	peers := map[PeerID]*peer{"A": a, "B": b}
+	send(t, a, t0, "B", 1)
+	f := a.drain()[0].Frame
+	// B's transport answers at once with a received ack; B's node then stores
+	// and delivers, but its final ack is lost.
+	a.bus.Receive(t0, "B", Frame{Type: TypeAck, ID: f.ID, Seq: f.Seq, Stage: StageReceived})
+	a.drain()
+	require.Len(t, a.results, 1)
+	assert.True(t, a.results[0].Received, "early news only")
+	assert.Len(t, a.store.outbox["B"], 1, "kept until the final ack")
+	b.bus.Receive(t0, "A", f)
+	b.drain() // final ack lost
+	assert.Len(t, b.delivered, 1)
+
+	// A retransmits after its timeout; B acks the duplicate finally.
+	at, ok := a.bus.NextWake()
+	require.True(t, ok)
+	a.bus.Tick(at)
+	pump(t, at, peers, nil)
+	assert.Len(t, b.delivered, 1, "no redelivery")
+	assert.Empty(t, a.store.outbox["B"])
+	require.Len(t, a.results, 2, "received, then the one final result")
+	assert.False(t, a.results[1].Received)
+	assert.False(t, a.results[1].Failed)
+	// A second received ack for a settled message changes nothing.
+	a.bus.Receive(at, "B", Frame{Type: TypeAck, ID: f.ID, Seq: f.Seq, Stage: StageReceived})
+	a.drain()
+	assert.Len(t, a.results, 2)
+}
+
+func TestReceivedThenGivenUpFailsOnce(t *testing.T) {
+	opts := Options{InitialRTO: time.Second, MaxRTO: time.Second, MaxAttempts: 2}
+	a := newPeer("A", opts)
+	send(t, a, t0, "B", 1)
+	f := a.drain()[0].Frame
+	a.bus.Receive(t0, "B", Frame{Type: TypeAck, ID: f.ID, Seq: f.Seq, Stage: StageReceived})
+	now := t0
+	for i := 0; i < 3; i++ {
+		at, ok := a.bus.NextWake()
+		if !ok {
+			break
+		}
+		now = at
+		a.bus.Tick(now)
+		a.drain()
+	}
+	require.Len(t, a.results, 2)
+	assert.True(t, a.results[0].Received)
+	assert.True(t, a.results[1].Failed, "received but never confirmed stored: the final result is a failure")
+	assert.Empty(t, a.store.outbox["B"])
+}

@@ -52,6 +52,7 @@ const (
 	fieldTopic
 	fieldOrigin
 	fieldEpoch
+	fieldStage
 	numStrFields
 )
 
@@ -150,7 +151,7 @@ func parseFrame(line []byte) (Frame, error) {
 			}
 			valueStart = i
 			switch field {
-			case fieldType, fieldID, fieldTopic, fieldOrigin, fieldEpoch:
+			case fieldType, fieldID, fieldTopic, fieldOrigin, fieldEpoch, fieldStage:
 				switch d[i] {
 				case '"':
 					end, flags, err = scanString(d, i+1)
@@ -269,6 +270,7 @@ func assembleStrings(f *Frame, d []byte, strs *[numStrFields]strSpan) {
 	f.Topic = s[offs[fieldTopic]:offs[fieldTopic+1]]
 	f.Origin = PeerID(s[offs[fieldOrigin]:offs[fieldOrigin+1]])
 	f.Epoch = s[offs[fieldEpoch]:offs[fieldEpoch+1]]
+	f.Stage = s[offs[fieldStage]:offs[fieldStage+1]]
 }
 
 // writeUnquoted decodes raw string content that needs it into b.
@@ -600,6 +602,10 @@ func matchField(k []byte) int {
 			if eqFold(k, "floor") {
 				return fieldFloor
 			}
+		case 's':
+			if eqFold(k, "stage") {
+				return fieldStage
+			}
 		}
 	case 6:
 		if eqFold(k, "origin") {
@@ -756,6 +762,8 @@ func fieldName(field int) string {
 		return "origin"
 	case fieldEpoch:
 		return "epoch"
+	case fieldStage:
+		return "stage"
 	case fieldSeq:
 		return "seq"
 	case fieldFloor:

@@ -55,7 +55,15 @@ type Frame struct {
 	Origin  PeerID          `json:"origin,omitempty"`
 	Epoch   string          `json:"epoch,omitempty"`
 	Floor   int64           `json:"floor,omitempty"`
+	// Stage, on an ack (ours): StageReceived marks the early transport ack a
+	// Goop 1.1.0 stream writes as soon as it decodes one of our msgs; the
+	// ack without a stage (Goop2's only kind) is the final one, written once
+	// the message is durably delivered.
+	Stage string `json:"stage,omitempty"`
 }
+
+// StageReceived is the Stage of an early transport ack.
+const StageReceived = "received"
 
 // IsMsg reports whether f is a msg frame.
 func (f *Frame) IsMsg() bool { return f.Type == TypeMsg }
@@ -79,6 +87,9 @@ func (f *Frame) Validate() error {
 		return fmt.Errorf("%w: id has control characters or is not UTF-8", ErrBadFrame)
 	}
 	if f.Type == TypeAck {
+		if f.Stage != "" && f.Stage != StageReceived {
+			return fmt.Errorf("%w: unknown ack stage %q", ErrBadFrame, truncate(f.Stage, 32))
+		}
 		return nil
 	}
 	if err := ValidateTopic(f.Topic); err != nil {
@@ -187,6 +198,10 @@ func AppendFrame(dst []byte, f *Frame) []byte {
 	dst = appendJSONString(dst, f.ID)
 	dst = append(dst, `,"seq":`...)
 	dst = strconv.AppendInt(dst, f.Seq, 10)
+	if f.Type == TypeAck && f.Stage != "" {
+		dst = append(dst, `,"stage":`...)
+		dst = appendJSONString(dst, f.Stage)
+	}
 	if f.Type != TypeAck {
 		dst = append(dst, `,"topic":`...)
 		dst = appendJSONString(dst, f.Topic)

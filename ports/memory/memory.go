@@ -133,6 +133,7 @@ type Store struct {
 	nextSeq map[mq.PeerID]int64
 	cursors map[mq.PeerID]mq.Cursor
 	groups  *Groups
+	peers   Peers
 	// FailNext, when set, makes the next Apply fail with this error and change nothing.
 	FailNext error
 }
@@ -173,6 +174,7 @@ func (s *Store) Apply(_ context.Context, b ports.Batch) error {
 	}
 	ApplyBusChanges(b.Bus, &s.epoch, s.outbox, s.nextSeq, s.cursors)
 	s.groups.Apply(b.Groups)
+	s.peers.Apply(b.Peers)
 	return nil
 }
 

@@ -36,15 +36,15 @@ func Command() *cli.Command {
 			"on one seeded scheduler with virtual time, a faulty network (latency, loss, duplication,\n" +
 			"reordering, bandwidth, partitions, crashes), invariant checks after every event and a\n" +
 			"liveness phase. The same seed gives the same run; a failure prints the command that\n" +
-			"replays it. --scenario takes a built-in name (mq-storm), a script file, or the name of\n" +
+			"replays it. --scenario takes a built-in name (mq-storm, group-storm), a script file, or the name of\n" +
 			"an embedded script (simnet/testdata/NAME.txt); --list shows them.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "scenario", Value: simnet.ScenarioStorm, Usage: "scenario `NAME` or script file"},
-			&cli.IntFlag{Name: "peers", Value: d.Peers, Usage: "number of peers (mq-storm)"},
+			&cli.IntFlag{Name: "peers", Value: d.Peers, Usage: "number of peers (mq-storm, group-storm)"},
 			&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "first seed"},
 			&cli.IntFlag{Name: "seeds", Value: 1, Usage: "number of seeds to run: seed, seed+1, ..."},
-			&cli.DurationFlag{Name: "duration", Value: d.Duration, Usage: "virtual length of the fault phase (mq-storm)"},
-			&cli.Float64Flag{Name: "rate", Value: d.Rate, Usage: "messages per second each peer sends (mq-storm)"},
+			&cli.DurationFlag{Name: "duration", Value: d.Duration, Usage: "virtual length of the fault phase (mq-storm, group-storm)"},
+			&cli.Float64Flag{Name: "rate", Value: d.Rate, Usage: "messages per second each peer sends (mq-storm, group-storm)"},
 			&cli.DurationFlag{Name: "deadline", Value: d.Deadline, Usage: "virtual time the liveness phase may take"},
 			&cli.IntFlag{Name: "workers", Value: runtime.GOMAXPROCS(0), Usage: "seeds run in parallel"},
 			&cli.BoolFlag{Name: "json", Usage: "print the report as one JSON object"},

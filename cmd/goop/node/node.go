@@ -24,6 +24,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 
+	"github.com/goop-p2p/goop/adapters/discovery"
 	"github.com/goop-p2p/goop/adapters/httpapi"
 	"github.com/goop-p2p/goop/adapters/p2p"
 	"github.com/goop-p2p/goop/adapters/sqlstore"
@@ -60,6 +61,11 @@ type Options struct {
 	// BeforeRun, if set, is called with the runtime before it starts, e.g. to
 	// subscribe to events without missing any a restarted node delivers.
 	BeforeRun func(*app.Runtime)
+	// NoAutoConnect turns off the connections LAN discovery makes: no mDNS,
+	// and peers learnt from presence are not dialed. The node connects to
+	// p2p.peers and whoever connects to it; presence still flows over those
+	// connections. For benches and tests that control the connections.
+	NoAutoConnect bool
 }
 
 // Running is a started node. Its fields are set by Start and read-only.
@@ -77,10 +83,14 @@ type Running struct {
 	Runtime *app.Runtime
 	// Host is the libp2p host.
 	Host host.Host
+	// Visiting serves this node's site and public data to visiting peers,
+	// and holds the data views (see Visiting).
+	Visiting *Visiting
 
 	log      *slog.Logger
 	store    ports.Store
 	tr       *p2p.MQTransport
+	disc     *discovery.Adapter
 	srv      *http.Server
 	srvDone  chan struct{}
 	stopHTTP context.CancelFunc // ends SSE streams
@@ -121,7 +131,8 @@ func (r *Running) fail(err error) {
 
 // Start creates the peer folder dir if needed (see Init), then starts the
 // node: store, identity, libp2p host (TCP and QUIC on p2p.listen_port), MQ
-// transport, app runtime restored from the store, static peers
+// transport, LAN discovery (mDNS with p2p.mdns_tag, presence on GossipSub),
+// app runtime restored from the store (the peer table included), static peers
 // (p2p.peers, dialed in the background and redialed while disconnected) and
 // the viewer on viewer.http_addr. It returns once the viewer accepts
 // connections. ctx bounds the start-up only; stop the node with Close.
@@ -214,10 +225,26 @@ func Start(ctx context.Context, dir string, opts Options) (_ *Running, err error
 	if err != nil {
 		return nil, fmt.Errorf("load groups: %w", err)
 	}
+	peers, err := st.LoadPeers(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("load peers: %w", err)
+	}
+	dcfg := discovery.Config{MDNSTag: cfg.P2P.MDNSTag, Log: log, NoDial: opts.NoAutoConnect}
+	if opts.NoAutoConnect {
+		dcfg.MDNSTag = ""
+	}
+	disc, err := discovery.New(ctx, h, dcfg)
+	if err != nil {
+		return nil, fmt.Errorf("p2p.mdns_tag: start discovery: %w", err)
+	}
+	r.disc = disc
+	undo = append(undo, func() { _ = disc.Close() })
+	pcfg, prof := presenceOptions(cfg, disc.Addrs())
 	self := mq.PeerID(h.ID().String())
-	nd := app.NewNode(self, app.State{Bus: snap, Groups: gsnap}, system.Rand{},
-		app.NodeOptions{Bus: opts.Bus, Groups: opts.Groups, Label: cfg.Profile.Label})
+	nd := app.NewNode(self, app.State{Bus: snap, Groups: gsnap, Peers: peers}, system.Rand{},
+		app.NodeOptions{Bus: opts.Bus, Groups: opts.Groups, Label: cfg.Profile.Label, Presence: pcfg, Profile: prof})
 	rt := app.NewRuntime(nd, tr, st, system.Clock{}, log)
+	rt.SetDiscovery(disc)
 	r.Runtime = rt
 	if opts.BeforeRun != nil {
 		opts.BeforeRun(rt)
@@ -234,6 +261,13 @@ func Start(ctx context.Context, dir string, opts Options) (_ *Running, err error
 	}()
 	undo = append(undo, func() { stopRun(); <-r.runDone })
 
+	// Visiting peers: our site and data over libp2p (SPEC §1, §7).
+	vis, err := startVisiting(h, rt, app.Resolve(abs, cfg.Paths.SiteRoot), log)
+	if err != nil {
+		return nil, err
+	}
+	r.Visiting = vis
+
 	httpCtx, stopHTTP := context.WithCancel(context.WithoutCancel(ctx))
 	r.stopHTTP = stopHTTP
 	r.srv = &http.Server{
@@ -243,6 +277,11 @@ func Start(ctx context.Context, dir string, opts Options) (_ *Running, err error
 			Addrs:        func() []string { return hostAddrs(h) },
 			Log:          log,
 			GroupHistory: st.GroupHistory,
+			SiteRoot:     vis.SiteRoot,
+			FetchSite:    vis.FetchSite,
+			QueryData:    vis.QueryData,
+			LocalViews:   vis.LocalViews,
+			PublicViews:  vis.PublicViews,
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
@@ -287,7 +326,8 @@ func Start(ctx context.Context, dir string, opts Options) (_ *Running, err error
 }
 
 // Close stops the node in order: the viewer (open event streams end, then a
-// graceful shutdown), the runtime, the MQ transport and host, and the store.
+// graceful shutdown), the runtime (which publishes our offline presence),
+// discovery, the MQ transport and host, and the store.
 // It returns the first error; later calls return the same.
 func (r *Running) Close() error {
 	r.closing.Store(true)
@@ -304,6 +344,7 @@ func (r *Running) Close() error {
 		r.stopRun()
 		<-r.runDone
 		<-r.bgDone
+		_ = r.disc.Close() // after the runtime published our offline
 		if err := r.tr.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close transport: %w", err))
 		}

@@ -25,7 +25,13 @@ import (
 const waitFor = 10 * time.Second
 
 // loopbackConfig makes a new peer folder listen on free loopback ports only.
-func loopbackConfig(c *app.Config) { c.Viewer.HTTPAddr = "127.0.0.1:0" }
+// loopbackConfig puts the viewer on a free loopback port and gives the peer
+// an mDNS tag of its own, so test nodes of other tests (and other test
+// processes) never discover it; a test that wants a LAN sets a shared tag.
+func loopbackConfig(c *app.Config) {
+	c.Viewer.HTTPAddr = "127.0.0.1:0"
+	c.P2P.MDNSTag = lanTagUnique()
+}
 
 func startPeer(t *testing.T, dir string, configure func(*app.Config)) *Running {
 	t.Helper()

@@ -1,0 +1,321 @@
+package discovery
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/goop-p2p/goop/domain/mq"
+	"github.com/goop-p2p/goop/domain/presence"
+	"github.com/goop-p2p/goop/ports"
+)
+
+const waitFor = 15 * time.Second
+
+func newHost(t *testing.T) host.Host {
+	t.Helper()
+	priv, _, err := crypto.GenerateEd25519Key(rand.Reader)
+	require.NoError(t, err)
+	h, err := libp2p.New(libp2p.Identity(priv), libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"),
+		libp2p.DisableMetrics())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = h.Close() })
+	return h
+}
+
+// uniqueTag keeps concurrent test runs on this machine (and its LAN) apart.
+func uniqueTag(t *testing.T) string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return "goop-test-" + hex.EncodeToString(b[:])
+}
+
+func start(t *testing.T, h host.Host, tag string) *Adapter {
+	t.Helper()
+	a, err := New(context.Background(), h, Config{MDNSTag: tag})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = a.Close() })
+	return a
+}
+
+func idOf(h host.Host) mq.PeerID { return mq.PeerID(h.ID().String()) }
+
+func online(h host.Host, label string) presence.Msg {
+	return presence.Msg{Type: presence.TypeOnline, PeerID: idOf(h), Content: label, TS: time.Now().UnixMilli()}
+}
+
+// collector reads an adapter's events on a goroutine (as the runtime does)
+// and hands them to the test.
+type collector struct{ ch chan ports.DiscoveryEvent }
+
+func collect(a *Adapter) *collector {
+	c := &collector{ch: make(chan ports.DiscoveryEvent, 1024)}
+	go func() {
+		for ev := range a.Events() {
+			c.ch <- ev
+		}
+		close(c.ch)
+	}()
+	return c
+}
+
+// waitFor waits for an event matching ok, handing every event to seen.
+func (c *collector) wait(t *testing.T, what string, ok func(ports.DiscoveryEvent) bool, seen func(ports.DiscoveryEvent)) ports.DiscoveryEvent {
+	t.Helper()
+	timeout := time.After(waitFor)
+	for {
+		select {
+		case ev, open := <-c.ch:
+			require.True(t, open, "events closed while waiting for %s", what)
+			if seen != nil {
+				seen(ev)
+			}
+			if ok(ev) {
+				return ev
+			}
+		case <-timeout:
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// presenceFrom matches a presence message of type typ from h.
+func presenceFrom(h host.Host, typ string) func(ports.DiscoveryEvent) bool {
+	return func(ev ports.DiscoveryEvent) bool {
+		return ev.Kind == ports.PresenceReceived && ev.Msg.PeerID == idOf(h) && ev.Msg.Type == typ
+	}
+}
+
+// TestMDNSFindsPeersAndPresenceFlows: two hosts with the same tag find each
+// other by mDNS, connect, and exchange presence; a third host with another
+// tag is never found by them nor finds them. An offline published just
+// before Close reaches the other peer.
+func TestMDNSFindsPeersAndPresenceFlows(t *testing.T) {
+	tag, other := uniqueTag(t), uniqueTag(t)
+	ha, hb, hc := newHost(t), newHost(t), newHost(t)
+	a, b, c := start(t, ha, tag), start(t, hb, tag), start(t, hc, other)
+	ca, cb, cc := collect(a), collect(b), collect(c)
+	began := time.Now()
+
+	// Each publishes its online every time it hears of a peer (like a
+	// heartbeat), until the other's presence arrived.
+	noC := func(ev ports.DiscoveryEvent) {
+		assert.False(t, ev.Peer == idOf(hc) || ev.Msg.PeerID == idOf(hc), "a peer with another tag was seen: %+v", ev)
+	}
+	for _, x := range []struct {
+		self   *Adapter
+		h      host.Host
+		events *collector
+		peer   host.Host
+	}{{a, ha, ca, hb}, {b, hb, cb, ha}} {
+		x.events.wait(t, "mDNS find", func(ev ports.DiscoveryEvent) bool {
+			return ev.Kind == ports.PeerFound && ev.Peer == idOf(x.peer)
+		}, noC)
+	}
+	require.Eventually(t, func() bool { return ha.Network().Connectedness(hb.ID()) == network.Connected },
+		waitFor, 10*time.Millisecond, "the peers found by mDNS are dialed")
+	ca.wait(t, "bob joins the presence topic", func(ev ports.DiscoveryEvent) bool {
+		return ev.Kind == ports.PeerJoined && ev.Peer == idOf(hb)
+	}, noC)
+
+	// Flood publishing: a message published before the mesh forms still
+	// arrives; publish until it does (the first may precede the peer's
+	// subscription).
+	got := func(col *collector, from host.Host, pub *Adapter, label string) ports.DiscoveryEvent {
+		deadline := time.After(waitFor)
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		require.NoError(t, pub.Publish(online(from, label)))
+		for {
+			select {
+			case ev, open := <-col.ch:
+				require.True(t, open)
+				noC(ev)
+				if presenceFrom(from, presence.TypeOnline)(ev) {
+					return ev
+				}
+			case <-tick.C:
+				require.NoError(t, pub.Publish(online(from, label)))
+			case <-deadline:
+				t.Fatalf("no presence from %s", label)
+			}
+		}
+	}
+	evB := got(ca, hb, b, "bob")
+	evA := got(cb, ha, a, "alice")
+	t.Logf("found and exchanged presence in %v", time.Since(began).Round(time.Millisecond))
+	assert.Equal(t, idOf(hb), evB.From, "the GossipSub signer is reported as the sender")
+	assert.Equal(t, presence.SourceLAN, evB.Source)
+	assert.Equal(t, "bob", evB.Msg.Content)
+	assert.Equal(t, "alice", evA.Msg.Content)
+
+	// Offline at shutdown: published, then Close lingers so it goes out.
+	require.NoError(t, b.Publish(presence.Msg{Type: presence.TypeOffline, PeerID: idOf(hb), TS: time.Now().UnixMilli()}))
+	require.NoError(t, b.Close())
+	ca.wait(t, "bob's offline", presenceFrom(hb, presence.TypeOffline), noC)
+	assert.ErrorIs(t, b.Publish(online(hb, "late")), ports.ErrClosed)
+
+	// Host C saw neither.
+	assert.NotEqual(t, network.Connected, hc.Network().Connectedness(ha.ID()))
+	assert.NotEqual(t, network.Connected, hc.Network().Connectedness(hb.ID()))
+	for {
+		select {
+		case ev := <-cc.ch:
+			assert.NotEqual(t, ports.PeerFound, ev.Kind, "host C found a peer with another tag: %+v", ev)
+			assert.NotEqual(t, ports.PresenceReceived, ev.Kind, "host C got presence: %+v", ev)
+			continue
+		default:
+		}
+		break
+	}
+	assert.Zero(t, c.Stats().Found)
+}
+
+// rawPublisher is a host speaking GossipSub on the presence topic without
+// the adapter's checks: it can send anything.
+func rawPublisher(t *testing.T, h host.Host) *pubsub.Topic {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	ps, err := pubsub.NewGossipSub(ctx, h, pubsub.WithFloodPublish(true))
+	require.NoError(t, err)
+	top, err := ps.Join(presence.Topic)
+	require.NoError(t, err)
+	return top
+}
+
+func connect(t *testing.T, from, to host.Host) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	require.NoError(t, from.Connect(ctx, peer.AddrInfo{ID: to.ID(), Addrs: to.Addrs()}))
+}
+
+// TestInboundPresenceIsValidatedAndRateLimited: forged, malformed and
+// oversize presence is refused (not delivered), a flood from one author is
+// cut to its burst, and an honest peer is served throughout.
+func TestInboundPresenceIsValidatedAndRateLimited(t *testing.T) {
+	ha, hm, hh := newHost(t), newHost(t), newHost(t)
+	a, err := New(context.Background(), ha, Config{PeerBurst: 5, PeerRate: 0.5})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = a.Close() })
+	honest := start(t, hh, "")
+	ca := collect(a)
+	bad := rawPublisher(t, hm)
+	connect(t, hm, ha)
+	connect(t, hh, ha)
+
+	// Wait for the mesh: the honest peer's presence arrives.
+	pub := func(m presence.Msg) { require.NoError(t, bad.Publish(context.Background(), m.Encode())) }
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	require.NoError(t, honest.Publish(online(hh, "honest")))
+	ready := false
+	for deadline := time.After(waitFor); !ready; {
+		select {
+		case ev := <-ca.ch:
+			ready = presenceFrom(hh, presence.TypeOnline)(ev)
+		case <-tick.C:
+			require.NoError(t, honest.Publish(online(hh, "honest")))
+		case <-deadline:
+			t.Fatal("no presence from the honest peer")
+		}
+	}
+	// And the raw publisher's topic peers include A.
+	require.Eventually(t, func() bool { return len(bad.ListPeers()) > 0 }, waitFor, 10*time.Millisecond)
+
+	forged := online(hm, "forged")
+	forged.PeerID = idOf(hh) // claims to be the honest peer
+	oversize := online(hm, strings.Repeat("x", presence.MaxContentBytes+1))
+	pub(forged)
+	require.NoError(t, bad.Publish(context.Background(), []byte(`{"type":"online","peerId":`)))
+	pub(oversize)
+	require.NoError(t, bad.Publish(context.Background(), make([]byte, presence.MaxMsgBytes+1)))
+	require.Eventually(t, func() bool { return a.Stats().Invalid >= 4 }, waitFor, 10*time.Millisecond)
+
+	// A flood of 40 valid messages from one author: what is left of its
+	// burst gets through (the refused messages above took tokens too).
+	for i := 0; i < 40; i++ {
+		m := online(hm, "flood")
+		m.TS += int64(i)
+		pub(m)
+	}
+	require.Eventually(t, func() bool {
+		s := a.Stats()
+		return s.RateLimited >= 40-5
+	}, waitFor, 10*time.Millisecond)
+	// The honest peer is still heard.
+	require.NoError(t, honest.Publish(presence.Msg{Type: presence.TypeUpdate, PeerID: idOf(hh), Content: "still here", TS: time.Now().UnixMilli()}))
+	var flood int
+	ca.wait(t, "the honest update", func(ev ports.DiscoveryEvent) bool {
+		return ev.Msg.PeerID == idOf(hh) && ev.Msg.Content == "still here"
+	}, func(ev ports.DiscoveryEvent) {
+		if ev.Kind != ports.PresenceReceived {
+			return
+		}
+		assert.NotEqual(t, "forged", ev.Msg.Content, "a forged presence was delivered")
+		assert.Less(t, len(ev.Msg.Content), presence.MaxContentBytes+1, "an oversize presence was delivered")
+		assert.Equal(t, ev.From, ev.Msg.PeerID, "sender and peer id always match")
+		if ev.Msg.Content == "flood" {
+			flood++
+		}
+	})
+	assert.LessOrEqual(t, flood, 5, "the flood is cut to the author's burst")
+	assert.GreaterOrEqual(t, flood, 1)
+}
+
+// TestDialConnectsAndSkips: a dial hint connects; bad hints are ignored.
+func TestDialConnectsAndSkips(t *testing.T) {
+	ha, hb := newHost(t), newHost(t)
+	a := start(t, ha, "")
+	var addrs []string
+	for _, m := range hb.Addrs() {
+		addrs = append(addrs, m.String()+"/p2p/"+hb.ID().String())
+	}
+	a.Dial(context.Background(), "not a peer id", addrs)
+	a.Dial(context.Background(), idOf(ha), addrs)                       // ourselves
+	a.Dial(context.Background(), idOf(hb), []string{"garbage", "/ip4"}) // no usable address
+	assert.Zero(t, a.Stats().Dials)
+	a.Dial(context.Background(), idOf(hb), addrs)
+	require.Eventually(t, func() bool { return ha.Network().Connectedness(hb.ID()) == network.Connected },
+		waitFor, 10*time.Millisecond)
+	a.Dial(context.Background(), idOf(hb), addrs) // already connected
+	assert.Equal(t, uint64(1), a.Stats().Dials)
+}
+
+func TestLimiter(t *testing.T) {
+	now := time.Unix(1000, 0)
+	l := newLimiter(1, 3, 100, 4)
+	p1, p2 := peer.ID("p1"), peer.ID("p2")
+	for i := 0; i < 3; i++ {
+		assert.True(t, l.allow(p1, now), "burst %d", i)
+	}
+	assert.False(t, l.allow(p1, now), "burst spent")
+	assert.True(t, l.allow(p2, now), "another author has its own bucket")
+	assert.False(t, l.allow(p2, now), "but the global burst (4) is spent")
+	now = now.Add(time.Second)
+	assert.True(t, l.allow(p1, now), "one token a second")
+	assert.False(t, l.allow(p1, now))
+
+	// The author table is bounded: idle authors are forgotten, and when
+	// every tracked author is busy new ones are refused.
+	l = newLimiter(1, 1, 1e9, 1e9)
+	for i := 0; i < maxTracked; i++ {
+		require.True(t, l.allow(peer.ID("a"+strings.Repeat("x", i%7)+string(rune(i))), now))
+	}
+	assert.False(t, l.allow("newcomer", now), "table full of busy authors")
+	assert.True(t, l.allow("newcomer", now.Add(2*time.Second)), "idle authors are swept")
+	assert.LessOrEqual(t, len(l.peers), maxTracked)
+}

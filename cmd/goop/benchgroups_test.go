@@ -1,0 +1,235 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/goop-p2p/goop/domain/mq"
+)
+
+// TestBenchGroupsTinyRun runs `goop bench groups` end to end on 3 members
+// (plus the slow one) and checks the shape of its JSON and table output.
+// Timings are only required to be present, never compared to targets.
+func TestBenchGroupsTinyRun(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts five nodes")
+	}
+	const members, messages = 3, 10
+	code, out, errOut := runGoop(t, "bench", "groups", "--json", "--members", "3", "--messages", "10",
+		"--payload-bytes", "256", "--slow-ms", "5")
+	require.Equal(t, 0, code, errOut)
+
+	var res groupsBenchResult
+	require.NoError(t, json.Unmarshal([]byte(out), &res), out)
+	assert.Equal(t, messages, res.Messages)
+	assert.Equal(t, 256, res.PayloadBytes)
+	assert.Equal(t, 1+members+1, res.Nodes, "host, members and the slow member")
+	assert.Positive(t, res.StartMS)
+	require.Len(t, res.Runs, 1)
+	run := res.Runs[0]
+	assert.Equal(t, members, run.Members)
+	assert.NotEmpty(t, run.Transport)
+	assert.Equal(t, messages*(members-1), run.LatencyMemberSends.N, "one sample per message and other member")
+	assert.Equal(t, messages*members, run.LatencyHostSends.N, "one sample per message and member")
+	for name, l := range map[string]latency{"member sends": run.LatencyMemberSends, "host sends": run.LatencyHostSends} {
+		assert.Positive(t, l.MedianUS, name)
+		assert.GreaterOrEqual(t, l.P99US, l.MedianUS, name)
+	}
+	assert.Positive(t, run.DeliveriesPerSecHostSends)
+	assert.Positive(t, run.DeliveriesPerSecMemberSends)
+
+	require.NotNil(t, run.Slow)
+	assert.Equal(t, 5, run.Slow.DelayMS)
+	assert.Equal(t, messages*(members-1), run.Slow.OthersBaseline.N)
+	assert.Equal(t, messages*(members-1), run.Slow.OthersSlowed.N)
+	assert.Equal(t, messages, run.Slow.SlowMember.N, "the slow member got every message")
+	assert.Positive(t, run.Slow.OthersP99Ratio)
+	assert.Positive(t, run.Slow.OthersDeliveriesPerSecBaseline)
+	assert.Positive(t, run.Slow.OthersDeliveriesPerSecSlowed)
+	for _, key := range []string{`"latency_member_sends"`, `"deliveries_per_sec_host_sends"`, `"others_p99_ratio"`, `"cpu_us_per_delivery"`} {
+		assert.Contains(t, out, key)
+	}
+
+	var table bytes.Buffer
+	require.NoError(t, res.writeTable(&table))
+	for _, row := range []string{"N=3 members over", "latency, member sends (via host)", "throughput, host sends",
+		"others' p99 slowed / baseline", "slow member's own latency (5 ms each way)"} {
+		assert.Contains(t, table.String(), row)
+	}
+}
+
+func TestBenchGroupsUsageErrors(t *testing.T) {
+	cases := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"one member", []string{"--members", "1"}, "--members"},
+		{"not a number", []string{"--members", "10,x"}, "--members"},
+		{"too many members", []string{"--members", "100000"}, "--members"},
+		{"few messages", []string{"--messages", "5"}, "--messages must be between"},
+		{"tiny payload", []string{"--payload-bytes", "8"}, "--payload-bytes must be between"},
+		{"negative delay", []string{"--slow-ms", "-1"}, "--slow-ms must be between"},
+		{"unknown transport", []string{"--transport", "udp"}, "--transport must be"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, errOut := runGoop(t, append([]string{"bench", "groups"}, tc.args...)...)
+			assert.Equal(t, exitUsage, code)
+			assert.Contains(t, errOut, "goop: "+tc.want)
+		})
+	}
+}
+
+func TestBenchGroupsHelp(t *testing.T) {
+	code, out, _ := runGoop(t, "bench", "--help")
+	require.Equal(t, 0, code)
+	assert.Contains(t, out, "groups")
+	code, out, _ = runGoop(t, "bench", "groups", "--help")
+	require.Equal(t, 0, code)
+	for _, flag := range []string{"--members", "--messages", "--payload-bytes", "--slow-ms", "--transport", "--cpuprofile", "--json"} {
+		assert.Contains(t, out, flag)
+	}
+}
+
+func TestParseMemberCounts(t *testing.T) {
+	got, err := parseMemberCounts(" 10, 50,10")
+	require.NoError(t, err)
+	assert.Equal(t, []int{10, 50}, got, "trimmed, duplicates dropped, order kept")
+	for _, bad := range []string{"", "1", "a", "10,,50", "201"} {
+		_, err := parseMemberCounts(bad)
+		assert.Error(t, err, bad)
+	}
+}
+
+func TestGroupsBenchPayloadCarriesItsNonce(t *testing.T) {
+	cases := []struct {
+		name  string
+		size  int
+		nonce uint64
+	}{
+		{"minimum size", minGroupsPayload, 7},
+		{"1 KB", 1024, 123456},
+		{"large nonce", 64, 1<<63 + 5},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			b := &groupsBench{o: groupsBenchOptions{PayloadBytes: tc.size}, pad: strings.Repeat("x", tc.size)}
+			p := b.payload(tc.nonce)
+			assert.True(t, json.Valid(p), string(p))
+			assert.Len(t, p, tc.size)
+			n, ok := parseNonce(p)
+			require.True(t, ok)
+			assert.Equal(t, tc.nonce, n)
+		})
+	}
+	for _, bad := range []string{``, `{"x":1}`, `{"n":12`, `{"n":-1,"p":""}`, `{"n":abc,"p":""}`} {
+		_, ok := parseNonce([]byte(bad))
+		assert.False(t, ok, bad)
+	}
+}
+
+// TestDelayProxyRelaysBothWays checks that bytes pass the proxy intact in
+// both directions, with and without a delay, that a half-close reaches the
+// other side, and that Close ends proxied connections.
+func TestDelayProxyRelaysBothWays(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	go func() { // echo server: copies until EOF, then half-closes
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+				_ = c.(*net.TCPConn).CloseWrite()
+			}()
+		}
+	}()
+	p, err := newDelayProxy("127.0.0.1:0", ln.Addr().String())
+	require.NoError(t, err)
+	defer p.Close()
+
+	for _, delay := range []time.Duration{0, 3 * time.Millisecond} {
+		p.SetDelay(delay)
+		c, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p.Port())), waitFor)
+		require.NoError(t, err)
+		require.NoError(t, c.SetDeadline(time.Now().Add(waitFor)))
+		msg := bytes.Repeat([]byte("goop"), 50_000) // several chunks
+		go func() {
+			_, _ = c.Write(msg)
+			_ = c.(*net.TCPConn).CloseWrite()
+		}()
+		got, err := io.ReadAll(c) // ends at the echo's half-close, relayed
+		require.NoError(t, err)
+		assert.Equal(t, msg, got, "delay %s", delay)
+		c.Close()
+	}
+
+	c, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p.Port())), waitFor)
+	require.NoError(t, err)
+	defer c.Close()
+	require.NoError(t, c.SetDeadline(time.Now().Add(waitFor)))
+	_, err = c.Write([]byte("x"))
+	require.NoError(t, err)
+	buf := make([]byte, 1)
+	_, err = io.ReadFull(c, buf)
+	require.NoError(t, err)
+	p.Close()
+	_, err = c.Read(buf)
+	assert.Error(t, err, "Close ends proxied connections")
+}
+
+// BenchmarkGroupFanout runs the fan-out measures of `goop bench groups` as
+// Go benchmarks, for profiling (go test -run '^$' -bench GroupFanout
+// -cpuprofile cpu.out ./cmd/goop): b.N messages to a group of N members,
+// pipelined from the host (throughput) or one after the other from a member
+// (latency).
+func BenchmarkGroupFanout(b *testing.B) {
+	for _, n := range []int{10, 50} {
+		b.Run("N="+strconv.Itoa(n), func(b *testing.B) {
+			ctx := context.Background()
+			gb, err := startGroupsBench(ctx, groupsBenchOptions{Messages: 10_000, PayloadBytes: 1024, Transport: "quic-v1"}, n)
+			require.NoError(b, err)
+			defer func() { assert.NoError(b, gb.Close()) }()
+			gid, err := gb.createGroup(ctx, "bench")
+			require.NoError(b, err)
+			members := make([]int, n)
+			for i := range members {
+				members[i] = i
+			}
+			require.NoError(b, gb.join(ctx, gid, members))
+			host := mq.PeerID(gb.host.PeerID.String())
+			_, err = gb.latency(ctx, gb.members[0], host, gid, members[1:], nil, groupsWarmup)
+			require.NoError(b, err)
+
+			b.Run("throughput_host_sends", func(b *testing.B) {
+				b.ResetTimer()
+				rate, _, err := gb.throughput(ctx, gb.host, host, gid, members, nil, b.N)
+				require.NoError(b, err)
+				b.ReportMetric(rate, "deliveries/s")
+			})
+			b.Run("latency_member_sends", func(b *testing.B) {
+				b.ResetTimer()
+				m, err := gb.latency(ctx, gb.members[0], host, gid, members[1:], nil, b.N)
+				require.NoError(b, err)
+				l := summarize(m.samples(members[1:]))
+				b.ReportMetric(l.MedianUS, "median-µs")
+				b.ReportMetric(l.P99US, "p99-µs")
+			})
+		})
+	}
+}
