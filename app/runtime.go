@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/goop-p2p/goop/domain/mq"
@@ -19,6 +20,18 @@ var ErrStopped = errors.New("node runtime stopped")
 // persists and sends: large enough to amortise a SQLite transaction, small
 // enough to keep latency low.
 const maxBatch = 512
+
+// maxJobs bounds the batches waiting to be stored; when it is reached the
+// loop waits for the store (back-pressure instead of unbounded memory).
+const maxJobs = 64
+
+// job is one Ready on its way through the persister: store its batch, then
+// send its frames, complete its commands and publish its events.
+type job struct {
+	rd     Ready
+	events []Event
+	cmds   []command
+}
 
 type command struct {
 	fn   func(now time.Time, n *Node)
@@ -41,6 +54,13 @@ type Runtime struct {
 	stopped chan struct{}
 	err     error
 
+	// The persistence pipeline: the loop hands each Ready that needs storing
+	// to one persister goroutine, in order, and goes on with its inputs.
+	jobs      chan job
+	inflight  atomic.Int64  // jobs handed over and not yet completed
+	fatal     chan struct{} // closed by the persister when a batch cannot be stored
+	persisted chan struct{} // closed when the persister has exited
+
 	mu      sync.Mutex
 	subs    map[*Subscription]struct{}
 	waiters map[string]waiter
@@ -53,10 +73,13 @@ func NewRuntime(node *Node, tr ports.Transport, store ports.Store, clock ports.C
 	}
 	return &Runtime{
 		node: node, tr: tr, store: store, clock: clock, log: log,
-		cmds:    make(chan command, 1024),
-		stopped: make(chan struct{}),
-		subs:    map[*Subscription]struct{}{},
-		waiters: map[string]waiter{},
+		cmds:      make(chan command, 1024),
+		stopped:   make(chan struct{}),
+		jobs:      make(chan job, maxJobs),
+		fatal:     make(chan struct{}),
+		persisted: make(chan struct{}),
+		subs:      map[*Subscription]struct{}{},
+		waiters:   map[string]waiter{},
 	}
 }
 
@@ -67,6 +90,11 @@ func (r *Runtime) Self() mq.PeerID { return r.node.Self() }
 // cannot store must not send). It returns nil on a clean stop.
 func (r *Runtime) Run(ctx context.Context) error {
 	defer r.stop()
+	go r.persister(ctx)
+	defer func() {
+		close(r.jobs)
+		<-r.persisted
+	}()
 	timer := r.clock.NewTimer(time.Hour)
 	defer timer.Stop()
 	// Finish restoring (timers, re-joins), persist what that produced (e.g. a
@@ -84,6 +112,8 @@ func (r *Runtime) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			r.shutdown(ctx)
 			return nil
+		case <-r.fatal:
+			return r.err
 		case ev, ok := <-discEvents:
 			discEvents = r.onDiscovery(discEvents, ev, ok)
 		case ev, ok := <-events:
@@ -140,13 +170,22 @@ func (r *Runtime) armTimer(t ports.Timer) {
 	t.Reset(max(at.Sub(r.clock.Now()), 0))
 }
 
-// flush carries out the node's Ready: send what depends on nothing stored,
-// persist, then send the rest, complete the commands of this iteration and
-// publish events.
+// flush takes the node's Ready. Frames that depend on nothing stored go out
+// at once when no earlier batch is still being stored (else they wait their
+// turn, so a sequence reservation is never relied on before it is durable);
+// acknowledgements from peers are published at once. The rest — storing the
+// batch, then sending its frames, completing the commands and publishing
+// its events — is the persister's, in order. With nothing to store and
+// nothing pending it all happens here, without a hand-over.
 func (r *Runtime) flush(ctx context.Context, pending []command) error {
 	rd := r.node.Ready()
-	r.sendFrames(rd.EarlyFrames)
-	// Acknowledgements from peers need no local state: tell waiters now.
+	idle := r.inflight.Load() == 0
+	if idle {
+		r.sendFrames(rd.EarlyFrames)
+	} else {
+		rd.Frames = append(rd.EarlyFrames, rd.Frames...)
+	}
+	rd.EarlyFrames = nil
 	var later []Event
 	for _, ev := range rd.Events {
 		if ev.Kind == EventDelivered || ev.Kind == EventReceived {
@@ -155,30 +194,68 @@ func (r *Runtime) flush(ctx context.Context, pending []command) error {
 		}
 		later = append(later, ev)
 	}
-	if !rd.Batch.Empty() {
-		if err := r.store.Apply(context.WithoutCancel(ctx), rd.Batch); err != nil {
-			err = fmt.Errorf("persist node state: %w", err)
-			r.log.Error("stopping node: cannot persist", "err", err)
-			r.err = err
-			for _, c := range pending {
-				if c.done != nil {
-					c.done <- err
-				}
-			}
-			return err
-		}
+	j := job{rd: rd, events: later, cmds: pending}
+	if idle && rd.Batch.Empty() {
+		r.complete(ctx, j)
+		return nil
 	}
-	r.sendFrames(rd.Frames)
-	r.discover(ctx, &rd)
-	for _, c := range pending {
+	r.inflight.Add(1)
+	select {
+	case r.jobs <- j:
+		return nil
+	case <-r.fatal:
+		r.inflight.Add(-1)
+		r.fail(j, r.err)
+		return r.err
+	}
+}
+
+// persister stores jobs in order until the loop closes r.jobs. After a
+// failure it stores nothing more: the remaining jobs' commands get the error
+// and their frames are never sent.
+func (r *Runtime) persister(ctx context.Context) {
+	defer close(r.persisted)
+	var failed error
+	for j := range r.jobs {
+		if failed == nil && !j.rd.Batch.Empty() {
+			if err := r.store.Apply(context.WithoutCancel(ctx), j.rd.Batch); err != nil {
+				failed = fmt.Errorf("persist node state: %w", err)
+				r.log.Error("stopping node: cannot persist", "err", failed)
+				r.mu.Lock()
+				r.err = failed
+				r.mu.Unlock()
+				close(r.fatal)
+			}
+		}
+		if failed != nil {
+			r.fail(j, failed)
+		} else {
+			r.complete(ctx, j)
+		}
+		r.inflight.Add(-1)
+	}
+}
+
+// complete carries out a stored (or storeless) job.
+func (r *Runtime) complete(ctx context.Context, j job) {
+	r.sendFrames(j.rd.Frames)
+	r.discover(ctx, &j.rd)
+	for _, c := range j.cmds {
 		if c.done != nil {
 			c.done <- nil
 		}
 	}
-	if len(later) > 0 {
-		r.publish(later)
+	if len(j.events) > 0 {
+		r.publish(j.events)
 	}
-	return nil
+}
+
+func (r *Runtime) fail(j job, err error) {
+	for _, c := range j.cmds {
+		if c.done != nil {
+			c.done <- err
+		}
+	}
 }
 
 func (r *Runtime) sendFrames(frames []mq.Outgoing) {
@@ -208,6 +285,8 @@ func (r *Runtime) stop() {
 func (r *Runtime) Err() error {
 	select {
 	case <-r.stopped:
+		r.mu.Lock()
+		defer r.mu.Unlock()
 		return r.err
 	default:
 		return nil
@@ -309,19 +388,35 @@ func (r *Runtime) sendWait(ctx context.Context, to mq.PeerID, topic string, payl
 	ch := make(chan Event, 1)
 	var f mq.Frame
 	var serr error
-	err := r.Do(ctx, func(now time.Time, n *Node) {
+	// Wait until the node queued the message, not until its outbox row is
+	// stored: the ack this call waits for supersedes that (and if storing
+	// fails the node stops, which ends the wait).
+	ran := make(chan struct{})
+	c := command{fn: func(now time.Time, n *Node) {
 		f, serr = n.Send(now, to, topic, payload, "")
 		if serr == nil {
 			r.mu.Lock()
 			r.waiters[f.ID] = waiter{ch: ch, early: early}
 			r.mu.Unlock()
 		}
-	})
-	if err == nil {
-		err = serr
+		close(ran)
+	}}
+	select {
+	case r.cmds <- c:
+	case <-r.stopped:
+		return mq.Frame{}, Event{}, ErrStopped
+	case <-ctx.Done():
+		return mq.Frame{}, Event{}, ctx.Err()
 	}
-	if err != nil {
-		return f, Event{}, err
+	select {
+	case <-ran:
+	case <-r.stopped:
+		return mq.Frame{}, Event{}, ErrStopped
+	case <-ctx.Done():
+		return mq.Frame{}, Event{}, ctx.Err()
+	}
+	if serr != nil {
+		return f, Event{}, serr
 	}
 	defer func() {
 		r.mu.Lock()

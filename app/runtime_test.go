@@ -144,7 +144,7 @@ func TestPersistFailureStopsNodeAndSendsNothing(t *testing.T) {
 	defer sub.Close()
 
 	boom := errors.New("disk full")
-	require.NoError(t, a.rt.Do(context.Background(), func(time.Time, *app.Node) { store.FailNext = boom }))
+	store.SetFailNext(boom)
 	_, err := a.rt.Send(context.Background(), "B", "chat", nil)
 	require.ErrorIs(t, err, boom)
 	select {

@@ -144,6 +144,14 @@ func NewStore() *Store {
 		cursors: map[mq.PeerID]mq.Cursor{}, groups: NewGroups()}
 }
 
+// SetFailNext makes the next Apply fail with err and change nothing. Safe
+// for concurrent use (Apply may run on another goroutine).
+func (s *Store) SetFailNext(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.FailNext = err
+}
+
 // LoadBus implements ports.Store.
 func (s *Store) LoadBus(context.Context) (mq.Snapshot, error) {
 	s.mu.Lock()
