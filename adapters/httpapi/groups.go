@@ -312,7 +312,25 @@ func (s *server) groupsJoin(w http.ResponseWriter, r *http.Request) {
 	// Listen before asking, so the answer cannot slip past.
 	sub := s.d.Runtime.Subscribe(s.d.EventBuffer)
 	defer sub.Close()
-	if !s.do(w, r, func(now time.Time, n *app.Node) error { return n.Group(now).Join(now, host, req.GroupID) }) {
+	var already []group.Member // set when we host it and are already a member: no new welcome comes
+	if !s.do(w, r, func(now time.Time, n *app.Node) error {
+		if host == n.Self() {
+			if v, ok := n.Groups().HostedGroup(req.GroupID); ok {
+				for _, m := range v.Members {
+					if mq.PeerID(m.PeerID) == host {
+						already = v.Members
+						return nil
+					}
+				}
+			}
+		}
+		return n.Group(now).Join(now, host, req.GroupID)
+	}) {
+		return
+	}
+	if already != nil {
+		writeJSON(w, http.StatusOK, map[string]any{"status": "joined", "group_id": req.GroupID,
+			"host_peer_id": string(host), "members": already})
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), joinWait)

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -210,4 +211,16 @@ func TestSDKAndGroupsPageServed(t *testing.T) {
 	assert.True(t, strings.HasPrefix(r.header.Get("Content-Type"), "text/html"))
 	assert.Contains(t, r.header.Get("Content-Security-Policy"), "default-src 'self'")
 	assert.Contains(t, r.body["text"], "Create a group")
+}
+
+func TestGroupsJoinOwnGroupTwiceAnswersAtOnce(t *testing.T) {
+	g := newGroupFixture(t)
+	r := g.post(t, "/api/groups", map[string]any{"name": "mine", "host_join": true})
+	require.Equal(t, http.StatusOK, r.status)
+	id := r.body["id"].(string)
+	start := time.Now()
+	r = g.post(t, "/api/groups/join", map[string]any{"host_peer_id": string(g.a.id), "group_id": id})
+	require.Equal(t, http.StatusOK, r.status, "%v", r.body)
+	assert.Equal(t, "joined", r.body["status"])
+	assert.Less(t, time.Since(start), joinWait/2, "no wait for a welcome that never comes")
 }

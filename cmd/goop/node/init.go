@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"embed"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -106,16 +107,32 @@ func Init(ctx context.Context, dir string, opts InitOptions) (InitResult, error)
 		}
 		created(site)
 	}
-	index := filepath.Join(site, "index.html")
-	ok, err := writeNewFile(index, []byte(welcomePage(cfg.Profile.Label)), 0o644)
-	if err != nil {
-		return res, fmt.Errorf("paths.site_root: %w", err)
-	}
-	if ok {
-		created(index)
+	for _, name := range []string{"index.html", "game.js", "style.css"} {
+		body, err := starterSite.ReadFile("starter/" + name)
+		if err != nil {
+			return res, fmt.Errorf("init: starter site: %w", err)
+		}
+		if name == "index.html" {
+			body = []byte(strings.ReplaceAll(string(body), "{{LABEL}}", html.EscapeString(cfg.Profile.Label)))
+		}
+		path := filepath.Join(site, name)
+		ok, err := writeNewFile(path, body, 0o644)
+		if err != nil {
+			return res, fmt.Errorf("paths.site_root: %w", err)
+		}
+		if ok {
+			created(path)
+		}
 	}
 	return res, nil
 }
+
+// starterSite is the site a new peer starts with: a welcome page with a
+// two-player tic-tac-toe game played over a Goop group (SDK: Goop.data.query
+// and Goop.group).
+//
+//go:embed starter
+var starterSite embed.FS
 
 // initConfig loads goop.json or creates it with defaults; made reports creation.
 func initConfig(path, base string, opts InitOptions) (cfg app.Config, made bool, err error) {
@@ -183,27 +200,4 @@ func writeNewFile(path string, data []byte, mode fs.FileMode) (bool, error) {
 		return false, err
 	}
 	return true, nil
-}
-
-func welcomePage(label string) string {
-	l := html.EscapeString(label)
-	return `<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>` + l + ` on Goop</title>
-<style>
-body { font-family: system-ui, sans-serif; max-width: 40rem; margin: 4rem auto; padding: 0 1rem; color: #222; }
-code { background: #f3f3f3; padding: 0 .25rem; }
-</style>
-</head>
-<body>
-<h1>Welcome to ` + l + `</h1>
-<p>This is the website of a Goop peer. Visitors reach it through their own viewer at
-<code>/p/&lt;peer-id&gt;/</code>.</p>
-<p>Edit the files in this peer's <code>site/</code> folder to change it.</p>
-</body>
-</html>
-`
 }

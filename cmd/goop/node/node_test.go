@@ -84,7 +84,7 @@ func TestInitCreatesPeerFolder(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "alice")
 	res, err := Init(context.Background(), dir, InitOptions{})
 	require.NoError(t, err)
-	assert.ElementsMatch(t, []string{".", "goop.json", "data/identity.key", "data/data.db", "site", "site/index.html"}, res.Created)
+	assert.ElementsMatch(t, []string{".", "goop.json", "data/identity.key", "data/data.db", "site", "site/index.html", "site/game.js", "site/style.css"}, res.Created)
 	assert.Equal(t, "alice", res.Config.Profile.Label, "label defaults to the folder name")
 
 	assert.Equal(t, os.FileMode(0o600), mode(t, filepath.Join(dir, "goop.json")))
