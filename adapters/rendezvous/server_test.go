@@ -286,7 +286,10 @@ func TestEventStreamCaps(t *testing.T) {
 // TestSlowStreamDropped: a stream that stops reading is dropped while the
 // other streams get every publish, and publishers never wait for it.
 func TestSlowStreamDropped(t *testing.T) {
-	srv := startServer(t, ServerConfig{RingSize: 16, StreamSendBuffer: 4096, WriteTimeout: 300 * time.Millisecond,
+	// The ring holds the whole burst, so the fast reader can never fall behind
+	// it however loaded the machine is; the stalled one is dropped by its
+	// write timeout.
+	srv := startServer(t, ServerConfig{RingSize: 256, StreamSendBuffer: 4096, WriteTimeout: 300 * time.Millisecond,
 		PeerBurst: 1000, IPBurst: 1000})
 	fast, _ := openStream(t, srv.URL, "")
 	recv(t, srv.add, "the fast stream")
