@@ -25,6 +25,9 @@ const maxBatch = 512
 // loop waits for the store (back-pressure instead of unbounded memory).
 const maxJobs = 64
 
+// maxGroup bounds how many queued jobs one transaction stores together.
+const maxGroup = 32
+
 // job is one Ready on its way through the persister: store its batch, then
 // send its frames, complete its commands and publish its events.
 type job struct {
@@ -216,23 +219,48 @@ func (r *Runtime) flush(ctx context.Context, pending []command) error {
 func (r *Runtime) persister(ctx context.Context) {
 	defer close(r.persisted)
 	var failed error
+	group := make([]job, 0, maxGroup)
 	for j := range r.jobs {
-		if failed == nil && !j.rd.Batch.Empty() {
-			if err := r.store.Apply(context.WithoutCancel(ctx), j.rd.Batch); err != nil {
-				failed = fmt.Errorf("persist node state: %w", err)
-				r.log.Error("stopping node: cannot persist", "err", failed)
-				r.mu.Lock()
-				r.err = failed
-				r.mu.Unlock()
-				close(r.fatal)
+		// Group commit: the jobs that queued up while the last batch was
+		// being stored go into one transaction, in order (an outbox row whose
+		// final ack arrived meanwhile is then never written at all).
+		group = append(group[:0], j)
+	more:
+		for len(group) < maxGroup {
+			select {
+			case j2, ok := <-r.jobs:
+				if !ok {
+					break more
+				}
+				group = append(group, j2)
+			default:
+				break more
 			}
 		}
-		if failed != nil {
-			r.fail(j, failed)
-		} else {
-			r.complete(ctx, j)
+		if failed == nil {
+			var batch ports.Batch
+			for _, g := range group {
+				batch.Append(g.rd.Batch)
+			}
+			if !batch.Empty() {
+				if err := r.store.Apply(context.WithoutCancel(ctx), batch); err != nil {
+					failed = fmt.Errorf("persist node state: %w", err)
+					r.log.Error("stopping node: cannot persist", "err", failed)
+					r.mu.Lock()
+					r.err = failed
+					r.mu.Unlock()
+					close(r.fatal)
+				}
+			}
 		}
-		r.inflight.Add(-1)
+		for _, g := range group {
+			if failed != nil {
+				r.fail(g, failed)
+			} else {
+				r.complete(ctx, g)
+			}
+			r.inflight.Add(-1)
+		}
 	}
 }
 

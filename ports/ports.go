@@ -96,6 +96,14 @@ type Batch struct {
 // Empty reports whether the batch holds no change.
 func (b *Batch) Empty() bool { return len(b.Bus) == 0 && len(b.Groups) == 0 && len(b.Peers) == 0 }
 
+// Append adds o's changes after b's, so that applying b equals applying the
+// two in order (and atomically).
+func (b *Batch) Append(o Batch) {
+	b.Bus = append(b.Bus, o.Bus...)
+	b.Groups = append(b.Groups, o.Groups...)
+	b.Peers = append(b.Peers, o.Peers...)
+}
+
 // Store is the node's durable state (data.db). Safe for concurrent use.
 type Store interface {
 	// LoadBus returns the bus snapshot (empty for a new store).

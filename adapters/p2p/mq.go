@@ -32,7 +32,7 @@ const (
 
 // Defaults of MQOptions.
 const (
-	DefaultQueueLen     = 4096
+	DefaultQueueLen     = 16384
 	DefaultEventBuffer  = 8192
 	DefaultWriteTimeout = 10 * time.Second
 	DefaultReadTimeout  = 3 * time.Second  // compat receiver read/write deadline
@@ -477,11 +477,13 @@ func (t *MQTransport) readLoop(p *peerState, st *stream11) {
 		}
 		if f.Type == mq.TypeMsg {
 			p.noteRoute(f.ID, st)
-			if f.Epoch != "" && !t.opts.NoReceivedAcks {
+			if f.Epoch != "" && !t.opts.NoReceivedAcks && !lr.buffered() {
 				// Ours: tell the sender at once that the msg arrived (a
 				// transport ack, SPEC §2); the node's final ack follows once
-				// the message is durably delivered. Best effort: if the queue
-				// is full the final ack still comes.
+				// the message is durably delivered. Only for a msg that
+				// arrived alone — someone may be waiting on it; in a pipelined
+				// burst (more already buffered) the final acks suffice. Best
+				// effort: if the queue is full the final ack still comes.
 				p.q.push(outItem{f: mq.Frame{Type: mq.TypeAck, ID: f.ID, Seq: f.Seq, Stage: mq.StageReceived}, via: st})
 			}
 		}

@@ -42,7 +42,7 @@ type Options struct {
 // as in Goop2, doubling to 60 s, 10 attempts (about 6 minutes) before failing.
 func DefaultOptions() Options {
 	return Options{
-		Window:        1024,
+		Window:        8192,
 		MaxPending:    100_000,
 		InitialRTO:    2 * time.Second,
 		MaxRTO:        60 * time.Second,
