@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
+
+	"github.com/goop-p2p/goop/adapters/internal/lines"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
@@ -92,7 +94,7 @@ func (s *Server) Close() { s.h.RemoveStreamHandler(Protocol) }
 func (s *Server) handle(st network.Stream) {
 	from := st.Conn().RemotePeer()
 	_ = st.SetReadDeadline(time.Now().Add(s.opts.RequestTimeout))
-	line, err := readLine(bufio.NewReaderSize(st, 4096), MaxRequestBytes, true)
+	line, err := lines.Read(bufio.NewReaderSize(st, 4096), MaxRequestBytes, true)
 	if err != nil {
 		s.opts.Log.Debug("data: bad request; stream reset", "peer", from, "err", err)
 		_ = st.Reset()
@@ -211,10 +213,10 @@ func QueryWith(ctx context.Context, h host.Host, p peer.ID, req Request, opts Qu
 		return nil, netErr("send request", err)
 	}
 	_ = st.CloseWrite()
-	line, err := readLine(bufio.NewReaderSize(st, 16<<10), MaxReplyBytes, true)
+	line, err := lines.Read(bufio.NewReaderSize(st, 16<<10), MaxReplyBytes, true)
 	if err != nil {
 		_ = st.Reset()
-		if errors.Is(err, errLineTooLong) {
+		if errors.Is(err, lines.ErrTooLong) {
 			return nil, errorf(CodeProtocol, "peer %s sent a reply over %d bytes", p, MaxReplyBytes)
 		}
 		if errors.Is(err, io.ErrUnexpectedEOF) {
@@ -261,35 +263,4 @@ func sanitize(s string) string {
 		return r
 	}, s)
 	return truncate(strings.TrimSpace(s), 300)
-}
-
-// errLineTooLong reports a line over its limit.
-var errLineTooLong = errors.New("line too long")
-
-// readLine reads one '\n'-terminated line of at most max bytes (without the
-// '\n'). With eofOK a line ended by the end of the stream is accepted.
-func readLine(br *bufio.Reader, max int, eofOK bool) ([]byte, error) {
-	var line []byte
-	for {
-		chunk, err := br.ReadSlice('\n')
-		if len(line)+len(chunk) > max+1 {
-			return nil, fmt.Errorf("%w: more than %d bytes", errLineTooLong, max)
-		}
-		line = append(line, chunk...)
-		switch {
-		case err == nil:
-			return line[:len(line)-1], nil
-		case errors.Is(err, bufio.ErrBufferFull):
-			continue
-		case errors.Is(err, io.EOF) && eofOK && len(line) > 0:
-			if len(line) > max {
-				return nil, fmt.Errorf("%w: more than %d bytes", errLineTooLong, max)
-			}
-			return line, nil
-		case errors.Is(err, io.EOF):
-			return nil, io.ErrUnexpectedEOF
-		default:
-			return nil, err
-		}
-	}
 }

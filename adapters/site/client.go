@@ -16,6 +16,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/goop-p2p/goop/adapters/internal/lines"
 )
 
 // Defaults of FetchOptions.
@@ -83,9 +85,9 @@ func FetchWith(ctx context.Context, h host.Host, p peer.ID, path string, opts Fe
 	}
 	_ = st.CloseWrite()
 	br := bufio.NewReaderSize(st, 32<<10)
-	line, err := readLine(br, MaxHeaderLine, false)
+	line, err := lines.Read(br, MaxHeaderLine, false)
 	if err != nil {
-		if errors.Is(err, errLineTooLong) {
+		if errors.Is(err, lines.ErrTooLong) {
 			return fail(fmt.Errorf("%w: %s sent a header line over %d bytes", ErrProtocol, p, MaxHeaderLine))
 		}
 		if errors.Is(err, io.ErrUnexpectedEOF) {

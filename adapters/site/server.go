@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
+
+	"github.com/goop-p2p/goop/adapters/internal/lines"
 	"github.com/libp2p/go-libp2p/core/network"
 )
 
@@ -81,7 +83,7 @@ func (s *Server) Close() { s.h.RemoveStreamHandler(Protocol) }
 func (s *Server) handle(st network.Stream) {
 	from := st.Conn().RemotePeer()
 	_ = st.SetReadDeadline(time.Now().Add(s.opts.RequestTimeout))
-	line, err := readLine(bufio.NewReaderSize(st, 512), MaxRequestLine, false)
+	line, err := lines.Read(bufio.NewReaderSize(st, 512), MaxRequestLine, false)
 	if err != nil {
 		s.opts.Log.Debug("site: bad request; stream reset", "peer", from, "err", err)
 		_ = st.Reset()
@@ -150,37 +152,6 @@ func parseRequest(line []byte) (string, bool) {
 		return "", false
 	}
 	return string(p), true
-}
-
-// errLineTooLong reports a line over its limit.
-var errLineTooLong = errors.New("line too long")
-
-// readLine reads one '\n'-terminated line of at most max bytes (without the
-// '\n'). With eofOK a line ended by the end of the stream is accepted.
-func readLine(br *bufio.Reader, max int, eofOK bool) ([]byte, error) {
-	var line []byte
-	for {
-		chunk, err := br.ReadSlice('\n')
-		if len(line)+len(chunk) > max+1 {
-			return nil, fmt.Errorf("%w: more than %d bytes", errLineTooLong, max)
-		}
-		line = append(line, chunk...)
-		switch {
-		case err == nil:
-			return line[:len(line)-1], nil
-		case errors.Is(err, bufio.ErrBufferFull):
-			continue
-		case errors.Is(err, io.EOF) && eofOK && len(line) > 0:
-			if len(line) > max {
-				return nil, fmt.Errorf("%w: more than %d bytes", errLineTooLong, max)
-			}
-			return line, nil
-		case errors.Is(err, io.EOF):
-			return nil, io.ErrUnexpectedEOF
-		default:
-			return nil, err
-		}
-	}
 }
 
 // deadlineWriter bounds each write to a stream.
