@@ -378,11 +378,14 @@ func (c *Client) handleEvent(data []byte) {
 		c.log.Debug("rendezvous: malformed event dropped", "err", err)
 		return
 	}
-	if err := m.Validate(); err != nil {
+	if m.TS == 0 && m.Sig == "" {
+		m.TS = unixMilli(c.cfg.Now()) // a compat server that does not stamp
+	}
+	if err := Validate(&m); err != nil {
 		c.log.Debug("rendezvous: invalid presence dropped", "err", err)
 		return
 	}
-	id, _ := peer.Decode(m.PeerID) // Validate decoded it
+	id, _ := peer.Decode(string(m.PeerID)) // Validate decoded it
 	if id == c.self {
 		return
 	}

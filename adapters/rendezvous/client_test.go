@@ -14,6 +14,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/goop-p2p/goop/domain/presence"
 )
 
 // runClient starts a client for key against url; its presences arrive on the
@@ -58,13 +60,13 @@ func TestThreeClientsSeeEachOther(t *testing.T) {
 		_, chans[i], _ = runClient(t, srv.URL, k, fmt.Sprint("peer", i), nil)
 	}
 	for i, c := range chans {
-		want := map[string]bool{}
+		want := map[presence.PeerID]bool{}
 		for j, k := range keys {
 			if j != i {
 				want[idOf(t, k)] = true
 			}
 		}
-		seen := map[string]bool{}
+		seen := map[presence.PeerID]bool{}
 		for len(seen) < len(want) {
 			m := recv(t, c, fmt.Sprintf("peer%d to see the others", i))
 			require.NotEqual(t, idOf(t, keys[i]), m.PeerID, "a client does not report itself")

@@ -17,6 +17,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/stretchr/testify/require"
+
+	"github.com/goop-p2p/goop/domain/presence"
 )
 
 const waitFor = 10 * time.Second
@@ -100,11 +102,11 @@ func newKey(t testing.TB) crypto.PrivKey {
 	return k
 }
 
-func idOf(t testing.TB, k crypto.PrivKey) string {
+func idOf(t testing.TB, k crypto.PrivKey) presence.PeerID {
 	t.Helper()
 	id, err := peer.IDFromPrivateKey(k)
 	require.NoError(t, err)
-	return id.String()
+	return presence.PeerID(id.String())
 }
 
 // signed returns a signed presence of key with ts.

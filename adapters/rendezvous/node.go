@@ -218,24 +218,7 @@ func LocalURL(a net.Addr) string {
 // ones first, then private, then loopback (useful on one machine only).
 func HostAddrs(h host.Host, n int) []string {
 	addrs := slices.Clone(h.Addrs())
-	rank := func(a ma.Multiaddr) int {
-		for _, code := range []int{ma.P_IP4, ma.P_IP6} {
-			if v, err := a.ValueForProtocol(code); err == nil {
-				ip, err := netip.ParseAddr(v)
-				switch {
-				case err != nil:
-					return 3
-				case ip.IsLoopback():
-					return 2
-				case ip.IsPrivate() || ip.IsLinkLocalUnicast():
-					return 1
-				}
-				return 0
-			}
-		}
-		return 1 // DNS names and others
-	}
-	slices.SortStableFunc(addrs, func(a, b ma.Multiaddr) int { return rank(a) - rank(b) })
+	slices.SortStableFunc(addrs, func(a, b ma.Multiaddr) int { return rankAddr(a) - rankAddr(b) })
 	out := make([]string, 0, min(len(addrs), n))
 	for _, a := range addrs {
 		if len(out) == n {
@@ -244,6 +227,26 @@ func HostAddrs(h host.Host, n int) []string {
 		out = append(out, a.String())
 	}
 	return out
+}
+
+// rankAddr orders addresses for a presence: 0 public, 1 private (or a DNS
+// name), 2 loopback, 3 an IP that does not parse.
+func rankAddr(a ma.Multiaddr) int {
+	for _, code := range []int{ma.P_IP4, ma.P_IP6} {
+		if v, err := a.ValueForProtocol(code); err == nil {
+			ip, err := netip.ParseAddr(v)
+			switch {
+			case err != nil:
+				return 3
+			case ip.IsLoopback():
+				return 2
+			case ip.IsPrivate() || ip.IsLinkLocalUnicast():
+				return 1
+			}
+			return 0
+		}
+	}
+	return 1 // DNS names and others
 }
 
 // dialer connects h to the peers presences announce: in the background, at
@@ -267,7 +270,7 @@ func (d *dialer) consider(m PresenceMsg) {
 	if d.h == nil || m.Type == TypeOffline || len(m.Addrs) == 0 {
 		return
 	}
-	ai, err := m.AddrInfo()
+	ai, err := AddrInfo(&m)
 	if err != nil || ai.ID == d.h.ID() || len(ai.Addrs) == 0 {
 		return
 	}

@@ -104,12 +104,13 @@ func TestPresenceAddrInfo(t *testing.T) {
 	id := idOf(t, key)
 	m := PresenceMsg{PeerID: id, Addrs: []string{
 		"/ip4/127.0.0.1/tcp/1",
-		"/ip4/127.0.0.1/tcp/2/p2p/" + id,
-		"/ip4/127.0.0.1/tcp/3/p2p/" + idOf(t, other),
+		"/ip4/127.0.0.1/tcp/2/p2p/" + string(id),
+		"/ip4/127.0.0.1/tcp/3/p2p/" + string(idOf(t, other)),
+		"not a multiaddr",
 	}}
-	ai, err := m.AddrInfo()
+	ai, err := AddrInfo(&m)
 	require.NoError(t, err)
-	assert.Equal(t, id, ai.ID.String())
+	assert.Equal(t, string(id), ai.ID.String())
 	require.Len(t, ai.Addrs, 2)
 	assert.Equal(t, "/ip4/127.0.0.1/tcp/1", ai.Addrs[0].String())
 	assert.Equal(t, "/ip4/127.0.0.1/tcp/2", ai.Addrs[1].String())

@@ -210,7 +210,7 @@ func (s *Server) adminView() AdminView {
 	s.mu.Lock()
 	v.Peers = make([]AdminPeer, 0, len(s.peers))
 	for _, e := range s.peers {
-		v.Peers = append(v.Peers, AdminPeer{PeerID: e.msg.PeerID, Type: e.msg.Type, Content: e.msg.Content,
+		v.Peers = append(v.Peers, AdminPeer{PeerID: string(e.msg.PeerID), Type: e.msg.Type, Content: e.msg.Content,
 			Verified: e.msg.Verified, Addrs: e.msg.Addrs, TS: e.msg.TS, LastSeen: unixMilli(e.lastSeen), IP: e.ip})
 	}
 	for ip, n := range s.clientsPerIP {

@@ -1,9 +1,10 @@
 // Package rendezvous is the WAN discovery adapter of the Goop node (SPEC §6):
 // an HTTP rendezvous server (POST /publish, GET /events as Server-Sent
 // Events, a public page, an admin page, /healthz), the client a peer uses to
-// publish its presence to a server and follow everyone else's, and
-// StartForNode, which runs both for a libp2p node and dials the peers it
-// learns of.
+// publish its presence to a server and follow everyone else's, Discovery,
+// the node's WAN ports.Discovery built on clients (combined with LAN
+// discovery by the node), and StartForNode, which runs a server and clients
+// for a bare libp2p host and dials the peers it learns of.
 //
 // The wire is Goop2's (compat): a PresenceMsg JSON object per publish and
 // per SSE `data:` frame. Ours adds one optional field, `sig`, that proves a
@@ -16,134 +17,63 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/goop-p2p/goop/domain/presence"
 )
 
 // Presence message types (SPEC §6).
 const (
-	TypeOnline  = "online"
-	TypeUpdate  = "update"
-	TypeOffline = "offline"
+	TypeOnline  = presence.TypeOnline
+	TypeUpdate  = presence.TypeUpdate
+	TypeOffline = presence.TypeOffline
 )
 
-// Size limits of a PresenceMsg. The first three are compat's (SPEC §6); the
-// others bound the fields compat leaves open.
+// Size limits of a PresenceMsg: domain/presence's, the same on the LAN and
+// through a rendezvous. The first three are compat's (SPEC §6).
 const (
-	MaxPeerIDBytes         = 256
-	MaxContentBytes        = 4096
-	MaxAddrs               = 20
-	MaxAddrBytes           = 512
-	MaxEmailBytes          = 254
-	MaxAvatarHashBytes     = 128
-	MaxActiveTemplateBytes = 256
-	MaxPublicKeyBytes      = 1024
-	MaxClientVersionBytes  = 64
-	// MaxBodyBytes bounds a POST /publish body: a maximal message with every
-	// character of content JSON-escaped as \u00XX, plus the other fields.
-	MaxBodyBytes = 64 << 10
+	MaxPeerIDBytes         = presence.MaxPeerIDBytes
+	MaxContentBytes        = presence.MaxContentBytes
+	MaxAddrs               = presence.MaxAddrs
+	MaxAddrBytes           = presence.MaxAddrBytes
+	MaxEmailBytes          = presence.MaxEmailBytes
+	MaxAvatarHashBytes     = presence.MaxAvatarHashBytes
+	MaxActiveTemplateBytes = presence.MaxTemplateBytes
+	MaxPublicKeyBytes      = presence.MaxPublicKeyBytes
+	MaxClientVersionBytes  = presence.MaxVersionBytes
+	// MaxBodyBytes bounds a POST /publish body and an SSE event: a maximal
+	// message with every character of its text JSON-escaped, plus the other
+	// fields (presence.MaxMsgBytes).
+	MaxBodyBytes = presence.MaxMsgBytes
 )
 
 // sigContext separates presence signatures from any other use of a peer's key.
 const sigContext = "goop-rendezvous-presence-v1\n"
 
 // PresenceMsg is a peer's presence as it travels to and from a rendezvous
-// server and on the LAN presence topic (SPEC §6, camelCase JSON).
-//
-// The rendezvous server treats it as data. TODO(presence): when
-// domain/presence defines the node's PresenceMsg, make this type an alias of
-// it (the JSON must stay identical, Sig included).
-type PresenceMsg struct {
-	// Type is online, update or offline.
-	Type string `json:"type"`
-	// PeerID is the libp2p peer id of the peer the presence is about.
-	PeerID string `json:"peerId"`
-	// Content is the peer's label.
-	Content        string `json:"content,omitempty"`
-	Email          string `json:"email,omitempty"`
-	AvatarHash     string `json:"avatarHash,omitempty"`
-	ActiveTemplate string `json:"activeTemplate,omitempty"`
-	// Addrs are the peer's multiaddrs (with or without a /p2p/<peerId> suffix).
-	Addrs []string `json:"addrs,omitempty"`
-	// PublicKey is compat's key for peer-to-peer encryption (not the libp2p key).
-	PublicKey           string `json:"publicKey,omitempty"`
-	EncryptionSupported bool   `json:"encryptionSupported,omitempty"`
-	GoopClientVersion   string `json:"goopClientVersion,omitempty"`
-	// TS is the sender's time in unix milliseconds.
-	TS int64 `json:"ts"`
-	// Verified is set by whoever checked Sig: the rendezvous server on what it
-	// broadcasts, our client on what it reports. A sender's value is ignored.
-	Verified bool `json:"verified,omitempty"`
-	// Sig is ours: base64 (standard, padded) of the signature by PeerID's
-	// key over SignedBytes. Empty for compat peers.
-	Sig string `json:"sig,omitempty"`
-}
+// server and on the LAN presence topic (SPEC §6, camelCase JSON): the
+// domain's presence.Msg, whose Sig field this package defines (SignedBytes,
+// Sign) and checks (VerifySignature).
+type PresenceMsg = presence.Msg
 
-// Validate checks the message's shape and sizes (not its signature). Errors
-// name the offending field.
-func (m *PresenceMsg) Validate() error {
-	switch m.Type {
-	case TypeOnline, TypeUpdate, TypeOffline:
-	default:
-		return fmt.Errorf("type: %q is not online, update or offline", trunc(m.Type))
+// Validate checks m's shape and sizes (not its signature): presence.Msg's
+// rules (Validate; errors wrap presence.ErrInvalid), plus what needs
+// libp2p: PeerID must decode as a libp2p peer id and every address must
+// parse as a multiaddr.
+func Validate(m *PresenceMsg) error {
+	if err := m.Validate(); err != nil {
+		return err
 	}
-	if m.PeerID == "" {
-		return errors.New("peerId: missing")
-	}
-	if len(m.PeerID) > MaxPeerIDBytes {
-		return fmt.Errorf("peerId: longer than %d bytes", MaxPeerIDBytes)
-	}
-	if _, err := peer.Decode(m.PeerID); err != nil {
-		return fmt.Errorf("peerId: %q is not a libp2p peer id", trunc(m.PeerID))
-	}
-	if len(m.Content) > MaxContentBytes {
-		return fmt.Errorf("content: longer than %d bytes", MaxContentBytes)
-	}
-	if !utf8.ValidString(m.Content) {
-		return errors.New("content: not UTF-8")
-	}
-	for _, f := range []struct {
-		name, v string
-		max     int
-	}{
-		{"email", m.Email, MaxEmailBytes},
-		{"avatarHash", m.AvatarHash, MaxAvatarHashBytes},
-		{"activeTemplate", m.ActiveTemplate, MaxActiveTemplateBytes},
-		{"publicKey", m.PublicKey, MaxPublicKeyBytes},
-		{"goopClientVersion", m.GoopClientVersion, MaxClientVersionBytes},
-	} {
-		if len(f.v) > f.max {
-			return fmt.Errorf("%s: longer than %d bytes", f.name, f.max)
-		}
-		if !printable(f.v) {
-			return fmt.Errorf("%s: must be printable UTF-8 text", f.name)
-		}
-	}
-	if len(m.Addrs) > MaxAddrs {
-		return fmt.Errorf("addrs: more than %d", MaxAddrs)
+	if _, err := peer.Decode(string(m.PeerID)); err != nil {
+		return fmt.Errorf("%w: peerId %q is not a libp2p peer id", presence.ErrInvalid, trunc(string(m.PeerID)))
 	}
 	for i, a := range m.Addrs {
-		if len(a) > MaxAddrBytes {
-			return fmt.Errorf("addrs[%d]: longer than %d bytes", i, MaxAddrBytes)
-		}
 		if _, err := ma.NewMultiaddr(a); err != nil {
-			return fmt.Errorf("addrs[%d]: %q is not a multiaddr", i, trunc(a))
-		}
-	}
-	if m.TS < 0 {
-		return errors.New("ts: negative")
-	}
-	if m.Sig != "" {
-		if len(m.Sig) > 256 {
-			return errors.New("sig: too long")
-		}
-		if _, err := base64.StdEncoding.DecodeString(m.Sig); err != nil {
-			return errors.New("sig: not base64")
+			return fmt.Errorf("%w: addrs[%d] %q is not a multiaddr", presence.ErrInvalid, i, trunc(a))
 		}
 	}
 	return nil
@@ -173,7 +103,7 @@ func SignedBytes(m *PresenceMsg) []byte {
 		b = append(b, s...)
 	}
 	str(m.Type)
-	str(m.PeerID)
+	str(string(m.PeerID))
 	str(m.Content)
 	str(m.Email)
 	str(m.AvatarHash)
@@ -199,7 +129,7 @@ func Sign(m *PresenceMsg, key crypto.PrivKey) error {
 	if err != nil {
 		return fmt.Errorf("rendezvous: sign presence: %w", err)
 	}
-	m.PeerID = id.String()
+	m.PeerID = presence.PeerID(id.String())
 	sig, err := key.Sign(SignedBytes(m))
 	if err != nil {
 		return fmt.Errorf("rendezvous: sign presence: %w", err)
@@ -229,7 +159,7 @@ func VerifySignature(m *PresenceMsg) error {
 	if err != nil {
 		return ErrBadSignature
 	}
-	id, err := peer.Decode(m.PeerID)
+	id, err := peer.Decode(string(m.PeerID))
 	if err != nil {
 		return ErrBadSignature
 	}
@@ -244,15 +174,19 @@ func VerifySignature(m *PresenceMsg) error {
 	return nil
 }
 
-// AddrInfo returns the peer and its addresses, for dialing. An address that
-// ends in /p2p/<id> of another peer is left out.
-func (m *PresenceMsg) AddrInfo() (peer.AddrInfo, error) {
-	id, err := peer.Decode(m.PeerID)
+// AddrInfo returns m's peer and its addresses, for dialing. An address that
+// does not parse, or ends in /p2p/<id> of another peer, is left out.
+func AddrInfo(m *PresenceMsg) (peer.AddrInfo, error) {
+	return addrInfo(string(m.PeerID), m.Addrs)
+}
+
+func addrInfo(peerID string, addrs []string) (peer.AddrInfo, error) {
+	id, err := peer.Decode(peerID)
 	if err != nil {
-		return peer.AddrInfo{}, fmt.Errorf("rendezvous: peer id %q: %w", trunc(m.PeerID), err)
+		return peer.AddrInfo{}, fmt.Errorf("rendezvous: peer id %q: %w", trunc(peerID), err)
 	}
 	ai := peer.AddrInfo{ID: id}
-	for _, s := range m.Addrs {
+	for _, s := range addrs {
 		a, err := ma.NewMultiaddr(s)
 		if err != nil {
 			continue
@@ -270,10 +204,6 @@ func (m *PresenceMsg) AddrInfo() (peer.AddrInfo, error) {
 		ai.Addrs = append(ai.Addrs, a)
 	}
 	return ai, nil
-}
-
-func printable(s string) bool {
-	return utf8.ValidString(s) && !strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f })
 }
 
 // trunc shortens untrusted text quoted in an error message.

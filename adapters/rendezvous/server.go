@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/goop-p2p/goop/domain/presence"
 )
 
 // Defaults of ServerConfig's zero fields.
@@ -372,7 +374,7 @@ func (s *Server) Sweep() {
 		}
 		if now.Sub(e.lastSeen) >= s.cfg.StaleAfter {
 			s.deletePeerLocked(id, e)
-			off := PresenceMsg{Type: TypeOffline, PeerID: id, TS: unixMilli(now), Verified: e.msg.Verified}
+			off := PresenceMsg{Type: TypeOffline, PeerID: presence.PeerID(id), TS: unixMilli(now), Verified: e.msg.Verified}
 			frames = append(frames, encodeFrame(&off))
 		}
 	}
@@ -473,14 +475,14 @@ func (s *Server) handlePublish(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusBadRequest, "could not read the request body")
 		return
 	}
-	m, err := decodePresence(body)
+	now := s.cfg.Now()
+	nowMS := unixMilli(now)
+	m, err := decodePresence(body, nowMS)
 	if err != nil {
 		s.n.rejected400.Add(1)
 		httpError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	now := s.cfg.Now()
-	nowMS := unixMilli(now)
 	m.Verified = false
 	if m.Sig != "" {
 		if err := VerifySignature(&m); err != nil {
@@ -495,8 +497,6 @@ func (s *Server) handlePublish(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		m.Verified = true
-	} else if m.TS == 0 {
-		m.TS = nowMS // compat: the server stamps unstamped publishes
 	}
 
 	code, msg, wait, accepted := s.apply(&m, ip, now)
@@ -523,8 +523,10 @@ func (s *Server) handlePublish(w http.ResponseWriter, r *http.Request) {
 }
 
 // decodePresence parses and validates a publish body. Unknown fields (other
-// compat versions send some) are ignored; trailing data is refused.
-func decodePresence(body []byte) (PresenceMsg, error) {
+// compat versions send some) are ignored; trailing data is refused. An
+// unsigned presence without ts (compat) is stamped with nowMS, the
+// server's time; a signed one must carry its own.
+func decodePresence(body []byte, nowMS int64) (PresenceMsg, error) {
 	var m PresenceMsg
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if err := dec.Decode(&m); err != nil {
@@ -533,8 +535,11 @@ func decodePresence(body []byte) (PresenceMsg, error) {
 	if _, err := dec.Token(); err != io.EOF {
 		return m, errors.New("malformed presence JSON: trailing data after the object")
 	}
-	if err := m.Validate(); err != nil {
-		return m, fmt.Errorf("invalid presence: %v", err)
+	if m.TS == 0 && m.Sig == "" {
+		m.TS = nowMS // compat: the server stamps unstamped publishes
+	}
+	if err := Validate(&m); err != nil {
+		return m, err // "presence: invalid message: <why>"
 	}
 	return m, nil
 }
@@ -543,9 +548,10 @@ func decodePresence(body []byte) (PresenceMsg, error) {
 // for a 429, when to retry). An offline for a peer the server does not know
 // is accepted but not broadcast.
 func (s *Server) apply(m *PresenceMsg, ip string, now time.Time) (code int, msg string, wait time.Duration, ok bool) {
+	id := string(m.PeerID)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	si, wasSigned := s.signed[m.PeerID]
+	si, wasSigned := s.signed[id]
 	if wasSigned && now.Sub(si.seen) > s.cfg.SignedMemory {
 		wasSigned = false
 	}
@@ -555,14 +561,14 @@ func (s *Server) apply(m *PresenceMsg, ip string, now time.Time) (code int, msg 
 	if m.Verified && wasSigned && m.TS <= si.lastTS {
 		return http.StatusForbidden, "refused: ts is not newer than this peer's last presence (replay?)", 0, false
 	}
-	key := "v/" + m.PeerID
+	key := "v/" + id
 	if !m.Verified {
-		key = "u/" + m.PeerID + "/" + ip
+		key = "u/" + id + "/" + ip
 	}
 	if ok, wait := s.peerLim.allow(key, now); !ok {
 		return http.StatusTooManyRequests, "too many publishes for this peer id; retry in " + retryAfter(wait) + " s", wait, false
 	}
-	e, exists := s.peers[m.PeerID]
+	e, exists := s.peers[id]
 	if !exists && m.Type != TypeOffline {
 		if s.peersPerIP[ip] >= s.cfg.MaxPeersPerIP {
 			return http.StatusTooManyRequests, "too many peers published from your address", 30 * time.Second, false
@@ -577,7 +583,7 @@ func (s *Server) apply(m *PresenceMsg, ip string, now time.Time) (code int, msg 
 				s.evictSignedLocked()
 			}
 			si = &signedInfo{}
-			s.signed[m.PeerID] = si
+			s.signed[id] = si
 		}
 		si.lastTS, si.seen = m.TS, now
 	}
@@ -587,7 +593,7 @@ func (s *Server) apply(m *PresenceMsg, ip string, now time.Time) (code int, msg 
 		if !exists {
 			return http.StatusNoContent, "", 0, true
 		}
-		s.deletePeerLocked(m.PeerID, e)
+		s.deletePeerLocked(id, e)
 	case exists:
 		if e.ip != ip {
 			if s.peersPerIP[e.ip]--; s.peersPerIP[e.ip] <= 0 {
@@ -597,7 +603,7 @@ func (s *Server) apply(m *PresenceMsg, ip string, now time.Time) (code int, msg 
 		}
 		e.msg, e.frame, e.lastSeen, e.ip = *m, frame, now, ip
 	default:
-		s.peers[m.PeerID] = &peerEntry{msg: *m, frame: frame, lastSeen: now, ip: ip}
+		s.peers[id] = &peerEntry{msg: *m, frame: frame, lastSeen: now, ip: ip}
 		s.peersPerIP[ip]++
 	}
 	s.ringMu.Lock()

@@ -13,6 +13,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/goop-p2p/goop/domain/presence"
 )
 
 // TestPublishEventsRoundTrip: a signed publish reaches an open stream marked
@@ -42,12 +44,12 @@ func TestPublishEventsRoundTrip(t *testing.T) {
 	assert.Positive(t, got.TS, "the server stamps an unstamped compat publish")
 
 	b, _ := openStream(t, srv.URL, "")
-	snap := map[string]bool{}
+	snap := map[presence.PeerID]bool{}
 	for range 2 {
 		p := b.next(t)
 		snap[p.PeerID] = p.Verified
 	}
-	assert.Equal(t, map[string]bool{m.PeerID: true, compat.PeerID: false}, snap)
+	assert.Equal(t, map[presence.PeerID]bool{m.PeerID: true, compat.PeerID: false}, snap)
 	assert.Equal(t, 2, srv.Stats().Peers)
 	assert.Equal(t, 1, srv.Stats().VerifiedPeers)
 }
@@ -195,15 +197,17 @@ func TestBadPublishes400(t *testing.T) {
 		{"not an object", "malformed presence JSON", []byte(`[1,2]`)},
 		{"trailing data", "trailing data", append(mustJSON(t, good), []byte(` {}`)...)},
 		{"wrong field type", "malformed presence JSON", withField(func(m map[string]any) { m["ts"] = "soon" })},
-		{"bad type", "type:", withField(func(m map[string]any) { m["type"] = "hello" })},
-		{"no peer id", "peerId: missing", withField(func(m map[string]any) { delete(m, "peerId") })},
+		{"bad type", "type \"hello\" is not online", withField(func(m map[string]any) { m["type"] = "hello" })},
+		{"no peer id", "missing peerId", withField(func(m map[string]any) { delete(m, "peerId") })},
 		{"peer id not a peer id", "not a libp2p peer id", withField(func(m map[string]any) { m["peerId"] = "alice" })},
-		{"peer id too long", "peerId: longer than", withField(func(m map[string]any) { m["peerId"] = strings.Repeat("Q", MaxPeerIDBytes+1) })},
-		{"content too long", "content: longer than", withField(func(m map[string]any) { m["content"] = strings.Repeat("é", MaxContentBytes) })},
-		{"too many addrs", "addrs: more than", withField(func(m map[string]any) { m["addrs"] = many })},
+		{"peer id too long", "peerId is 257 bytes (max 256)", withField(func(m map[string]any) { m["peerId"] = strings.Repeat("Q", MaxPeerIDBytes+1) })},
+		{"content too long", "content is 8192 bytes (max 4096)", withField(func(m map[string]any) { m["content"] = strings.Repeat("é", MaxContentBytes) })},
+		{"too many addrs", "21 addrs (max 20)", withField(func(m map[string]any) { m["addrs"] = many })},
 		{"addr not a multiaddr", "is not a multiaddr", withField(func(m map[string]any) { m["addrs"] = []string{"1.2.3.4:5"} })},
-		{"control character in email", "email: must be printable", withField(func(m map[string]any) { m["email"] = "a\nb" })},
-		{"negative ts", "ts: negative", withField(func(m map[string]any) { m["ts"] = -1 })},
+		{"control character in email", "email is not printable", withField(func(m map[string]any) { m["email"] = "a\nb" })},
+		{"signed without ts", "ts 0 is not a positive", withField(func(m map[string]any) { delete(m, "ts") })},
+		{"sig not base64", "sig is not base64", withField(func(m map[string]any) { m["sig"] = "!!" })},
+		{"negative ts", "ts -1 is not a positive", withField(func(m map[string]any) { m["ts"] = -1 })},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -408,7 +412,7 @@ func TestAdminAuth(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(body), &v))
 	assert.Equal(t, 1, v.Counts.Peers)
 	require.Len(t, v.Peers, 1)
-	assert.Equal(t, m.PeerID, v.Peers[0].PeerID)
+	assert.Equal(t, string(m.PeerID), v.Peers[0].PeerID)
 	assert.True(t, v.Peers[0].Verified)
 }
 

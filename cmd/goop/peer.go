@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"path/filepath"
 	"strings"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/goop-p2p/goop/app"
 	"github.com/goop-p2p/goop/cmd/goop/node"
 )
 
@@ -56,6 +58,8 @@ func peerCommand(g *globals, stdout io.Writer) *cli.Command {
 		Description: "Starts the libp2p node (TCP and QUIC on p2p.listen_port), the message bus, the\n" +
 			"static peers of p2p.peers and the viewer on viewer.http_addr. When ready it prints\n" +
 			"one line: ready peer_id=<id> viewer=<url> addrs=<multiaddr>,...\n" +
+			"With presence.rendezvous_only in DIR/goop.json it runs only the rendezvous server, as\n" +
+			"`goop rendezvous DIR` does (no libp2p node).\n" +
 			"SIGINT or SIGTERM stops it cleanly (exit status 0).",
 		Action: func(c *cli.Context) error {
 			dir, err := dirArg(c)
@@ -68,8 +72,13 @@ func peerCommand(g *globals, stdout io.Writer) *cli.Command {
 }
 
 // runPeer runs a peer until ctx ends (a signal), then stops it cleanly. It
-// returns an error if start-up fails or the node stops by itself.
+// returns an error if start-up fails or the node stops by itself. A folder
+// in rendezvous-only mode (presence.rendezvous_only) runs only its
+// rendezvous server (runRendezvous).
 func runPeer(ctx context.Context, dir string, opts node.Options, stdout io.Writer) error {
+	if cfg, err := app.LoadConfig(filepath.Join(dir, app.ConfigFileName)); err == nil && cfg.Presence.RendezvousOnly {
+		return runRendezvous(ctx, dir, rendezvousOptions{Log: opts.Log}, stdout)
+	}
 	r, err := node.Start(ctx, dir, opts)
 	if err != nil {
 		return err

@@ -12,11 +12,14 @@ import (
 type Source string
 
 // Sources, best first: a peer heard on several keeps the best one heard
-// within the TTL.
+// within the TTL. GossipSub presence arrives as SourceLAN whatever the
+// connection; the core records it as SourceStatic for a configured peer,
+// and keeps SourceWAN for a peer it knows through a rendezvous and that was
+// not found on the LAN (Discovered with SourceLAN).
 const (
 	SourceStatic Source = "static" // a configured peer (p2p.peers), over GossipSub
 	SourceLAN    Source = "lan"    // GossipSub on the LAN (mDNS)
-	SourceWAN    Source = "wan"    // a rendezvous server
+	SourceWAN    Source = "wan"    // a rendezvous server (or GossipSub with a peer it led to)
 )
 
 func (s Source) rank() int {
@@ -294,13 +297,17 @@ type Core struct {
 	lastTS   int64
 	gen      uint64 // deadline generations, unique across entries
 	out      Ready
+
+	// lanFound: peers found on the LAN (Discovered with SourceLAN, i.e.
+	// mDNS), and when last; at most MaxPeers.
+	lanFound map[PeerID]time.Time
 }
 
 // New returns a core for self restored with the peers of the stored table
 // (in any order; invalid rows are skipped). prof is what the node announces.
 func New(self PeerID, cfg Config, prof Profile, restored []Peer) *Core {
 	c := &Core{self: self, cfg: cfg.withDefaults(), prof: cloneProfile(prof),
-		static: map[PeerID]bool{}, peers: make(map[PeerID]*entry, len(restored))}
+		static: map[PeerID]bool{}, lanFound: map[PeerID]time.Time{}, peers: make(map[PeerID]*entry, len(restored))}
 	for _, id := range cfg.Static {
 		c.static[id] = true
 	}
@@ -526,15 +533,20 @@ func (c *Core) receive(now time.Time, in Received) error {
 		return fmt.Errorf("%w: %s sent a presence for %s", ErrForged, in.From, m.PeerID)
 	}
 	verified := in.From == m.PeerID || in.Verified
+	e := c.peers[m.PeerID]
 	src := in.Source
-	if src == SourceLAN && c.static[m.PeerID] {
+	switch {
+	case src == SourceLAN && c.static[m.PeerID]:
 		src = SourceStatic
+	case src == SourceLAN && e != nil && e.p.Source == SourceWAN && !c.foundOnLAN(m.PeerID):
+		// GossipSub over a connection a rendezvous led to: the peer is
+		// still one we know through the WAN, not one on our LAN.
+		src = SourceWAN
 	}
 	if src.rank() > SourceWAN.rank() {
 		src = SourceWAN
 	}
 	ts := min(m.TS, now.Add(c.cfg.MaxClockSkew).UnixMilli())
-	e := c.peers[m.PeerID]
 	if e != nil {
 		if e.p.Verified && !verified && e.p.Online {
 			return fmt.Errorf("%w: %s", ErrUnverified, m.PeerID)
@@ -621,6 +633,9 @@ func (c *Core) discovered(now time.Time, in Discovered) error {
 	if in.Peer == c.self {
 		return ErrSelf
 	}
+	if in.Source == SourceLAN {
+		c.markFoundOnLAN(now, in.Peer)
+	}
 	addrs := validAddrs(in.Addrs)
 	if len(addrs) == 0 {
 		return fmt.Errorf("%w: no valid address for %s", ErrInvalid, in.Peer)
@@ -633,6 +648,29 @@ func (c *Core) discovered(now time.Time, in Discovered) error {
 	}
 	c.out.Dial = append(c.out.Dial, DialHint{Peer: in.Peer, Addrs: addrs, Source: in.Source})
 	return nil
+}
+
+// markFoundOnLAN records that id was found on the LAN. When MaxPeers are
+// recorded, the one found the longest ago (then the smallest id) is
+// forgotten: deterministic, as the core must be.
+func (c *Core) markFoundOnLAN(now time.Time, id PeerID) {
+	if _, ok := c.lanFound[id]; !ok && len(c.lanFound) >= c.cfg.MaxPeers {
+		var oldest PeerID
+		var at time.Time
+		for k, t := range c.lanFound {
+			if oldest == "" || t.Before(at) || t.Equal(at) && k < oldest {
+				oldest, at = k, t
+			}
+		}
+		delete(c.lanFound, oldest)
+	}
+	c.lanFound[id] = now
+}
+
+// foundOnLAN reports whether id was found on the LAN (mDNS).
+func (c *Core) foundOnLAN(id PeerID) bool {
+	_, ok := c.lanFound[id]
+	return ok
 }
 
 func (c *Core) hint(now time.Time, e *entry, addrs []string) {

@@ -324,6 +324,39 @@ func TestSourcesStaticLANAndWAN(t *testing.T) {
 	assert.Equal(t, []string{"peer_updated " + string(alice)}, eventTypes(c.Drain()))
 }
 
+// TestGossipSubWithAWANPeerStaysWAN: a peer learnt through a rendezvous
+// whose presence then arrives over GossipSub (on the connection the
+// rendezvous led to) is still a WAN peer, unless mDNS finds it on the LAN.
+func TestGossipSubWithAWANPeerStaysWAN(t *testing.T) {
+	c := started(Config{TTL: 20 * time.Second})
+	require.NoError(t, c.Handle(t0, wan(online(alice, ms(0), "a"), true)))
+	require.NoError(t, c.Handle(at(time.Second), lan(update(alice, ms(time.Second), "a"))))
+	p := mustPeer(t, c, alice)
+	assert.Equal(t, SourceWAN, p.Source, "GossipSub from a WAN peer")
+	assert.True(t, p.Verified)
+
+	require.NoError(t, c.Handle(at(2*time.Second), Discovered{Source: SourceLAN, Peer: alice, Addrs: []string{"/ip4/10.0.0.1/tcp/1"}}))
+	require.NoError(t, c.Handle(at(3*time.Second), lan(update(alice, ms(3*time.Second), "a"))))
+	assert.Equal(t, SourceLAN, mustPeer(t, c, alice).Source, "found by mDNS: a LAN peer")
+
+	// A peer first heard over GossipSub is LAN, as before.
+	require.NoError(t, c.Handle(t0, lan(online(bob, ms(0), "b"))))
+	assert.Equal(t, SourceLAN, mustPeer(t, c, bob).Source)
+}
+
+// TestLANFoundIsBounded: the record of peers found on the LAN holds at most
+// MaxPeers, forgetting the one found the longest ago.
+func TestLANFoundIsBounded(t *testing.T) {
+	c := started(Config{MaxPeers: 2})
+	addrs := []string{"/ip4/10.0.0.1/tcp/1"}
+	for i, id := range []PeerID{alice, bob, carol} {
+		require.NoError(t, c.Handle(at(time.Duration(i)*time.Second), Discovered{Source: SourceLAN, Peer: id, Addrs: addrs}))
+	}
+	assert.False(t, c.foundOnLAN(alice))
+	assert.True(t, c.foundOnLAN(bob))
+	assert.True(t, c.foundOnLAN(carol))
+}
+
 func TestOwnPresence(t *testing.T) {
 	c := New(me, Config{Announce: true, Heartbeat: 5 * time.Second},
 		Profile{Label: "me", Email: "me@x", Version: "v1", Addrs: []string{"/ip4/127.0.0.1/tcp/1"}}, nil)

@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"unicode"
 	"unicode/utf8"
 
@@ -35,19 +36,24 @@ const (
 	TypeOffline = "offline"
 )
 
-// Limits of a valid presence message. PeerID, Content and the address limits
-// are the compat rendezvous server's (SPEC §6); the others bound what a peer
-// may make us store.
+// Limits of a valid presence message, the same on the LAN (GossipSub) and
+// through a rendezvous server (adapters/rendezvous uses these). PeerID,
+// Content and the count of addresses are the compat rendezvous server's
+// (SPEC §6); the others bound what a peer may make us store. MaxAddrBytes
+// leaves room for long multiaddrs (a WebTransport address with two certhashes
+// and a /p2p suffix is about 250 bytes).
 const (
 	MaxPeerIDBytes     = 256
 	MaxContentBytes    = 4096
 	MaxAddrs           = 20
-	MaxAddrBytes       = 256
+	MaxAddrBytes       = 512
 	MaxEmailBytes      = 256
 	MaxAvatarHashBytes = 256
 	MaxTemplateBytes   = 256
 	MaxPublicKeyBytes  = 1024
 	MaxVersionBytes    = 64
+	// MaxSigBytes bounds Sig (base64 text; an Ed25519 signature takes 88).
+	MaxSigBytes = 256
 	// MaxMsgBytes bounds an encoded message: a maximal valid message, with
 	// room for JSON escaping of its text and for compat fields we ignore.
 	MaxMsgBytes = 64 << 10
@@ -72,16 +78,27 @@ type Msg struct {
 	EncryptionSupported bool     `json:"encryptionSupported,omitempty"`
 	GoopClientVersion   string   `json:"goopClientVersion,omitempty"`
 	TS                  int64    `json:"ts"` // sender's clock, Unix milliseconds
-	// Verified is a claim set by a rendezvous server; the peer table decides
-	// for itself (see Received.Verified) and ignores it.
+	// Verified is a claim set by whoever checked Sig: a rendezvous server on
+	// what it broadcasts, our rendezvous client on what it reports. A
+	// sender's value means nothing; the peer table decides for itself (see
+	// Received.Verified) and ignores it.
 	Verified bool `json:"verified,omitempty"`
+	// Sig is ours (compat peers leave it out and ignore it): the Ed25519
+	// signature, base64 (standard, padded), by the key embedded in PeerID
+	// over the canonical bytes defined by SignedBytes in adapters/rendezvous
+	// (every field but Verified and Sig). The domain cannot check it (that
+	// needs libp2p's crypto): Validate checks only its shape, and the
+	// adapters verify it (the rendezvous server and client) before they
+	// report a message as verified.
+	Sig string `json:"sig,omitempty"`
 }
 
 // Validate checks m against the limits: a known type, a peer id of 1 to
 // MaxPeerIDBytes letters and digits, text fields within their limits and
 // printable (valid UTF-8 without control characters), at most MaxAddrs
 // addresses each a printable "/..." string of at most MaxAddrBytes without
-// spaces, and a positive ts. Errors wrap ErrInvalid.
+// spaces, a positive ts, and a sig (if any) of at most MaxSigBytes of
+// base64 (its shape only: see Msg.Sig). Errors wrap ErrInvalid.
 func (m *Msg) Validate() error {
 	switch m.Type {
 	case TypeOnline, TypeUpdate, TypeOffline:
@@ -115,7 +132,31 @@ func (m *Msg) Validate() error {
 	if m.TS <= 0 {
 		return invalid("ts %d is not a positive Unix millisecond time", m.TS)
 	}
+	if len(m.Sig) > MaxSigBytes {
+		return invalid("sig is %d bytes (max %d)", len(m.Sig), MaxSigBytes)
+	}
+	if !isBase64(m.Sig) {
+		return invalid("sig is not base64")
+	}
 	return nil
+}
+
+// isBase64 reports whether s is standard, padded base64 text (or empty).
+func isBase64(s string) bool {
+	if len(s)%4 != 0 {
+		return false
+	}
+	body := strings.TrimRight(s, "=")
+	if len(s)-len(body) > 2 {
+		return false
+	}
+	for i := 0; i < len(body); i++ {
+		c := body[i]
+		if !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '+' || c == '/') {
+			return false
+		}
+	}
+	return true
 }
 
 // ValidatePeerID checks a peer id's form: 1 to MaxPeerIDBytes ASCII letters

@@ -60,6 +60,11 @@ func TestValidate(t *testing.T) {
 		{"addr without a slash", func(m *Msg) { m.Addrs = []string{"ip4/1.2.3.4"} }, "addrs[0]"},
 		{"addr with a space", func(m *Msg) { m.Addrs = []string{"/ip4/1.2.3.4 /tcp/1"} }, "addrs[0]"},
 		{"addr not ASCII", func(m *Msg) { m.Addrs = []string{"/dns/é.local"} }, "addrs[0]"},
+		{"a signature", func(m *Msg) { m.Sig = strings.Repeat("A", 86) + "==" }, ""},
+		{"sig too long", func(m *Msg) { m.Sig = strings.Repeat("A", MaxSigBytes+4) }, "sig is 260 bytes"},
+		{"sig not base64", func(m *Msg) { m.Sig = "not base64!" }, "sig is not base64"},
+		{"sig with bad padding", func(m *Msg) { m.Sig = "A===" }, "sig is not base64"},
+		{"sig unpadded", func(m *Msg) { m.Sig = "AAA" }, "sig is not base64"},
 		{"zero ts", func(m *Msg) { m.TS = 0 }, "ts 0"},
 		{"negative ts", func(m *Msg) { m.TS = -5 }, "ts -5"},
 	}
@@ -87,6 +92,9 @@ func TestEncodeUsesCompatFieldNames(t *testing.T) {
 		"publicKey", "encryptionSupported", "goopClientVersion", "ts"} {
 		assert.Contains(t, got, k)
 	}
+	m.Sig = "c2ln"
+	require.NoError(t, json.Unmarshal(m.Encode(), &got))
+	assert.Equal(t, "c2ln", got["sig"])
 	// Empty optional fields are left out, as Goop2 does; type, peerId and ts never are.
 	min := Msg{Type: TypeOffline, PeerID: alice, TS: 7}
 	assert.JSONEq(t, `{"type":"offline","peerId":"12D3KooWAlice","ts":7}`, string(min.Encode()))

@@ -64,7 +64,9 @@ type Options struct {
 	// NoAutoConnect turns off the connections LAN discovery makes: no mDNS,
 	// and peers learnt from presence are not dialed. The node connects to
 	// p2p.peers and whoever connects to it; presence still flows over those
-	// connections. For benches and tests that control the connections.
+	// connections. For benches and tests that control the connections. A
+	// rendezvous (presence.rendezvous_wan, rendezvous_host) still connects
+	// to the peers it tells of.
 	NoAutoConnect bool
 }
 
@@ -86,11 +88,16 @@ type Running struct {
 	// Visiting serves this node's site and public data to visiting peers,
 	// and holds the data views (see Visiting).
 	Visiting *Visiting
+	// RendezvousURL is the local URL of the rendezvous server this node
+	// hosts (presence.rendezvous_host), e.g. http://127.0.0.1:8787; empty
+	// when it hosts none.
+	RendezvousURL string
 
 	log      *slog.Logger
 	store    ports.Store
 	tr       *p2p.MQTransport
 	disc     *discovery.Adapter
+	rdv      *rendezvousRoles // owns disc once started
 	srv      *http.Server
 	srvDone  chan struct{}
 	stopHTTP context.CancelFunc // ends SSE streams
@@ -132,6 +139,9 @@ func (r *Running) fail(err error) {
 // Start creates the peer folder dir if needed (see Init), then starts the
 // node: store, identity, libp2p host (TCP and QUIC on p2p.listen_port), MQ
 // transport, LAN discovery (mDNS with p2p.mdns_tag, presence on GossipSub),
+// the rendezvous roles (a server with presence.rendezvous_host; publishing
+// to and following presence.rendezvous_wan and our own server, connecting
+// to the peers they tell of),
 // app runtime restored from the store (the peer table included), static peers
 // (p2p.peers, dialed in the background and redialed while disconnected) and
 // the viewer on viewer.http_addr. It returns once the viewer accepts
@@ -239,12 +249,18 @@ func Start(ctx context.Context, dir string, opts Options) (_ *Running, err error
 	}
 	r.disc = disc
 	undo = append(undo, func() { _ = disc.Close() })
+	rdv, err := startRendezvous(cfg, h, key, disc, log)
+	if err != nil {
+		return nil, err
+	}
+	r.rdv, r.RendezvousURL = rdv, rdv.url
+	undo = append(undo, func() { _ = rdv.close() })
 	pcfg, prof := presenceOptions(cfg, disc.Addrs())
 	self := mq.PeerID(h.ID().String())
 	nd := app.NewNode(self, app.State{Bus: snap, Groups: gsnap, Peers: peers}, system.Rand{},
 		app.NodeOptions{Bus: opts.Bus, Groups: opts.Groups, Label: cfg.Profile.Label, Presence: pcfg, Profile: prof})
 	rt := app.NewRuntime(nd, tr, st, system.Clock{}, log)
-	rt.SetDiscovery(disc)
+	rt.SetDiscovery(rdv.disc)
 	r.Runtime = rt
 	if opts.BeforeRun != nil {
 		opts.BeforeRun(rt)
@@ -344,7 +360,11 @@ func (r *Running) Close() error {
 		r.stopRun()
 		<-r.runDone
 		<-r.bgDone
-		_ = r.disc.Close() // after the runtime published our offline
+		// After the runtime published our offline; the rendezvous server
+		// stops before the host.
+		if err := r.rdv.close(); err != nil {
+			errs = append(errs, err)
+		}
 		if err := r.tr.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close transport: %w", err))
 		}
