@@ -6,8 +6,11 @@ import (
 	"github.com/goop-p2p/goop/domain/presence"
 )
 
-// LoadPeers implements ports.Store. The simulated store does not keep the
-// peer cache yet (Apply ignores Batch.Peers, and simnet nodes announce no
-// presence): a restarted simulated peer starts with an empty peer table.
-// The simnet discovery scenario is to keep it (memory.Peers does).
-func (s *Store) LoadPeers(context.Context) ([]presence.Peer, error) { return nil, nil }
+// LoadPeers implements ports.Store: the cached peer table as Apply left it
+// (memory.Peers semantics, sorted by peer id), so that a restarted simulated
+// peer starts from the table it had persisted before its crash.
+func (s *Store) LoadPeers(context.Context) ([]presence.Peer, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.peers.Snapshot(), nil
+}

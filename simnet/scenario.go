@@ -30,6 +30,8 @@ var builtins = []Scenario{
 		Run: RunStorm},
 	{Name: ScenarioGroupStorm, Description: "1-3 hosts' groups; members join, chat, leave, re-join, get kicked under loss, duplication, reordering, partitions and crashes of members and hosts; then heal and converge (every member re-joined or left, every accepted message delivered exactly once, member lists agree)",
 		Run: RunGroupStorm},
+	{Name: ScenarioDiscovery, Description: "peers on 4 LAN segments with 2 mDNS tags and a rendezvous discover each other (mDNS, GossipSub presence, rendezvous); peers, segments and the rendezvous are cut off or crash past the TTL; then heal and converge within 4 heartbeats (every table lists its segment+tag online via lan and every rendezvous user via wan)",
+		Run: RunDiscovery},
 }
 
 // Builtins returns the built-in scenarios.
@@ -112,6 +114,9 @@ type Report struct {
 	Error string `json:"error,omitempty"`
 	// Transcript is a script's output.
 	Transcript string `json:"transcript,omitempty"`
+	// Metrics are figures a scenario measures (name → value), e.g.
+	// discovery's full_discovery_heartbeats.
+	Metrics map[string]float64 `json:"metrics,omitempty"`
 }
 
 // Ratio is virtual time over wall time.
@@ -154,9 +159,9 @@ func ReplayCommand(name string, seed uint64, p Params) string {
 	d := DefaultParams()
 	var b strings.Builder
 	fmt.Fprintf(&b, "go run ./cmd/goop sim --scenario %s --seed %d", name, seed)
-	if name == ScenarioStorm || name == ScenarioGroupStorm {
+	if name == ScenarioStorm || name == ScenarioGroupStorm || name == ScenarioDiscovery {
 		fmt.Fprintf(&b, " --peers %d --duration %s", p.Peers, p.Duration)
-		if p.Rate != d.Rate {
+		if p.Rate != d.Rate && name != ScenarioDiscovery {
 			fmt.Fprintf(&b, " --rate %g", p.Rate)
 		}
 	}
@@ -287,6 +292,7 @@ func addStats(a, b Stats) Stats {
 	a.Heals += b.Heals
 	a.Broadcasts += b.Broadcasts
 	a.BroadcastsRecv += b.BroadcastsRecv
+	a.Presence = a.Presence.add(b.Presence)
 	return a
 }
 

@@ -1,6 +1,9 @@
 package simnet
 
-import "github.com/goop-p2p/goop/domain/mq"
+import (
+	"github.com/goop-p2p/goop/domain/mq"
+	"github.com/goop-p2p/goop/domain/presence"
+)
 
 // eventKind tells what a scheduled event does when it fires.
 type eventKind uint8
@@ -12,6 +15,12 @@ const (
 	evDisconnect                      // peer to learns that its connection to from is gone
 	evBroadcast                       // a LAN broadcast from peer from arrives at peer to
 	evAction                          // a scheduled Action runs
+	// Discovery (discovery.go):
+	evGossip     // a presence published by from arrives at to over GossipSub on their LAN
+	evMDNS       // an mDNS announcement of from arrives at to (arg 1: a query, answered)
+	evJoined     // to learns that from joined the presence topic on their LAN connection
+	evRdvPublish // a presence published by from arrives at the rendezvous
+	evRdvEvent   // an event of the rendezvous' stream arrives at to (arg: stream generation, verified)
 )
 
 // event is one scheduled happening. Events live in a slab and are reused.
@@ -22,6 +31,7 @@ type event struct {
 	fromLife uint32 // the life of peer from when the event was scheduled
 	frame    mq.Frame
 	payload  []byte
+	pmsg     *presence.Msg // a presence message (shared, never modified)
 	act      Action
 	arg      int64
 }

@@ -32,10 +32,11 @@ func EmbeddedScripts() []string {
 // are kept as they are. A command is a name and arguments key=value or flags;
 // peers are named p0, p1, ... Commands (see ScriptCommands, `goop sim --list`):
 // world, add-peers, segment, link, send, partition, heal, crash, restart,
-// run, converge, broadcast, check, stats, state, hash, and the group-*
-// commands (scriptgroup.go). "run" and "converge" print what the nodes
-// published: deliveries, acks and failures, and group events; bus traffic of
-// the group protocol itself (joins, pings, relays) is not printed.
+// run, converge, broadcast, check, stats, state, hash, the group-* commands
+// (scriptgroup.go) and the discovery commands (scriptdiscovery.go). "run"
+// and "converge" print what the nodes published: deliveries, acks and
+// failures, group events and peer table changes; bus traffic of the group
+// protocol itself (joins, pings, relays) is not printed.
 type Script struct {
 	Name  string
 	items []scriptItem
@@ -155,6 +156,7 @@ type ScriptEnv struct {
 	convergeOK int
 	lastLive   error
 	groupHosts map[string]int // group id → host, from group-create
+	place      PeerPlace      // where add-peers puts the peers it adds (discovery)
 }
 
 // ScriptCommand is one script command. Run returns the command's output
@@ -257,7 +259,7 @@ func (e *ScriptEnv) parsePeer(v string) (int, error) {
 }
 
 // Peers parses a list of peers ("p0,p2", ranges "p1..p5", or "*" for all)
-// given as key.
+// given as key; "rdv" names the rendezvous node (Rendezvous).
 func (e *ScriptEnv) Peers(a Args, key string) ([]int, error) {
 	v, ok := a.Get(key)
 	if !ok {
@@ -272,6 +274,10 @@ func (e *ScriptEnv) Peers(a Args, key string) ([]int, error) {
 	}
 	var out []int
 	for _, s := range strings.Split(v, ",") {
+		if s == "rdv" && e.W.HasRendezvous() {
+			out = append(out, Rendezvous)
+			continue
+		}
 		if lo, hi, ok := strings.Cut(s, ".."); ok {
 			i, err := e.parsePeer(lo)
 			if err != nil {
@@ -350,6 +356,8 @@ func (e *ScriptEnv) onStep(w *World, s *Step) {
 			}
 		case app.EventReceipt:
 			e.events = append(e.events, fmt.Sprintf("%s %s got a receipt from %s", at, name, other))
+		case app.EventPeer:
+			e.presenceEvents(w, s, at, ev)
 		}
 	}
 }
@@ -431,8 +439,8 @@ func (s *Script) Execute(seed uint64, p Params) ([][]string, *ScriptEnv, error) 
 
 func init() {
 	for _, c := range []ScriptCommand{
-		{"world", "world [peers=N] [latency=D] [jitter=D] [spread=D] [loss=F] [dup=F] [reorder=F] [reorder-delay=D] [bandwidth=B/s] [rto=D] [max-rto=D] [attempts=N] [window=N] [codec=N] [allow-failures] [fault=skip-dedupe] [groups] [ping=D] [evict=D] [rejoin=D] [join-timeout=D] [idle=D]", cmdWorld},
-		{"add-peers", "add-peers n=N [segment=NAME]", cmdAddPeers},
+		{"world", "world [peers=N] [latency=D] [jitter=D] [spread=D] [loss=F] [dup=F] [reorder=F] [reorder-delay=D] [bandwidth=B/s] [rto=D] [max-rto=D] [attempts=N] [window=N] [codec=N] [allow-failures] [fault=skip-dedupe] [groups] [ping=D] [evict=D] [rejoin=D] [join-timeout=D] [idle=D] [discovery] [rdv] [heartbeat=D] [ttl=D] [grace=D] [mdns=D] [rdv-stale=D] [rdv-sweep=D] [wan-latency=D] [wan-jitter=D] [return=D]", cmdWorld},
+		{"add-peers", "add-peers n=N [segment=NAME] [tag=TAG] [lan-only]", cmdAddPeers},
 		{"segment", "segment name=NAME peers=p0,p1", cmdSegment},
 		{"link", "link from=P to=P [both] [latency=D] [jitter=D] [loss=F] [dup=F] [reorder=F] [reorder-delay=D] [bandwidth=B/s]", cmdLink},
 		{"send", "send from=P to=P [n=N] [topic=T] [payload=JSON]", cmdSend},
@@ -528,6 +536,9 @@ func cmdWorld(e *ScriptEnv, a Args) (string, error) {
 	if a.Has("groups") {
 		opts.Checkers = append(opts.Checkers, NewGroupChecker())
 	}
+	if err := discoveryArgs(e, a, &opts); err != nil {
+		return "", err
+	}
 	opts.OnStep = e.onStep
 	opts.OnBroadcast = func(*World, int, int, []byte) {}
 	e.W = New(e.Seed, opts)
@@ -546,6 +557,12 @@ func (e *ScriptEnv) listPeers(from int) string {
 		if s := e.W.Segment(i); s != "" {
 			fmt.Fprintf(&b, " segment=%s", s)
 		}
+		if t := e.W.Tag(i); t != "" && t != DefaultMDNSTag {
+			fmt.Fprintf(&b, " tag=%s", t)
+		}
+		if e.W.HasRendezvous() && !e.W.WAN(i) {
+			b.WriteString(" lan-only")
+		}
 		b.WriteString("\n")
 	}
 	return b.String()
@@ -557,6 +574,12 @@ func cmdAddPeers(e *ScriptEnv, a Args) (string, error) {
 		return "", err
 	}
 	seg, _ := a.Get("segment")
+	tag, _ := a.Get("tag")
+	if (tag != "" || a.Has("lan-only")) && e.W.disc == nil {
+		return "", errors.New("tag= and lan-only need a world with discovery")
+	}
+	e.place = PeerPlace{Segment: seg, Tag: tag, NoWAN: a.Has("lan-only")}
+	defer func() { e.place = PeerPlace{} }()
 	first := e.W.NumPeers()
 	for i := 0; i < n; i++ {
 		e.W.SetSegment(e.W.AddPeer(), seg)

@@ -20,7 +20,8 @@ type outKey struct {
 // Store is a simulated peer's durable storage: what survives a crash. It
 // applies bus changes with the semantics of memory.ApplyBusChanges (checked by
 // the shared ports/storetest contract), keyed so that a busy outbox does not
-// allocate a map per destination, and group changes with memory.Groups.
+// allocate a map per destination, group changes with memory.Groups and peer
+// table changes with memory.Peers.
 // Safe for concurrent use, although a world uses it from one goroutine.
 type Store struct {
 	mu      sync.Mutex
@@ -29,6 +30,7 @@ type Store struct {
 	nextSeq map[mq.PeerID]int64
 	cursors map[mq.PeerID]mq.Cursor
 	groups  *memory.Groups
+	peers   memory.Peers
 }
 
 // NewStore returns an empty store.
@@ -83,6 +85,9 @@ func (s *Store) Apply(_ context.Context, b ports.Batch) error {
 	}
 	if len(b.Groups) > 0 {
 		s.groups.Apply(b.Groups)
+	}
+	if len(b.Peers) > 0 {
+		s.peers.Apply(b.Peers)
 	}
 	return nil
 }

@@ -11,3 +11,9 @@ import (
 func TestStoreContract(t *testing.T) {
 	storetest.RunStoreContract(t, func(*testing.T) ports.Store { return NewStore() })
 }
+
+// TestPeerStoreContract proves the sim store keeps the peer cache as every
+// store must (Batch.Peers applied in order, LoadPeers returns the rows).
+func TestPeerStoreContract(t *testing.T) {
+	storetest.RunPeerStoreContract(t, func(*testing.T) ports.Store { return NewStore() })
+}

@@ -8,8 +8,11 @@
 // into a trace hash. The network model has per-link latency, jitter, loss,
 // duplication, reordering and bandwidth, partitions (symmetric or one-way),
 // LAN segments for broadcasts, and crash/restart of peers where only what a
-// peer durably stored survives. Checkers verify safety properties after every
-// event; Converge heals everything and waits for liveness by a deadline.
+// peer durably stored survives. With Options.Discovery, nodes announce their
+// presence: mDNS and GossipSub on their LAN segment (per mDNS tag) and a
+// modelled rendezvous server (discovery.go). Checkers verify safety
+// properties after every event; Converge heals everything and waits for
+// liveness by a deadline.
 //
 // A World is not safe for concurrent use; separate worlds may run on separate
 // goroutines.
@@ -25,6 +28,7 @@ import (
 
 	"github.com/goop-p2p/goop/app"
 	"github.com/goop-p2p/goop/domain/mq"
+	"github.com/goop-p2p/goop/domain/presence"
 	"github.com/goop-p2p/goop/ports"
 )
 
@@ -102,6 +106,12 @@ type Options struct {
 	OnStep func(w *World, s *Step)
 	// OnBroadcast, if set, is called when a LAN broadcast reaches a peer.
 	OnBroadcast func(w *World, to, from int, payload []byte)
+	// Discovery, if set, turns presence and discovery on (see
+	// DiscoveryOptions): every node announces itself (Node.Presence.Announce
+	// is forced on, zero timings take the compat values) and a nil Checkers
+	// also gets a PresenceChecker. Without it, nodes announce nothing and
+	// whatever presence they would publish goes nowhere.
+	Discovery *DiscoveryOptions
 }
 
 // Action is work scheduled on the world's timeline (workloads, fault plans).
@@ -129,9 +139,14 @@ const (
 	StepCrash                          // the peer crashed; its node is gone
 	StepBroadcast                      // a LAN broadcast from From reached the peer
 	StepCommand                        // a group command ran on the peer's node (Command)
+	StepPresence                       // a presence message reached the peer (Presence, Source; From is its subject)
+	StepFound                          // mDNS: the peer found From on its segment
+	StepJoined                         // GossipSub: From joined the presence topic on a LAN connection of the peer
+	StepStop                           // the peer stopped its presence (graceful shutdown; a crash follows)
 )
 
-var stepNames = [...]string{"?", "start", "frame", "wake", "send", "connect", "disconnect", "crash", "broadcast", "command"}
+var stepNames = [...]string{"?", "start", "frame", "wake", "send", "connect", "disconnect", "crash", "broadcast", "command",
+	"presence", "found", "joined", "stop"}
 
 func (k StepKind) String() string {
 	if int(k) < len(stepNames) {
@@ -155,30 +170,38 @@ type Step struct {
 	Events []app.Event
 	// Command is the group command of a StepCommand, with its result.
 	Command *GroupCommand
+	// Presence is the message of a StepPresence and Source how it came
+	// (presence.SourceLAN: GossipSub on the segment; presence.SourceWAN:
+	// the rendezvous). PresenceErr is why the node changed nothing for it
+	// (presence.ErrStale, ...), nil when it was accepted.
+	Presence    *presence.Msg
+	Source      presence.Source
+	PresenceErr error
 }
 
 // Stats count what happened in a world.
 type Stats struct {
-	Events           uint64 `json:"events"`
-	MsgsSent         uint64 `json:"msgs_sent"`
-	MsgsRejected     uint64 `json:"msgs_rejected"`
-	MsgsDelivered    uint64 `json:"msgs_delivered"`
-	MsgsAcked        uint64 `json:"msgs_acked"`
-	MsgsFailed       uint64 `json:"msgs_failed"`
-	FramesSent       uint64 `json:"frames_sent"`
-	FramesDelivered  uint64 `json:"frames_delivered"`
-	FramesDuplicated uint64 `json:"frames_duplicated"`
-	DroppedLoss      uint64 `json:"dropped_loss"`
-	DroppedPartition uint64 `json:"dropped_partition"`
-	DroppedDown      uint64 `json:"dropped_down"`
-	DroppedUnknown   uint64 `json:"dropped_unknown"`
-	CodecChecked     uint64 `json:"codec_checked"`
-	Crashes          uint64 `json:"crashes"`
-	Restarts         uint64 `json:"restarts"`
-	Partitions       uint64 `json:"partitions"`
-	Heals            uint64 `json:"heals"`
-	Broadcasts       uint64 `json:"broadcasts"`
-	BroadcastsRecv   uint64 `json:"broadcasts_received"`
+	Events           uint64        `json:"events"`
+	MsgsSent         uint64        `json:"msgs_sent"`
+	MsgsRejected     uint64        `json:"msgs_rejected"`
+	MsgsDelivered    uint64        `json:"msgs_delivered"`
+	MsgsAcked        uint64        `json:"msgs_acked"`
+	MsgsFailed       uint64        `json:"msgs_failed"`
+	FramesSent       uint64        `json:"frames_sent"`
+	FramesDelivered  uint64        `json:"frames_delivered"`
+	FramesDuplicated uint64        `json:"frames_duplicated"`
+	DroppedLoss      uint64        `json:"dropped_loss"`
+	DroppedPartition uint64        `json:"dropped_partition"`
+	DroppedDown      uint64        `json:"dropped_down"`
+	DroppedUnknown   uint64        `json:"dropped_unknown"`
+	CodecChecked     uint64        `json:"codec_checked"`
+	Crashes          uint64        `json:"crashes"`
+	Restarts         uint64        `json:"restarts"`
+	Partitions       uint64        `json:"partitions"`
+	Heals            uint64        `json:"heals"`
+	Broadcasts       uint64        `json:"broadcasts"`
+	BroadcastsRecv   uint64        `json:"broadcasts_received"`
+	Presence         PresenceStats `json:"presence"`
 }
 
 // FramesDropped is the number of frames the network did not deliver.
@@ -200,6 +223,7 @@ type peer struct {
 	wakeAt      int64      // time of the live wake event, or noWake
 	segment     string
 	contacts    bitset // peers this peer ever sent a frame to (any incarnation)
+	disc        peerDisc
 }
 
 // bitset is a growable set of peer indexes.
@@ -218,13 +242,26 @@ func (b bitset) has(i int32) bool {
 	return w < len(b) && b[w]&(1<<(uint(i)&63)) != 0
 }
 
+func (b bitset) del(i int32) {
+	if w := int(i >> 6); w < len(b) {
+		b[w] &^= 1 << (uint(i) & 63)
+	}
+}
+
 type partition struct {
 	id     int
 	oneWay bool
 	side   []int8 // per peer index: 0 outside, 1 side A, 2 side B
+	rdv    int8   // the rendezvous node's side
 }
 
 func (p *partition) sideOf(i int32) int8 {
+	if i < 0 {
+		if i == rdvIdx {
+			return p.rdv
+		}
+		return 0
+	}
 	if int(i) < len(p.side) {
 		return p.side[i]
 	}
@@ -254,6 +291,13 @@ type World struct {
 	codecBuf []byte
 	cur      mq.Frame      // the frame being received, for Step.Frame
 	cmd      *GroupCommand // the group command being flushed, for Step.Command
+	disc     *discovery    // nil without Options.Discovery
+	// topoLog records changes of who can reach whom, for the presence
+	// checker: topoAll (partitions, the rendezvous), a peer (1<<63 | index:
+	// start, crash, segment, tag, WAN) or a pair (lo<<32 | hi: a LAN
+	// connection made or lost).
+	topoLog []uint64
+	pres    presenceStep // the presence message being handled, for Step.Presence
 }
 
 // New builds a world of opts.Peers peers for seed.
@@ -267,6 +311,14 @@ func New(seed uint64, opts Options) *World {
 	}
 	if opts.Checkers == nil {
 		opts.Checkers = DefaultCheckers()
+		if opts.Discovery != nil {
+			opts.Checkers = append(opts.Checkers, NewPresenceChecker())
+		}
+	}
+	if opts.Discovery != nil {
+		opts.Node.Presence = simPresence(opts.Node.Presence)
+		d := opts.Discovery.withDefaults(opts.Node.Presence.Heartbeat)
+		opts.Discovery = &d
 	}
 	w := &World{
 		seed:     seed,
@@ -280,6 +332,9 @@ func New(seed uint64, opts Options) *World {
 		hash:     fnvOffset,
 	}
 	w.hashWord(seed)
+	if opts.Discovery != nil {
+		w.disc = newDiscovery(w, *opts.Discovery)
+	}
 	for i := 0; i < opts.Peers; i++ {
 		w.AddPeer()
 	}
@@ -304,8 +359,14 @@ func (w *World) NumPeers() int { return len(w.peers) }
 // PeerID returns peer i's id.
 func (w *World) PeerID(i int) mq.PeerID { return w.peers[i].id }
 
-// Name returns peer i's short name as used in reports and scripts ("p3").
-func (w *World) Name(i int) string { return fmt.Sprintf("p%d", i) }
+// Name returns peer i's short name as used in reports and scripts ("p3";
+// "rdv" for Rendezvous).
+func (w *World) Name(i int) string {
+	if i == Rendezvous {
+		return "rdv"
+	}
+	return fmt.Sprintf("p%d", i)
+}
 
 // Index returns the index of the peer with id.
 func (w *World) Index(id mq.PeerID) (int, bool) {
@@ -313,14 +374,15 @@ func (w *World) Index(id mq.PeerID) (int, bool) {
 	return int(i), ok
 }
 
-// index resolves a peer id. Sim ids start with "sim<index>-", so the index is
-// parsed and confirmed instead of hashing the id into a map.
+// index resolves a peer id. Sim ids start with "sim<index>-" ("sim<index>x"
+// in worlds with discovery), so the index is parsed and confirmed instead of
+// hashing the id into a map.
 func (w *World) index(id mq.PeerID) (int32, bool) {
 	if len(id) > 4 && id[0] == 's' && id[1] == 'i' && id[2] == 'm' {
 		n := 0
 		for k := 3; k < len(id) && k < 13; k++ {
 			c := id[k]
-			if c == '-' {
+			if c == '-' || c == 'x' {
 				if n < len(w.peers) && w.peers[n].id == id {
 					return int32(n), true
 				}
@@ -386,7 +448,11 @@ func (w *World) vt() time.Time { return epoch.Add(time.Duration(w.now)) }
 func (w *World) AddPeer() int {
 	idx := int32(len(w.peers))
 	r := newStream(w.seed, streamPeerID, uint64(idx))
-	id := mq.PeerID(fmt.Sprintf("sim%d-%012x", idx, r.Uint64()>>16))
+	sep := '-'
+	if w.opts.Discovery != nil {
+		sep = 'x' // presence accepts only letters and digits in peer ids
+	}
+	id := mq.PeerID(fmt.Sprintf("sim%d%c%012x", idx, sep, r.Uint64()>>16))
 	p := &peer{
 		idx:    idx,
 		id:     id,
@@ -397,6 +463,9 @@ func (w *World) AddPeer() int {
 	}
 	w.peers = append(w.peers, p)
 	w.byID[id] = idx
+	if w.disc != nil {
+		w.disc.place(p)
+	}
 	w.start(p)
 	return int(idx)
 }
@@ -406,14 +475,24 @@ func (w *World) AddPeer() int {
 func (w *World) start(p *peer) {
 	bus, _ := p.store.LoadBus(w.ctx) // the sim store never fails to load
 	groups, _ := p.store.LoadGroups(w.ctx)
+	peers, _ := p.store.LoadPeers(w.ctx)
 	p.incarnation++
 	p.life++
 	p.wakeAt = noWake
+	w.topoPeer(p.idx)
 	rnd := &nodeRand{newStream(w.seed, streamNode, uint64(p.idx), uint64(p.incarnation))}
-	p.node = app.NewNode(p.id, app.State{Bus: bus, Groups: groups}, rnd, w.opts.Node)
+	opts := w.opts.Node
+	if w.disc != nil {
+		opts.Profile.Label = w.Name(int(p.idx))
+		opts.Profile.Addrs = p.disc.addrs
+	}
+	p.node = app.NewNode(p.id, app.State{Bus: bus, Groups: groups, Peers: peers}, rnd, opts)
 	p.node.Tick(w.vt())
 	w.stats.Events++
 	w.flush(p, StepStart, -1, -1, nil)
+	if w.disc != nil {
+		w.disc.started(p)
+	}
 }
 
 // Send makes peer from's application queue a message to peer to, durably,
@@ -454,6 +533,14 @@ func (w *World) flush(p *peer, kind StepKind, from, to int, f *mq.Frame) {
 	for i := range rd.Frames {
 		w.transmit(p, &rd.Frames[i])
 	}
+	if w.disc != nil {
+		for i := range rd.Publish {
+			w.disc.publish(p, &rd.Publish[i])
+		}
+		for i := range rd.Dial {
+			w.disc.dial(p, &rd.Dial[i])
+		}
+	}
 	w.observe(kind, int(p.idx), from, to, f, rd.Events)
 	w.rearm(p)
 }
@@ -482,13 +569,24 @@ func (w *World) observe(kind StepKind, peer, from, to int, f *mq.Frame, evs []ap
 			w.hashString(ev.Group.Group)
 			w.hashString(string(ev.Group.From))
 		}
+		if pe := ev.Presence; pe != nil {
+			w.hashString(pe.Type)
+			w.hashString(string(pe.Peer.ID))
+			w.hashString(string(pe.Peer.Source))
+		}
 	}
 	if c := w.cmd; c != nil {
 		w.hashWord(uint64(c.Op)<<32 | uint64(uint32(c.Peer)))
 		w.hashString(c.Group)
 	}
+	if m := w.pres.msg; m != nil {
+		w.hashWord(uint64(m.TS))
+		w.hashString(m.Type)
+		w.hashString(string(w.pres.src))
+	}
 	s := &w.step
-	*s = Step{Time: time.Duration(w.now), Kind: kind, Peer: peer, From: from, To: to, Frame: f, Events: evs, Command: w.cmd}
+	*s = Step{Time: time.Duration(w.now), Kind: kind, Peer: peer, From: from, To: to, Frame: f, Events: evs, Command: w.cmd,
+		Presence: w.pres.msg, Source: w.pres.src, PresenceErr: w.pres.err}
 	if w.fail == nil {
 		for _, c := range w.checkers {
 			if v := c.Observe(w, s); v != nil {
@@ -645,11 +743,19 @@ func (w *World) blocked(from, to int32) bool {
 func (w *World) Blocked(from, to int) bool { return w.blocked(int32(from), int32(to)) }
 
 // Partition cuts the links from every peer of a to every peer of b and, unless
-// oneWay, back. A nil b means every peer not in a. Frames in flight on a cut
-// link are lost. It returns the partition's id for Heal.
+// oneWay, back. A nil b means every peer not in a (and the rendezvous node,
+// unless a holds it). Either list may hold Rendezvous, which names the
+// rendezvous node of a world with one. Frames and presence in flight on a
+// cut link are lost; a rendezvous event stream across the cut breaks. It
+// returns the partition's id for Heal.
 func (w *World) Partition(a, b []int, oneWay bool) (int, error) {
 	p := &partition{oneWay: oneWay, side: make([]int8, len(w.peers))}
+	hasRdv := w.disc != nil && w.disc.rdv != nil
 	for _, i := range a {
+		if i == Rendezvous && hasRdv {
+			p.rdv = 1
+			continue
+		}
 		if i < 0 || i >= len(w.peers) {
 			return 0, ErrNoPeer
 		}
@@ -661,8 +767,18 @@ func (w *World) Partition(a, b []int, oneWay bool) (int, error) {
 				p.side[i] = 2
 			}
 		}
+		if p.rdv == 0 && hasRdv {
+			p.rdv = 2
+		}
 	} else {
 		for _, i := range b {
+			if i == Rendezvous && hasRdv {
+				if p.rdv == 1 {
+					return 0, fmt.Errorf("simnet: the rendezvous is on both sides of a partition")
+				}
+				p.rdv = 2
+				continue
+			}
 			if i < 0 || i >= len(w.peers) {
 				return 0, ErrNoPeer
 			}
@@ -675,6 +791,10 @@ func (w *World) Partition(a, b []int, oneWay bool) (int, error) {
 	w.partSeq++
 	p.id = w.partSeq
 	w.parts = append(w.parts, p)
+	w.topoAll()
+	if w.disc != nil {
+		w.disc.partitioned()
+	}
 	w.stats.Partitions++
 	w.hashWord(0xa1<<56 | uint64(w.now))
 	w.hashWord(uint64(p.id))
@@ -725,6 +845,7 @@ func (w *World) Heal(id int) error {
 	}
 	p := w.parts[i]
 	w.parts = slices.Delete(w.parts, i, i+1)
+	w.topoAll()
 	w.stats.Heals++
 	w.hashWord(0xa2<<56 | uint64(w.now))
 	w.hashWord(uint64(id))
@@ -766,6 +887,10 @@ func (w *World) Crash(i int) error {
 	p.node = nil
 	p.life++
 	p.wakeAt = noWake
+	w.topoPeer(p.idx)
+	if w.disc != nil {
+		w.disc.crashed(p)
+	}
 	for _, q := range w.peers {
 		if q != p && q.node != nil && q.contacts.has(p.idx) && q.node.Bus().Pending(p.id) > 0 {
 			w.notify(q, p, evDisconnect)
@@ -812,11 +937,16 @@ func (w *World) SetSegment(i int, name string) {
 		m = slices.DeleteFunc(m, func(x int32) bool { return x == p.idx })
 		w.segs[p.segment] = m
 	}
+	old := p.segment
 	p.segment = name
 	if name != "" {
 		m := append(w.segs[name], p.idx)
 		slices.Sort(m)
 		w.segs[name] = m
+	}
+	w.topoPeer(p.idx)
+	if w.disc != nil && old != name {
+		w.disc.moved(p)
 	}
 }
 
@@ -835,8 +965,9 @@ func (w *World) SegmentPeers(name string) []int {
 
 // Broadcast sends payload from peer from to every other running peer on its
 // LAN segment, after each link's delay and subject to its loss and to
-// partitions (the hook mDNS-like discovery uses). Arrivals are reported to
-// Options.OnBroadcast. It returns how many peers it was sent toward.
+// partitions (a generic LAN hook; Options.Discovery models mDNS and
+// GossipSub itself). Arrivals are reported to Options.OnBroadcast. It
+// returns how many peers it was sent toward.
 func (w *World) Broadcast(from int, payload []byte) (int, error) {
 	if from < 0 || from >= len(w.peers) {
 		return 0, ErrNoPeer
@@ -959,6 +1090,8 @@ func (w *World) next() {
 		w.observe(StepBroadcast, int(ev.to), int(ev.from), -1, nil, nil)
 	case evAction:
 		ev.act.Fire(w, ev.arg)
+	default:
+		w.disc.handle(&ev)
 	}
 }
 
@@ -978,12 +1111,15 @@ func (w *World) RunUntil(t time.Duration) error {
 func (w *World) RunFor(d time.Duration) error { return w.RunUntil(w.Elapsed() + d) }
 
 // Converge is the liveness phase: it heals every partition, restarts every
-// crashed peer and runs until every checker has converged, or fails when
+// crashed peer (and a crashed rendezvous node) and runs until every checker has converged, or fails when
 // virtual time passes now+within (or nothing is left to happen) first. Link
 // loss, duplication and reordering stay as they are.
 func (w *World) Converge(within time.Duration) error {
 	deadline := w.now + int64(within)
 	w.HealAll()
+	if w.disc != nil && w.disc.rdv != nil && !w.disc.rdv.up {
+		_ = w.RestartRendezvous() // it is down: cannot fail
+	}
 	for i, p := range w.peers {
 		if p.node == nil {
 			if err := w.Restart(i); err != nil {

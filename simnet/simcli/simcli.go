@@ -36,14 +36,14 @@ func Command() *cli.Command {
 			"on one seeded scheduler with virtual time, a faulty network (latency, loss, duplication,\n" +
 			"reordering, bandwidth, partitions, crashes), invariant checks after every event and a\n" +
 			"liveness phase. The same seed gives the same run; a failure prints the command that\n" +
-			"replays it. --scenario takes a built-in name (mq-storm, group-storm), a script file, or the name of\n" +
+			"replays it. --scenario takes a built-in name (mq-storm, group-storm, discovery), a script file, or the name of\n" +
 			"an embedded script (simnet/testdata/NAME.txt); --list shows them.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "scenario", Value: simnet.ScenarioStorm, Usage: "scenario `NAME` or script file"},
-			&cli.IntFlag{Name: "peers", Value: d.Peers, Usage: "number of peers (mq-storm, group-storm)"},
+			&cli.IntFlag{Name: "peers", Value: d.Peers, Usage: "number of peers (mq-storm, group-storm, discovery)"},
 			&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "first seed"},
 			&cli.IntFlag{Name: "seeds", Value: 1, Usage: "number of seeds to run: seed, seed+1, ..."},
-			&cli.DurationFlag{Name: "duration", Value: d.Duration, Usage: "virtual length of the fault phase (mq-storm, group-storm)"},
+			&cli.DurationFlag{Name: "duration", Value: d.Duration, Usage: "virtual length of the fault phase (mq-storm, group-storm, discovery)"},
 			&cli.Float64Flag{Name: "rate", Value: d.Rate, Usage: "messages per second each peer sends (mq-storm, group-storm)"},
 			&cli.DurationFlag{Name: "deadline", Value: d.Deadline, Usage: "virtual time the liveness phase may take"},
 			&cli.IntFlag{Name: "workers", Value: runtime.GOMAXPROCS(0), Usage: "seeds run in parallel"},
@@ -132,7 +132,18 @@ type Report struct {
 	PeakMemory     simnet.MemPeak     `json:"peak_memory"`
 	Failures       []Failure          `json:"failures"`
 	Runs           []Run              `json:"runs"`
-	Result         string             `json:"result"`
+	// Metrics summarise the scenario's figures over the seeds.
+	Metrics []MetricSummary `json:"metrics,omitempty"`
+	Result  string          `json:"result"`
+}
+
+// MetricSummary is one scenario figure over the seeds that measured it.
+type MetricSummary struct {
+	Name  string  `json:"name"`
+	Seeds int     `json:"seeds"`
+	Min   float64 `json:"min"`
+	Mean  float64 `json:"mean"`
+	Max   float64 `json:"max"`
 }
 
 // InvariantSummary is one property over all seeds.
@@ -222,7 +233,31 @@ func buildReport(sum *simnet.Summary, peak simnet.MemPeak) *Report {
 	for _, n := range order {
 		r.Invariants = append(r.Invariants, *inv[n])
 	}
+	r.Metrics = summariseMetrics(sum.Reports)
 	return r
+}
+
+func summariseMetrics(reps []*simnet.Report) []MetricSummary {
+	by := map[string]*MetricSummary{}
+	for _, rep := range reps {
+		for name, v := range rep.Metrics {
+			m := by[name]
+			if m == nil {
+				m = &MetricSummary{Name: name, Min: v, Max: v}
+				by[name] = m
+			}
+			m.Seeds++
+			m.Min, m.Max = min(m.Min, v), max(m.Max, v)
+			m.Mean += v
+		}
+	}
+	out := make([]MetricSummary, 0, len(by))
+	for _, m := range by {
+		m.Mean /= float64(m.Seeds)
+		out = append(out, *m)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
 }
 
 func mib(b uint64) float64 { return float64(b) / (1 << 20) }
@@ -248,6 +283,10 @@ func printText(w io.Writer, sum *simnet.Summary, r *Report) {
 	fmt.Fprintf(w, "frames        sent %d, delivered %d, duplicated %d, dropped %d (loss %d, partition %d, peer down %d)\n",
 		t.FramesSent, t.FramesDelivered, t.FramesDuplicated, r.FramesDropped, t.DroppedLoss, t.DroppedPartition, t.DroppedDown)
 	fmt.Fprintf(w, "faults        crashes %d, restarts %d, partitions %d, heals %d\n", t.Crashes, t.Restarts, t.Partitions, t.Heals)
+	if ps := t.Presence; ps.Published > 0 {
+		fmt.Fprintf(w, "presence      published %d, delivered %d (refused %d), dropped %d; mDNS finds %d (lost %d); rendezvous publishes %d, events %d, swept %d\n",
+			ps.Published, ps.Delivered, ps.Refused, ps.Dropped, ps.Found, ps.MDNSLost, ps.RdvPublishes, ps.RdvEvents, ps.RdvSwept)
+	}
 	fmt.Fprintln(w, "invariants")
 	for _, inv := range r.Invariants {
 		status := "ok"
@@ -257,6 +296,12 @@ func printText(w io.Writer, sum *simnet.Summary, r *Report) {
 		fmt.Fprintf(w, "  %-22s %s (%d checks)\n", inv.Name, status, inv.Checked)
 	}
 	fmt.Fprintf(w, "liveness      %d of %d seeds converged\n", r.Converged, r.Seeds)
+	if len(r.Metrics) > 0 {
+		fmt.Fprintln(w, "metrics       min / mean / max over the seeds")
+		for _, m := range r.Metrics {
+			fmt.Fprintf(w, "  %-32s %.3f / %.3f / %.3f\n", m.Name, m.Min, m.Mean, m.Max)
+		}
+	}
 	fmt.Fprintf(w, "virtual time  %.3fs\n", r.VirtualSeconds)
 	fmt.Fprintf(w, "wall time     %.3fs (elapsed %.3fs, %.1f seeds/s)\n", r.WallSeconds, r.ElapsedSeconds, r.SeedsPerSecond)
 	fmt.Fprintf(w, "speed         %.0f× real time (per core)\n", r.Ratio)

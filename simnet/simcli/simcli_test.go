@@ -114,3 +114,15 @@ func TestList(t *testing.T) {
 	assert.Contains(t, out, "  basic\n")
 	assert.Contains(t, out, "partition a=P,P [b=P,P] [oneway]")
 }
+
+func TestDiscoveryScenarioReport(t *testing.T) {
+	out, code := run(t, "--scenario", "discovery", "--peers", "24", "--seed", "2", "--duration", "30s")
+	require.Equal(t, 0, code, out)
+	for _, want := range []string{
+		"scenario      discovery, seed 2", "options       segments=4", "presence      published ",
+		"presence/lan-scope", "presence/offline-after-ttl", "presence/online-after-heal",
+		"liveness      1 of 1 seeds converged", "full_discovery_heartbeats", "result        PASS",
+	} {
+		assert.Contains(t, out, want)
+	}
+}
