@@ -559,7 +559,13 @@ func (c *Core) receive(now time.Time, in Received) error {
 		if e == nil {
 			return nil // nothing known to take offline
 		}
-		e.p.TS = ts
+		// Only the peer's own (verified) word moves its clock forward: an
+		// unverified offline, e.g. stamped with a rendezvous server's clock,
+		// takes the peer offline but must not make its honest heartbeats
+		// look stale afterwards.
+		if verified {
+			e.p.TS = ts
+		}
 		if e.p.Online {
 			e.p.Verified = verified
 			c.goOffline(now, e)

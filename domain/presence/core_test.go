@@ -591,3 +591,15 @@ func TestJoinedAnnouncesSoon(t *testing.T) {
 	require.NoError(t, q.Handle(at(time.Minute), Joined{Peer: alice}))
 	assert.Empty(t, q.Drain().Publish)
 }
+
+func TestUnverifiedOfflineDoesNotLockOutHeartbeats(t *testing.T) {
+	c := started(Config{TTL: 20 * time.Second})
+	require.NoError(t, c.Handle(t0, lan(online(alice, ms(0), "a"))))
+	c.Tick(at(20 * time.Second)) // offline by TTL
+	c.Drain()
+	// A rendezvous whose clock runs five minutes ahead relays an offline.
+	require.NoError(t, c.Handle(at(21*time.Second), wan(offline(alice, ms(5*time.Minute)), false)))
+	// The peer comes back with its own, honest clock.
+	require.NoError(t, c.Handle(at(30*time.Second), lan(online(alice, ms(30*time.Second), "a"))))
+	assert.True(t, mustPeer(t, c, alice).Online, "its heartbeat is not refused as stale")
+}
