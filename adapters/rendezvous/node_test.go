@@ -37,66 +37,15 @@ func connected(h host.Host) <-chan peer.ID {
 	return c
 }
 
-// TestStartForNode: node A hosts the rendezvous server (and follows it),
-// nodes B and C know only its URL; all three learn of each other and B and C
-// connect to A over libp2p.
-func TestStartForNode(t *testing.T) {
-	ha, ka := newHost(t)
-	hb, kb := newHost(t)
-	hc, kc := newHost(t)
-	connA := connected(ha)
-	learnt := make(chan PresenceMsg, 64)
-	ra, err := Start(context.Background(), Config{Host: true, Bind: "127.0.0.1", Port: 0, OnPresence: func(m PresenceMsg) { learnt <- m }},
-		ha, ka, "node a", nil)
-	require.NoError(t, err)
-	defer ra.Stop()
-	require.NotNil(t, ra.Server)
-	require.Len(t, ra.Clients, 1, "a hosting node follows its own server")
-
-	stopB, err := StartForNode(context.Background(), Config{WAN: ra.ServerURL}, hb, kb, "node b", nil)
-	require.NoError(t, err)
-	defer stopB()
-	stopC, err := StartForNode(context.Background(), Config{WAN: ra.ServerURL}, hc, kc, "node c", nil)
-	require.NoError(t, err)
-	defer stopC()
-
-	want := map[peer.ID]bool{hb.ID(): true, hc.ID(): true}
-	for len(want) > 0 {
-		id := recv(t, connA, "B and C to connect to A")
-		delete(want, id)
-	}
-	labels := map[string]bool{}
-	for len(labels) < 2 {
-		m := recv(t, learnt, "A to learn of B and C")
-		assert.True(t, m.Verified)
-		labels[m.Content] = true
-	}
-	assert.Equal(t, map[string]bool{"node b": true, "node c": true}, labels)
-	assert.Equal(t, 3, ra.Server.Stats().VerifiedPeers)
-
-	stopB()
-	stopB() // idempotent
-}
-
-func TestStartForNodePortInUse(t *testing.T) {
+func TestListenNamesTheKey(t *testing.T) {
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer busy.Close()
 	_, port, _ := net.SplitHostPort(busy.Addr().String())
 	p, _ := strconv.Atoi(port)
-	h, key := newHost(t)
-	_, err = StartForNode(context.Background(), Config{Host: true, Bind: "127.0.0.1", Port: p}, h, key, "x", nil)
+	_, err = Listen("127.0.0.1", p)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "presence.rendezvous_port: 127.0.0.1:"+port+" is in use")
-}
-
-func TestStartForNodeNothingToDo(t *testing.T) {
-	h, key := newHost(t)
-	r, err := Start(context.Background(), Config{}, h, key, "x", nil)
-	require.NoError(t, err)
-	assert.Nil(t, r.Server)
-	assert.Empty(t, r.Clients)
-	r.Stop()
 }
 
 func TestPresenceAddrInfo(t *testing.T) {

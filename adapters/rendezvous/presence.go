@@ -3,8 +3,7 @@
 // Events, a public page, an admin page, /healthz), the client a peer uses to
 // publish its presence to a server and follow everyone else's, Discovery,
 // the node's WAN ports.Discovery built on clients (combined with LAN
-// discovery by the node), and StartForNode, which runs a server and clients
-// for a bare libp2p host and dials the peers it learns of.
+// discovery by the node), which also dials the peers it learns of.
 //
 // The wire is Goop2's (compat): a PresenceMsg JSON object per publish and
 // per SSE `data:` frame. Ours adds one optional field, `sig`, that proves a
