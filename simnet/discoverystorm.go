@@ -270,15 +270,7 @@ func RunDiscovery(seed uint64, p Params) *Report {
 	if deadline == DefaultParams().Deadline {
 		deadline = DiscoveryLivenessHeartbeats * hb
 	}
-	var lerr error
-	healAt := time.Duration(-1)
-	if err := w.RunUntil(p.Duration); err == nil {
-		healAt = w.Elapsed()
-		lerr = w.Converge(deadline)
-	}
-	rep := newReport(ScenarioDiscovery, seed, p, w, lerr, time.Since(start))
-	rep.Options = plan.String()
-	rep.Plan = plan
+	rep, healAt := runPhases(ScenarioDiscovery, seed, p, start, w, plan, deadline)
 	rep.Metrics = map[string]float64{}
 	if at, ok := pc.FullDiscoveryAt(); ok {
 		rep.Metrics["full_discovery_s"] = at.Seconds()

@@ -387,12 +387,6 @@ func RunGroupStorm(seed uint64, p Params) *Report {
 	p = p.withDefaults()
 	start := time.Now()
 	w, plan := NewGroupStormWorld(seed, p)
-	var lerr error
-	if err := w.RunUntil(p.Duration); err == nil {
-		lerr = w.Converge(p.Deadline)
-	}
-	rep := newReport(ScenarioGroupStorm, seed, p, w, lerr, time.Since(start))
-	rep.Options = plan.String()
-	rep.Plan = plan
+	rep, _ := runPhases(ScenarioGroupStorm, seed, p, start, w, plan, p.Deadline)
 	return rep
 }

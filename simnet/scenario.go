@@ -174,6 +174,24 @@ func ReplayCommand(name string, seed uint64, p Params) string {
 	return b.String()
 }
 
+// runPhases runs a built world through the fault phase (until p.Duration)
+// and then the liveness phase (Converge within deadline), and reports it
+// with its plan. healAt is when the liveness phase began (-1 if the fault
+// phase failed).
+func runPhases(name string, seed uint64, p Params, start time.Time, w *World, plan fmt.Stringer,
+	deadline time.Duration) (rep *Report, healAt time.Duration) {
+	var lerr error
+	healAt = -1
+	if err := w.RunUntil(p.Duration); err == nil {
+		healAt = w.Elapsed()
+		lerr = w.Converge(deadline)
+	}
+	rep = newReport(name, seed, p, w, lerr, time.Since(start))
+	rep.Options = plan.String()
+	rep.Plan = plan
+	return rep, healAt
+}
+
 func newReport(name string, seed uint64, p Params, w *World, lerr error, wall time.Duration) *Report {
 	p = p.withDefaults()
 	r := &Report{

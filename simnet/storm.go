@@ -279,12 +279,6 @@ func RunStorm(seed uint64, p Params) *Report {
 	p = p.withDefaults()
 	start := time.Now()
 	w, plan := NewStormWorld(seed, p)
-	var lerr error
-	if err := w.RunUntil(p.Duration); err == nil {
-		lerr = w.Converge(p.Deadline)
-	}
-	rep := newReport(ScenarioStorm, seed, p, w, lerr, time.Since(start))
-	rep.Options = plan.String()
-	rep.Plan = plan
+	rep, _ := runPhases(ScenarioStorm, seed, p, start, w, plan, p.Deadline)
 	return rep
 }
