@@ -15,6 +15,8 @@ type Groups struct {
 	invites map[string]map[group.PeerID]bool
 	subs    map[[2]string]group.Subscription
 	History []group.HistoryEntry
+	// historyCount is the number of History entries per group.
+	historyCount map[string]int
 }
 
 // NewGroups returns empty group state.
@@ -55,6 +57,7 @@ func (s *Groups) Apply(cs []group.Change) {
 			delete(s.subs, [2]string{string(c.Peer), c.GroupID})
 		case group.AppendHistory:
 			s.History = append(s.History, *c.History)
+			s.pruneHistory(c.History.GroupID)
 		}
 	}
 }
@@ -102,4 +105,30 @@ func (s *Store) LoadGroups(context.Context) (group.Snapshot, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.groups.Snapshot(), nil
+}
+
+// pruneHistory bounds a group's history as the SQL store does: once the
+// group holds twice HistoryLimit entries, its oldest ones go, leaving the
+// newest HistoryLimit (so appending stays amortised O(1)).
+func (s *Groups) pruneHistory(groupID string) {
+	if s.historyCount == nil {
+		s.historyCount = map[string]int{}
+	}
+	s.historyCount[groupID]++
+	n := s.historyCount[groupID]
+	if n < 2*HistoryLimit {
+		return
+	}
+	drop := n - HistoryLimit
+	kept := s.History[:0]
+	for _, h := range s.History {
+		if h.GroupID == groupID && drop > 0 {
+			drop--
+			continue
+		}
+		kept = append(kept, h)
+	}
+	clear(s.History[len(kept):])
+	s.History = kept
+	s.historyCount[groupID] = HistoryLimit
 }

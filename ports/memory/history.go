@@ -12,7 +12,7 @@ import (
 
 // HistoryLimit is the most history entries GroupHistory returns per group,
 // as the SQL store keeps (sqlstore.HistoryLimit). The in-memory store keeps
-// every entry in Groups.History; only what it returns is bounded.
+// at most twice that per group (pruned in bulk).
 const HistoryLimit = 10_000
 
 // GroupHistory returns the newest entries kept for groupID, oldest first
