@@ -41,6 +41,8 @@ const (
 	DefaultPublishQueue = 16
 	DefaultMaxDials     = 8
 	DefaultDialTimeout  = 10 * time.Second
+	DefaultTieBreak     = 500 * time.Millisecond
+	DefaultDialRetries  = 3
 	// DefaultPeerRate and DefaultPeerBurst bound the presence messages one
 	// author may have delivered (a heartbeat every 5 s needs 0.2/s).
 	DefaultPeerRate  = 2.0
@@ -69,6 +71,12 @@ type Config struct {
 	// MaxDials bounds concurrent dials; DialTimeout bounds each.
 	MaxDials    int
 	DialTimeout time.Duration
+	// TieBreak is how long the peer with the higher id waits before it
+	// dials a peer that may be dialing it at the same moment; it is also
+	// the first pause before a failed dial is retried (doubling after).
+	TieBreak time.Duration
+	// DialRetries is how often a failed dial is retried.
+	DialRetries int
 	// PeerRate/PeerBurst (per author) and GlobalRate/GlobalBurst (all
 	// authors) rate-limit inbound presence, in messages per second.
 	PeerRate    float64
@@ -97,6 +105,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.DialTimeout <= 0 {
 		c.DialTimeout = DefaultDialTimeout
+	}
+	if c.TieBreak <= 0 {
+		c.TieBreak = DefaultTieBreak
+	}
+	if c.DialRetries <= 0 {
+		c.DialRetries = DefaultDialRetries
 	}
 	if c.PeerRate <= 0 {
 		c.PeerRate = DefaultPeerRate
@@ -296,8 +310,20 @@ func (a *Adapter) Dial(ctx context.Context, id mq.PeerID, addrs []string) {
 	a.dial(ctx, peer.AddrInfo{ID: pid, Addrs: mas})
 }
 
+// dial connects to ai in the background, unless ai is us, already
+// connected or being dialed, or MaxDials dials are running (the hint is
+// dropped).
+//
+// Two peers that find each other at the same moment (mDNS answers both)
+// must not dial each other at once: libp2p's TCP transport dials from its
+// listening port, so the two dials become one TCP simultaneous open in which
+// both sides act as the TLS client and the handshake fails. So the peer
+// whose id sorts higher waits TieBreak before dialing, and only dials if the
+// other side's connection has not arrived by then. A failed dial is retried
+// up to DialRetries times, with a doubling pause, while the peer is still
+// not connected.
 func (a *Adapter) dial(ctx context.Context, ai peer.AddrInfo) {
-	if a.cfg.NoDial || ai.ID == a.h.ID() || len(ai.Addrs) == 0 || a.h.Network().Connectedness(ai.ID) == network.Connected {
+	if a.cfg.NoDial || ai.ID == a.h.ID() || len(ai.Addrs) == 0 || a.connected(ai.ID) {
 		return
 	}
 	a.mu.Lock()
@@ -315,7 +341,6 @@ func (a *Adapter) dial(ctx context.Context, ai peer.AddrInfo) {
 	a.dialing[ai.ID] = true
 	a.wg.Add(1)
 	a.mu.Unlock()
-	a.stats.dials.Add(1)
 	go func() {
 		defer a.wg.Done()
 		defer func() {
@@ -324,14 +349,56 @@ func (a *Adapter) dial(ctx context.Context, ai peer.AddrInfo) {
 			a.mu.Unlock()
 			<-a.sem
 		}()
-		dctx, cancel := context.WithTimeout(a.ctx, a.cfg.DialTimeout)
+		dctx, cancel := context.WithCancel(a.ctx)
 		defer cancel()
 		stop := context.AfterFunc(ctx, cancel)
 		defer stop()
-		if err := a.h.Connect(dctx, ai); err != nil {
-			a.log.Debug("discovery: dial", "peer", ai.ID, "err", err)
+		pause := a.cfg.TieBreak
+		if a.h.ID() < ai.ID {
+			pause = 0 // the lower id dials first
+		}
+		for attempt := 0; attempt <= a.cfg.DialRetries; attempt++ {
+			if pause > 0 && !sleepCtx(dctx, pause) {
+				return
+			}
+			if a.connected(ai.ID) {
+				return
+			}
+			a.stats.dials.Add(1)
+			tctx, tcancel := context.WithTimeout(dctx, a.cfg.DialTimeout)
+			if attempt > 0 {
+				// The failed dial left libp2p's dial backoff behind; this
+				// retry is our own decision and must not be refused by it.
+				tctx = network.WithForceDirectDial(tctx, "discovery retry")
+			}
+			err := a.h.Connect(tctx, ai)
+			tcancel()
+			if err == nil {
+				return
+			}
+			a.log.Debug("discovery: dial", "peer", ai.ID, "attempt", attempt+1, "err", err)
+			if dctx.Err() != nil {
+				return
+			}
+			pause = a.cfg.TieBreak << attempt
 		}
 	}()
+}
+
+func (a *Adapter) connected(id peer.ID) bool {
+	return a.h.Network().Connectedness(id) == network.Connected
+}
+
+// sleepCtx waits d or until ctx ends; it reports whether d passed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // emit queues ev for the runtime without blocking; dropped when full.

@@ -11,6 +11,7 @@ import (
 	"github.com/libp2p/go-libp2p"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -114,21 +115,19 @@ func TestMDNSFindsPeersAndPresenceFlows(t *testing.T) {
 	noC := func(ev ports.DiscoveryEvent) {
 		assert.False(t, ev.Peer == idOf(hc) || ev.Msg.PeerID == idOf(hc), "a peer with another tag was seen: %+v", ev)
 	}
-	for _, x := range []struct {
-		self   *Adapter
-		h      host.Host
-		events *collector
-		peer   host.Host
-	}{{a, ha, ca, hb}, {b, hb, cb, ha}} {
-		x.events.wait(t, "mDNS find", func(ev ports.DiscoveryEvent) bool {
-			return ev.Kind == ports.PeerFound && ev.Peer == idOf(x.peer)
-		}, noC)
-	}
-	require.Eventually(t, func() bool { return ha.Network().Connectedness(hb.ID()) == network.Connected },
-		waitFor, 10*time.Millisecond, "the peers found by mDNS are dialed")
-	ca.wait(t, "bob joins the presence topic", func(ev ports.DiscoveryEvent) bool {
-		return ev.Kind == ports.PeerJoined && ev.Peer == idOf(hb)
+	// Alice hears of bob twice: found by mDNS, and joined to the presence
+	// topic once connected. Either may come first (bob may find alice and
+	// dial her before alice's own mDNS answer arrives).
+	var foundB, joinedB bool
+	ca.wait(t, "bob found by mDNS and joined to the presence topic", func(ev ports.DiscoveryEvent) bool {
+		foundB = foundB || ev.Kind == ports.PeerFound && ev.Peer == idOf(hb)
+		joinedB = joinedB || ev.Kind == ports.PeerJoined && ev.Peer == idOf(hb)
+		return foundB && joinedB
 	}, noC)
+	cb.wait(t, "alice found by mDNS", func(ev ports.DiscoveryEvent) bool {
+		return ev.Kind == ports.PeerFound && ev.Peer == idOf(ha)
+	}, noC)
+	assert.Equal(t, network.Connected, ha.Network().Connectedness(hb.ID()), "the peers found by mDNS are dialed")
 
 	// Flood publishing: a message published before the mesh forms still
 	// arrives; publish until it does (the first may precede the peer's
@@ -297,6 +296,46 @@ func TestDialConnectsAndSkips(t *testing.T) {
 		waitFor, 10*time.Millisecond)
 	a.Dial(context.Background(), idOf(hb), addrs) // already connected
 	assert.Equal(t, uint64(1), a.Stats().Dials)
+}
+
+// TestSimultaneousDialsConnect: two peers that dial each other at the same
+// moment (as two peers answering each other's mDNS query do) end up
+// connected. Without the tie-break, libp2p's TCP transport (dialing from its
+// listening port) turns the two dials into one TCP simultaneous open where
+// both sides play TLS client, and both dials fail.
+func TestSimultaneousDialsConnect(t *testing.T) {
+	for i := range 10 {
+		ha, hb := newHost(t), newHost(t)
+		a, b := start(t, ha, ""), start(t, hb, "")
+		sub, err := ha.EventBus().Subscribe(new(event.EvtPeerConnectednessChanged))
+		require.NoError(t, err)
+		hint := func(h host.Host) []string {
+			var out []string
+			for _, m := range h.Addrs() {
+				out = append(out, m.String())
+			}
+			return out
+		}
+		go a.Dial(context.Background(), idOf(hb), hint(hb))
+		go b.Dial(context.Background(), idOf(ha), hint(ha))
+		timeout := time.After(waitFor)
+	wait:
+		for {
+			select {
+			case e := <-sub.Out():
+				ev := e.(event.EvtPeerConnectednessChanged)
+				if ev.Peer == hb.ID() && ev.Connectedness == network.Connected {
+					break wait
+				}
+			case <-timeout:
+				t.Fatalf("pair %d: not connected (dials: %d and %d)", i, a.Stats().Dials, b.Stats().Dials)
+			}
+		}
+		_ = sub.Close()
+		// Only the peer with the lower id dialed right away; the other
+		// found the connection made when its pause ended.
+		assert.LessOrEqual(t, a.Stats().Dials+b.Stats().Dials, uint64(1), "pair %d", i)
+	}
 }
 
 func TestLimiter(t *testing.T) {
