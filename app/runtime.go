@@ -28,12 +28,54 @@ const maxJobs = 64
 // maxGroup bounds how many queued jobs one transaction stores together.
 const maxGroup = 32
 
+// commitLinger is how long the persister holds a batch that nobody waits on
+// (outbox rows of messages already sent, deletions of acknowledged ones)
+// for more to store with it. A message acknowledged within it never costs a
+// row; and the store's work stays off the CPU while round trips are under
+// way. Anything waited on — a caller, frames or events to send after the
+// batch — ends the wait at once.
+const commitLinger = 2 * time.Millisecond
+
 // job is one Ready on its way through the persister: store its batch, then
 // send its frames, complete its commands and publish its events.
 type job struct {
 	rd     Ready
 	events []Event
 	cmds   []command
+	// barrier: frames sent later must wait for this job (it stores state
+	// they depend on: a sequence reservation, an epoch, group state; or it
+	// holds msg frames that must go out before later ones).
+	barrier bool
+}
+
+// urgent reports whether something waits on the job being stored.
+func (j *job) urgent() bool {
+	return j.barrier || len(j.cmds) > 0 || len(j.rd.Frames) > 0 || len(j.events) > 0 ||
+		len(j.rd.Publish) > 0 || len(j.rd.Dial) > 0
+}
+
+// isBarrier reports whether frames of later steps depend on j being stored.
+// Outbox rows and cursors are the only changes they never depend on: a msg
+// frame needs its epoch and sequence reservation stored, not its own row, and
+// acks wait for their own step's cursor.
+func (j *job) isBarrier() bool {
+	b := &j.rd.Batch
+	if len(b.Groups) > 0 || len(b.Peers) > 0 {
+		return true
+	}
+	for i := range b.Bus {
+		switch b.Bus[i].Kind {
+		case mq.PutOutbox, mq.DeleteOutbox, mq.SetCursor:
+		default:
+			return true
+		}
+	}
+	for i := range j.rd.Frames {
+		if j.rd.Frames[i].Frame.Type == mq.TypeMsg {
+			return true
+		}
+	}
+	return false
 }
 
 type command struct {
@@ -60,9 +102,20 @@ type Runtime struct {
 	// The persistence pipeline: the loop hands each Ready that needs storing
 	// to one persister goroutine, in order, and goes on with its inputs.
 	jobs      chan job
+	linger    time.Duration // see SetCommitLinger
 	inflight  atomic.Int64  // jobs handed over and not yet completed
+	barriers  atomic.Int64  // of which barriers (see job.isBarrier)
 	fatal     chan struct{} // closed by the persister when a batch cannot be stored
 	persisted chan struct{} // closed when the persister has exited
+
+	// stepMu is held by whoever steps the node: the loop for each batch of
+	// inputs, or a caller stepping inline (see stepInline). The fields below
+	// it are guarded by it.
+	stepMu  sync.Mutex
+	running bool            // Run is looping: inline steps are allowed
+	runCtx  context.Context // Run's ctx
+	timer   ports.Timer     // the loop's wake-up timer
+	direct  *[]func()       // set during an inline step: writes to run after it
 
 	mu      sync.Mutex
 	subs    map[*Subscription]struct{}
@@ -74,8 +127,9 @@ func NewRuntime(node *Node, tr ports.Transport, store ports.Store, clock ports.C
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Runtime{
+	r := &Runtime{
 		node: node, tr: tr, store: store, clock: clock, log: log,
+		linger:    commitLinger,
 		cmds:      make(chan command, 1024),
 		stopped:   make(chan struct{}),
 		jobs:      make(chan job, maxJobs),
@@ -84,7 +138,15 @@ func NewRuntime(node *Node, tr ports.Transport, store ports.Store, clock ports.C
 		subs:      map[*Subscription]struct{}{},
 		waiters:   map[string]waiter{},
 	}
+	if an, ok := tr.(ports.AckNotifier); ok {
+		an.SetAckHook(r.onAck)
+	}
+	return r
 }
+
+// SetCommitLinger sets how long a batch that nobody waits on may wait for
+// more to be stored with it (default 2 ms; 0: never). Call it before Run.
+func (r *Runtime) SetCommitLinger(d time.Duration) { r.linger = max(d, 0) }
 
 // Self is the node's peer id.
 func (r *Runtime) Self() mq.PeerID { return r.node.Self() }
@@ -102,34 +164,51 @@ func (r *Runtime) Run(ctx context.Context) error {
 	defer timer.Stop()
 	// Finish restoring (timers, re-joins), persist what that produced (e.g. a
 	// new epoch) and resend the outbox.
+	r.stepMu.Lock()
 	r.node.Tick(r.clock.Now())
 	if err := r.flush(ctx, nil); err != nil {
+		r.stepMu.Unlock()
 		return err
 	}
+	r.runCtx, r.timer, r.running = ctx, timer, true
+	r.armTimer(timer)
+	r.stepMu.Unlock()
+	// No inline step may run once Run returns (the persister is gone).
+	defer func() {
+		r.stepMu.Lock()
+		r.running = false
+		r.stepMu.Unlock()
+	}()
 	events := r.tr.Events()
 	discEvents := r.discoveryEvents()
 	for {
-		r.armTimer(timer)
 		var pending []command
 		select {
 		case <-ctx.Done():
+			r.stepMu.Lock()
+			r.running = false
 			r.shutdown(ctx)
+			r.stepMu.Unlock()
 			return nil
 		case <-r.fatal:
 			return r.err
 		case ev, ok := <-discEvents:
+			r.stepMu.Lock()
 			discEvents = r.onDiscovery(discEvents, ev, ok)
 		case ev, ok := <-events:
 			if !ok {
 				return nil
 			}
+			r.stepMu.Lock()
 			r.node.Handle(r.clock.Now(), ev)
 		case c := <-r.cmds:
+			r.stepMu.Lock()
 			c.fn(r.clock.Now(), r.node)
 			if c.done != nil {
 				pending = append(pending, c)
 			}
 		case <-timer.C():
+			r.stepMu.Lock()
 			r.node.Tick(r.clock.Now())
 		}
 		// Take whatever else is ready, up to maxBatch inputs, then flush once.
@@ -152,10 +231,38 @@ func (r *Runtime) Run(ctx context.Context) error {
 				break more
 			}
 		}
-		if err := r.flush(ctx, pending); err != nil {
+		err := r.flush(ctx, pending)
+		r.armTimer(timer)
+		r.stepMu.Unlock()
+		if err != nil {
 			return err
 		}
 	}
+}
+
+// stepInline runs fn on the caller's goroutine as one node step, flushes it
+// like the loop does, and then carries out the frames the transport let it
+// write directly (ports.DirectSender) — saving the hand-overs to the loop
+// and to the peer's writer for a caller that waits on the answer anyway. It
+// reports false, without running fn, when the loop is not running (before
+// Run, or after it stopped): the caller then goes through the loop.
+func (r *Runtime) stepInline(fn func(now time.Time, n *Node)) (bool, error) {
+	r.stepMu.Lock()
+	if !r.running {
+		r.stepMu.Unlock()
+		return false, nil
+	}
+	fn(r.clock.Now(), r.node)
+	var direct []func()
+	r.direct = &direct
+	err := r.flush(r.runCtx, nil)
+	r.direct = nil
+	r.armTimer(r.timer)
+	r.stepMu.Unlock()
+	for _, write := range direct {
+		write()
+	}
+	return true, err
 }
 
 func (r *Runtime) armTimer(t ports.Timer) {
@@ -174,17 +281,17 @@ func (r *Runtime) armTimer(t ports.Timer) {
 }
 
 // flush takes the node's Ready. Frames that depend on nothing stored go out
-// at once when no earlier batch is still being stored (else they wait their
-// turn, so a sequence reservation is never relied on before it is durable);
-// acknowledgements from peers are published at once. The rest — storing the
-// batch, then sending its frames, completing the commands and publishing
-// its events — is the persister's, in order. With nothing to store and
-// nothing pending it all happens here, without a hand-over.
+// at once when no earlier batch they may depend on is still being stored
+// (else they wait their turn, so a sequence reservation is never relied on
+// before it is durable); acknowledgements from peers are published at once.
+// The rest — storing the batch, then sending its frames, completing the
+// commands and publishing its events — is the persister's, in order. With
+// nothing to store and nothing pending it all happens here, without a
+// hand-over.
 func (r *Runtime) flush(ctx context.Context, pending []command) error {
 	rd := r.node.Ready()
-	idle := r.inflight.Load() == 0
-	if idle {
-		r.sendFrames(rd.EarlyFrames)
+	if r.barriers.Load() == 0 {
+		r.sendFrames(rd.EarlyFrames, r.direct)
 	} else {
 		rd.Frames = append(rd.EarlyFrames, rd.Frames...)
 	}
@@ -198,19 +305,31 @@ func (r *Runtime) flush(ctx context.Context, pending []command) error {
 		later = append(later, ev)
 	}
 	j := job{rd: rd, events: later, cmds: pending}
-	if idle && rd.Batch.Empty() {
+	if r.inflight.Load() == 0 && rd.Batch.Empty() {
 		r.complete(ctx, j)
 		return nil
 	}
+	j.barrier = j.isBarrier()
 	r.inflight.Add(1)
+	if j.barrier {
+		r.barriers.Add(1)
+	}
 	select {
 	case r.jobs <- j:
 		return nil
 	case <-r.fatal:
-		r.inflight.Add(-1)
+		r.done(j)
 		r.fail(j, r.err)
 		return r.err
 	}
+}
+
+// done takes a completed (or failed) job off the in-flight counts.
+func (r *Runtime) done(j job) {
+	if j.barrier {
+		r.barriers.Add(-1)
+	}
+	r.inflight.Add(-1)
 }
 
 // persister stores jobs in order until the loop closes r.jobs. After a
@@ -220,21 +339,48 @@ func (r *Runtime) persister(ctx context.Context) {
 	defer close(r.persisted)
 	var failed error
 	group := make([]job, 0, maxGroup)
+	linger := r.clock.NewTimer(time.Hour)
+	defer linger.Stop()
 	for j := range r.jobs {
 		// Group commit: the jobs that queued up while the last batch was
 		// being stored go into one transaction, in order (an outbox row whose
-		// final ack arrived meanwhile is then never written at all).
+		// final ack arrived meanwhile is then never written at all). A group
+		// that nobody waits on lingers for more (commitLinger).
 		group = append(group[:0], j)
+		urgent := j.urgent() || r.linger == 0
+		lingering := false
+		if !urgent {
+			linger.Reset(r.linger)
+			lingering = true
+		}
 	more:
 		for len(group) < maxGroup {
-			select {
-			case j2, ok := <-r.jobs:
-				if !ok {
+			var j2 job
+			var ok bool
+			if urgent {
+				select {
+				case j2, ok = <-r.jobs:
+				default:
 					break more
 				}
-				group = append(group, j2)
-			default:
+			} else {
+				select {
+				case j2, ok = <-r.jobs:
+				case <-linger.C():
+					lingering = false
+					break more
+				}
+			}
+			if !ok {
 				break more
+			}
+			group = append(group, j2)
+			urgent = urgent || j2.urgent()
+		}
+		if lingering && !linger.Stop() {
+			select {
+			case <-linger.C():
+			default:
 			}
 		}
 		if failed == nil {
@@ -259,14 +405,14 @@ func (r *Runtime) persister(ctx context.Context) {
 			} else {
 				r.complete(ctx, g)
 			}
-			r.inflight.Add(-1)
+			r.done(g)
 		}
 	}
 }
 
 // complete carries out a stored (or storeless) job.
 func (r *Runtime) complete(ctx context.Context, j job) {
-	r.sendFrames(j.rd.Frames)
+	r.sendFrames(j.rd.Frames, nil)
 	r.discover(ctx, &j.rd)
 	for _, c := range j.cmds {
 		if c.done != nil {
@@ -286,8 +432,18 @@ func (r *Runtime) fail(j job, err error) {
 	}
 }
 
-func (r *Runtime) sendFrames(frames []mq.Outgoing) {
+// sendFrames hands frames to the transport. With direct set (an inline
+// step), frames the transport lets the caller write itself are collected
+// there instead.
+func (r *Runtime) sendFrames(frames []mq.Outgoing, direct *[]func()) {
+	ds, _ := r.tr.(ports.DirectSender)
 	for _, o := range frames {
+		if direct != nil && ds != nil {
+			if write, ok := ds.ClaimDirect(o.To, o.Frame); ok {
+				*direct = append(*direct, write)
+				continue
+			}
+		}
 		if err := r.tr.Send(o.To, o.Frame); err != nil && !errors.Is(err, ports.ErrBackpressure) {
 			r.log.Debug("transport send", "to", o.To, "err", err)
 		}
@@ -410,6 +566,9 @@ func (r *Runtime) SendRoundTrip(ctx context.Context, to mq.PeerID, topic string,
 type waiter struct {
 	ch    chan Event
 	early bool // EventReceived is enough
+	to    mq.PeerID
+	seq   int64
+	topic string
 }
 
 func (r *Runtime) sendWait(ctx context.Context, to mq.PeerID, topic string, payload []byte, early bool) (mq.Frame, Event, error) {
@@ -419,29 +578,41 @@ func (r *Runtime) sendWait(ctx context.Context, to mq.PeerID, topic string, payl
 	// Wait until the node queued the message, not until its outbox row is
 	// stored: the ack this call waits for supersedes that (and if storing
 	// fails the node stops, which ends the wait).
-	ran := make(chan struct{})
-	c := command{fn: func(now time.Time, n *Node) {
+	send := func(now time.Time, n *Node) {
 		f, serr = n.Send(now, to, topic, payload, "")
 		if serr == nil {
 			r.mu.Lock()
-			r.waiters[f.ID] = waiter{ch: ch, early: early}
+			r.waiters[f.ID] = waiter{ch: ch, early: early, to: to, seq: f.Seq, topic: topic}
 			r.mu.Unlock()
 		}
-		close(ran)
-	}}
-	select {
-	case r.cmds <- c:
-	case <-r.stopped:
-		return mq.Frame{}, Event{}, ErrStopped
-	case <-ctx.Done():
-		return mq.Frame{}, Event{}, ctx.Err()
 	}
-	select {
-	case <-ran:
-	case <-r.stopped:
-		return mq.Frame{}, Event{}, ErrStopped
-	case <-ctx.Done():
-		return mq.Frame{}, Event{}, ctx.Err()
+	// The caller waits anyway: step the node on its goroutine, and write the
+	// msg from here when the transport allows (no hand-over to the loop nor
+	// to the peer's writer).
+	ran, err := r.stepInline(send)
+	if err != nil {
+		return mq.Frame{}, Event{}, err
+	}
+	if !ran {
+		done := make(chan struct{})
+		c := command{fn: func(now time.Time, n *Node) {
+			send(now, n)
+			close(done)
+		}}
+		select {
+		case r.cmds <- c:
+		case <-r.stopped:
+			return mq.Frame{}, Event{}, ErrStopped
+		case <-ctx.Done():
+			return mq.Frame{}, Event{}, ctx.Err()
+		}
+		select {
+		case <-done:
+		case <-r.stopped:
+			return mq.Frame{}, Event{}, ErrStopped
+		case <-ctx.Done():
+			return mq.Frame{}, Event{}, ctx.Err()
+		}
 	}
 	if serr != nil {
 		return f, Event{}, serr
@@ -462,6 +633,28 @@ func (r *Runtime) sendWait(ctx context.Context, to mq.PeerID, topic string, payl
 	case <-r.stopped:
 		return f, Event{}, ErrStopped
 	}
+}
+
+// onAck is the transport's ack hook (ports.AckNotifier): it wakes the caller
+// waiting for that ack at once, from the network goroutine, instead of after
+// the loop handled it. The loop still handles the ack for the bus (and
+// publishes the event to subscribers); the waiter is then gone.
+func (r *Runtime) onAck(from mq.PeerID, ack mq.Frame) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	w, ok := r.waiters[ack.ID]
+	if !ok || w.to != from || w.seq != ack.Seq {
+		return
+	}
+	ev := Event{Kind: EventDelivered, Peer: from, MsgID: ack.ID, Topic: w.topic}
+	if ack.Stage == mq.StageReceived {
+		if !w.early {
+			return
+		}
+		ev.Kind = EventReceived
+	}
+	delete(r.waiters, ack.ID)
+	w.ch <- ev
 }
 
 // Subscription receives node events. When its buffer is full the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -27,13 +28,24 @@ type testNode struct {
 
 func startNode(t *testing.T, net *memory.Network, id mq.PeerID, store *memory.Store, opts app.NodeOptions) *testNode {
 	t.Helper()
+	return startNodeWith(t, net, id, store, store, opts, nil)
+}
+
+// startNodeWith is startNode with the runtime persisting to st (a wrapper of
+// store) and before called ahead of Run.
+func startNodeWith(t *testing.T, net *memory.Network, id mq.PeerID, store *memory.Store, st ports.Store,
+	opts app.NodeOptions, before func(*app.Runtime)) *testNode {
+	t.Helper()
 	snap, err := store.LoadBus(context.Background())
 	require.NoError(t, err)
 	gsnap, err := store.LoadGroups(context.Background())
 	require.NoError(t, err)
 	node := app.NewNode(id, app.State{Bus: snap, Groups: gsnap}, memory.NewRand(seedOf(id)), opts)
 	tr := net.Join(id)
-	rt := app.NewRuntime(node, tr, store, system.Clock{}, nil)
+	rt := app.NewRuntime(node, tr, st, system.Clock{}, nil)
+	if before != nil {
+		before(rt)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	tn := &testNode{rt: rt, store: store, tr: tr, done: make(chan error, 1), stop: cancel}
 	go func() { tn.done <- rt.Run(ctx) }()
@@ -229,4 +241,173 @@ func TestPostPipelinesInOrder(t *testing.T) {
 	require.NoError(t, a.rt.Post(ctx, "B", "t", []byte("{bad")), "JSON is checked on the node's goroutine")
 	ev := waitEvent(t, asub, app.EventFailed)
 	assert.Contains(t, ev.Reason, "JSON")
+}
+
+// recStore records every batch applied, and can hold Apply at a gate.
+type recStore struct {
+	*memory.Store
+	mu      sync.Mutex
+	applies []ports.Batch
+	gate    chan struct{} // when set, Apply waits for it to close...
+	held    chan struct{} // ...after a token here
+}
+
+func (s *recStore) Apply(ctx context.Context, b ports.Batch) error {
+	s.mu.Lock()
+	gate := s.gate
+	s.applies = append(s.applies, b)
+	s.mu.Unlock()
+	if gate != nil {
+		s.held <- struct{}{}
+		<-gate
+	}
+	return s.Store.Apply(ctx, b)
+}
+
+func (s *recStore) setGate(g chan struct{}) {
+	s.mu.Lock()
+	s.gate, s.held = g, make(chan struct{}, 16)
+	s.mu.Unlock()
+}
+
+// applyOf returns the index of the Apply call holding a bus change of kind
+// for (peer, seq), or -1.
+func (s *recStore) applyOf(kind mq.ChangeKind, peer mq.PeerID, seq int64) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, b := range s.applies {
+		for _, c := range b.Bus {
+			if c.Kind == kind && c.Peer == peer && c.Seq == seq {
+				return i
+			}
+		}
+	}
+	return -1
+}
+
+// TestBatchNobodyWaitsOnLingers: the outbox row of a message sent with
+// SendWait is stored lazily; its deletion, when the ack arrives within the
+// linger, joins it in the same transaction (where the store drops both).
+func TestBatchNobodyWaitsOnLingers(t *testing.T) {
+	net := memory.NewNetwork()
+	store := &recStore{Store: memory.NewStore()}
+	a := startNodeWith(t, net, "A", store.Store, store, app.NodeOptions{},
+		func(rt *app.Runtime) { rt.SetCommitLinger(time.Minute) })
+	startNode(t, net, "B", memory.NewStore(), app.NodeOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	// The first message to B reserves sequence numbers: a batch that later
+	// frames depend on, stored at once.
+	_, err := a.rt.Send(ctx, "B", "chat", []byte(`0`))
+	require.NoError(t, err)
+	f, ev, err := a.rt.SendWait(ctx, "B", "chat", []byte(`1`))
+	require.NoError(t, err)
+	require.Equal(t, app.EventDelivered, ev.Kind, "the caller hears of the ack before anything is stored")
+	a.shutdown(t) // the lingering batch is stored at shutdown
+	put, del := store.applyOf(mq.PutOutbox, "B", f.Seq), store.applyOf(mq.DeleteOutbox, "B", f.Seq)
+	require.GreaterOrEqual(t, put, 0, "the outbox row was handed to the store")
+	assert.Equal(t, put, del, "the row and its deletion went into one transaction")
+}
+
+// TestEarlyFramesDoNotWaitForOutboxRows: while the store is busy with a
+// batch of outbox rows only (a slow disk), a new message still goes out and
+// is acknowledged: msg frames wait only for the batches they depend on
+// (sequence reservations, epochs, group state).
+func TestEarlyFramesDoNotWaitForOutboxRows(t *testing.T) {
+	net := memory.NewNetwork()
+	store := &recStore{Store: memory.NewStore()}
+	a := startNodeWith(t, net, "A", store.Store, store, app.NodeOptions{},
+		func(rt *app.Runtime) { rt.SetCommitLinger(0) })
+	startNode(t, net, "B", memory.NewStore(), app.NodeOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	// The first message to B reserves sequence numbers: stored before
+	// anything else goes to B.
+	_, err := a.rt.Send(ctx, "B", "chat", []byte(`0`))
+	require.NoError(t, err)
+
+	gate := make(chan struct{})
+	store.setGate(gate)
+	defer close(gate)
+	// An outbox row only: the store holds it at the gate.
+	require.NoError(t, a.rt.Post(ctx, "B", "chat", []byte(`1`)))
+	<-store.held
+	_, ev, err := a.rt.SendWait(ctx, "B", "chat", []byte(`2`))
+	require.NoError(t, err, "a message does not wait for the outbox rows of others")
+	assert.Equal(t, app.EventDelivered, ev.Kind)
+}
+
+// hookTransport is a memory transport with an ack hook (ports.AckNotifier)
+// that records the msg frames sent.
+type hookTransport struct {
+	*memory.Transport
+	mu   sync.Mutex
+	hook func(mq.PeerID, mq.Frame)
+	sent chan mq.Frame
+}
+
+func (h *hookTransport) SetAckHook(f func(mq.PeerID, mq.Frame)) {
+	h.mu.Lock()
+	h.hook = f
+	h.mu.Unlock()
+}
+
+func (h *hookTransport) Send(to mq.PeerID, f mq.Frame) error {
+	if f.Type == mq.TypeMsg {
+		h.sent <- f
+	}
+	return h.Transport.Send(to, f)
+}
+
+// TestAckHookWakesTheWaiter: an ack shown to the transport's hook wakes the
+// caller waiting for it at once — only an ack from the message's peer with
+// the message's id and seq, and a received ack only for SendRoundTrip.
+func TestAckHookWakesTheWaiter(t *testing.T) {
+	net := memory.NewNetwork()
+	store := memory.NewStore()
+	node := app.NewNode("A", app.State{}, memory.NewRand(seedOf("A")), app.NodeOptions{})
+	tr := &hookTransport{Transport: net.Join("A"), sent: make(chan mq.Frame, 16)}
+	rt := app.NewRuntime(node, tr, store, system.Clock{}, nil)
+	require.NotNil(t, tr.hook, "the runtime registers its hook")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = rt.Run(ctx) }()
+
+	type result struct {
+		ev  app.Event
+		err error
+	}
+	wait := func(early bool) (mq.Frame, chan result) {
+		out := make(chan result, 1)
+		go func() {
+			wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+			defer wcancel()
+			var r result
+			if early {
+				_, r.ev, r.err = rt.SendRoundTrip(wctx, "Z", "chat", []byte(`1`))
+			} else {
+				_, r.ev, r.err = rt.SendWait(wctx, "Z", "chat", []byte(`1`))
+			}
+			out <- r
+		}()
+		return <-tr.sent, out // Z is not there: only the hook can answer
+	}
+
+	f, out := wait(true)
+	tr.hook("Y", mq.Frame{Type: mq.TypeAck, ID: f.ID, Seq: f.Seq, Stage: mq.StageReceived})     // another peer
+	tr.hook("Z", mq.Frame{Type: mq.TypeAck, ID: f.ID, Seq: f.Seq + 1, Stage: mq.StageReceived}) // another seq
+	tr.hook("Z", mq.Frame{Type: mq.TypeAck, ID: f.ID, Seq: f.Seq, Stage: mq.StageReceived})
+	r := <-out
+	require.NoError(t, r.err)
+	assert.Equal(t, app.EventReceived, r.ev.Kind)
+	assert.Equal(t, mq.PeerID("Z"), r.ev.Peer)
+	assert.Equal(t, f.ID, r.ev.MsgID)
+
+	f, out = wait(false)
+	tr.hook("Z", mq.Frame{Type: mq.TypeAck, ID: f.ID, Seq: f.Seq, Stage: mq.StageReceived}) // not enough for SendWait
+	tr.hook("Z", mq.Frame{Type: mq.TypeAck, ID: f.ID, Seq: f.Seq})
+	r = <-out
+	require.NoError(t, r.err)
+	assert.Equal(t, app.EventDelivered, r.ev.Kind)
+	assert.Equal(t, "chat", r.ev.Topic)
 }

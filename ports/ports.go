@@ -21,7 +21,8 @@ type Clock interface {
 	NewTimer(d time.Duration) Timer
 }
 
-// Timer is a one-shot timer, as time.Timer.
+// Timer is a one-shot timer, as time.Timer, safe for concurrent use (Stop and
+// Reset may be called while another goroutine waits on C).
 type Timer interface {
 	C() <-chan time.Time
 	// Stop prevents the timer from firing; it reports whether it was active.
@@ -82,6 +83,26 @@ type Transport interface {
 	Events() <-chan TransportEvent
 	// Close releases the transport; Events is closed afterwards.
 	Close() error
+}
+
+// DirectSender is an optional Transport fast path: a frame written on the
+// caller's goroutine instead of being handed to a writer goroutine, for the
+// latency of a caller that waits on the answer anyway.
+type DirectSender interface {
+	// ClaimDirect reserves the way to peer to for f when nothing is queued
+	// for it and a connection is ready, and returns the write to run (exactly
+	// once, soon, outside any lock that the node's loop takes: it may block
+	// up to the transport's write timeout). Frames sent to the peer in the
+	// meantime are queued behind f. ok is false when f must go through Send.
+	ClaimDirect(to mq.PeerID, f mq.Frame) (write func(), ok bool)
+}
+
+// AckNotifier is an optional Transport hook: every ack received is shown to
+// hook on the network goroutine that read it, before it is reported on
+// Events, so that a caller waiting for that ack can be woken at once. hook
+// must not block.
+type AckNotifier interface {
+	SetAckHook(hook func(from mq.PeerID, ack mq.Frame))
 }
 
 // Batch is one atomic set of durable changes produced by a node step. The

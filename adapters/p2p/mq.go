@@ -119,7 +119,11 @@ func (o MQOptions) withDefaults() MQOptions {
 	return o
 }
 
-var _ ports.Transport = (*MQTransport)(nil)
+var (
+	_ ports.Transport    = (*MQTransport)(nil)
+	_ ports.DirectSender = (*MQTransport)(nil)
+	_ ports.AckNotifier  = (*MQTransport)(nil)
+)
 
 // MQTransport carries bus frames over libp2p (ports.Transport). It speaks
 // /goop/mq/1.1.0 (one pipelined stream per peer pair) and falls back to
@@ -149,6 +153,8 @@ type MQTransport struct {
 	wmu     sync.Mutex
 	waiters map[waitKey][]chan mq.Frame // inbound 1.0.0 msgs waiting for the core's ack
 	nwait   atomic.Int64
+
+	ackHook atomic.Pointer[func(mq.PeerID, mq.Frame)]
 
 	wg sync.WaitGroup
 }
@@ -235,6 +241,42 @@ func (t *MQTransport) Send(to mq.PeerID, f mq.Frame) error {
 	return ports.ErrBackpressure
 }
 
+// ClaimDirect implements ports.DirectSender: when nothing is queued for the
+// peer and a 1.1.0 stream to it is open, it takes the peer's write lock and
+// returns a function that writes f on the caller's goroutine (bounded by
+// WriteTimeout) and releases the lock — saving the hand-over to the writer
+// goroutine. The caller must call write exactly once, soon; frames sent for
+// the peer meanwhile are queued behind f. ok is false when f must go through
+// Send instead (nothing was taken).
+func (t *MQTransport) ClaimDirect(to mq.PeerID, f mq.Frame) (write func(), ok bool) {
+	if t.closed.Load() || f.Validate() != nil {
+		return nil, false
+	}
+	t.mu.RLock()
+	p := t.peers[to]
+	t.mu.RUnlock()
+	if p == nil {
+		return nil, false
+	}
+	// An ack may answer an inbound 1.0.0 msg or be routed to the stream its
+	// msg came in on: Send knows how.
+	if f.Type == mq.TypeAck && (t.nwait.Load() > 0 || p.nroutes.Load() > 0) {
+		return nil, false
+	}
+	st := p.claim(nil)
+	if st == nil {
+		return nil, false
+	}
+	return func() { p.writeClaimed(st, &f) }, true
+}
+
+// SetAckHook implements ports.AckNotifier: hook is called with every ack
+// read from a peer, on the network goroutine that read it, before the ack is
+// reported on Events. hook must not block. Set it before any traffic.
+func (t *MQTransport) SetAckHook(hook func(from mq.PeerID, ack mq.Frame)) {
+	t.ackHook.Store(&hook)
+}
+
 // Close implements ports.Transport: it removes the stream handlers, resets
 // every bus stream, stops all goroutines (waiting for them) and closes Events.
 // The host is left open. Safe to call more than once.
@@ -316,7 +358,15 @@ func (t *MQTransport) deliver(from mq.PeerID, f mq.Frame) bool {
 	if t.opts.DropInbound != nil && t.opts.DropInbound(from, f) {
 		return true
 	}
-	return t.emit(ports.TransportEvent{Kind: ports.FrameReceived, From: from, Frame: f}, t.opts.ReadTimeout)
+	ok := t.emit(ports.TransportEvent{Kind: ports.FrameReceived, From: from, Frame: f}, t.opts.ReadTimeout)
+	// The hook comes after the event: the goroutine it wakes (a caller
+	// waiting for this ack) is then the one the scheduler runs next.
+	if f.Type == mq.TypeAck {
+		if h := t.ackHook.Load(); h != nil {
+			(*h)(from, f)
+		}
+	}
+	return ok
 }
 
 // watchConns turns the host's connectedness changes (first connection up,
@@ -475,23 +525,27 @@ func (t *MQTransport) readLoop(p *peerState, st *stream11) {
 			t.log.Debug("p2p: mq: bad frame on 1.1.0 stream; resetting", "peer", p.pid, "err", err)
 			return
 		}
+		var early bool
 		if f.Type == mq.TypeMsg {
 			p.noteRoute(f.ID, st)
-			if f.Epoch != "" && !t.opts.NoReceivedAcks && !lr.buffered() {
-				// Ours: tell the sender at once that the msg arrived (a
-				// transport ack, SPEC §2); the node's final ack follows once
-				// the message is durably delivered. Only for a msg that
-				// arrived alone — someone may be waiting on it; in a pipelined
-				// burst (more already buffered) the final acks suffice. Best
-				// effort: if the queue is full the final ack still comes.
-				p.q.push(outItem{f: mq.Frame{Type: mq.TypeAck, ID: f.ID, Seq: f.Seq, Stage: mq.StageReceived}, via: st})
-			}
+			// Ours: tell the sender at once that the msg arrived (a transport
+			// ack, SPEC §2); the node's final ack follows once the message is
+			// durably delivered. Only for a msg that arrived alone — someone
+			// may be waiting on it; in a pipelined burst (more already
+			// buffered) the final acks suffice.
+			early = f.Epoch != "" && !t.opts.NoReceivedAcks && !lr.buffered()
 		}
 		if !t.deliver(p.pid, f) {
 			if !t.closed.Load() {
 				t.log.Debug("p2p: mq: events channel full; resetting 1.1.0 stream", "peer", p.pid)
 			}
 			return
+		}
+		if early {
+			// Queued after the event was handed over, so that the writer is
+			// the goroutine the scheduler runs next. Best effort: if the
+			// queue is full the final ack still comes.
+			p.q.push(outItem{f: mq.Frame{Type: mq.TypeAck, ID: f.ID, Seq: f.Seq, Stage: mq.StageReceived}, via: st})
 		}
 	}
 }

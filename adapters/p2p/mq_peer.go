@@ -58,6 +58,12 @@ type peerState struct {
 	nroutes  atomic.Int32
 	dropping atomic.Bool
 
+	// wmu is the write lock: whoever holds it writes to the peer's streams
+	// through w — the writer goroutine while it drains q, or a caller of
+	// MQTransport.ClaimDirect writing one frame on its own goroutine.
+	wmu sync.Mutex
+	w   *peerWriter
+
 	mu      sync.Mutex
 	torn    bool
 	streams []*stream11 // live 1.1.0 streams, oldest first; the writer prefers the oldest
@@ -69,7 +75,7 @@ type peerState struct {
 
 func newPeerState(t *MQTransport, id peer.ID, pid mq.PeerID) *peerState {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &peerState{
+	p := &peerState{
 		t:      t,
 		id:     id,
 		pid:    pid,
@@ -79,6 +85,8 @@ func newPeerState(t *MQTransport, id peer.ID, pid mq.PeerID) *peerState {
 		cancel: cancel,
 		routes: map[string]*stream11{},
 	}
+	p.w = &peerWriter{p: p}
+	return p
 }
 
 // teardown forgets the peer: it stops the writer (queued frames are dropped;
@@ -261,28 +269,75 @@ func (p *peerState) openFailed(err error) {
 func (p *peerState) run() {
 	defer p.t.wg.Done()
 	defer p.teardown()
-	w := &peerWriter{p: p}
 	var batch []outItem
 	for !p.isTorn() {
-		batch = p.q.pop(batch[:0], writerBatch)
-		if len(batch) == 0 {
-			if !w.flush() {
-				return
-			}
-			select {
-			case <-p.q.signal:
-			case <-p.done:
-				return
-			}
+		more, ok := p.drain(&batch)
+		if !ok {
+			return
+		}
+		if more {
 			continue
 		}
-		for i := range batch {
-			p.deq.Add(1)
-			if !w.handle(batch[i]) {
-				return
-			}
-			batch[i] = outItem{} // do not retain the payload
+		select {
+		case <-p.q.signal:
+		case <-p.done:
+			return
 		}
+	}
+}
+
+// drain takes the write lock and writes one batch from q, or flushes when q
+// is empty. more reports that q had frames; !ok that the writer must stop.
+// Taking a batch and writing it happen under one hold of the lock, so a
+// frame written directly (ClaimDirect, only when q is empty) never overtakes
+// a frame queued before it.
+func (p *peerState) drain(batch *[]outItem) (more, ok bool) {
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
+	*batch = p.q.pop((*batch)[:0], writerBatch)
+	if len(*batch) == 0 {
+		return false, p.w.flush()
+	}
+	for i := range *batch {
+		p.deq.Add(1)
+		if !p.w.handle((*batch)[i]) {
+			clear(*batch) // do not retain the payloads
+			return true, false
+		}
+		(*batch)[i] = outItem{} // do not retain the payload
+	}
+	return true, true
+}
+
+// claim takes the write lock for a direct write of one frame when that
+// cannot reorder or delay anything: q is empty, the peer speaks 1.1.0 and a
+// live stream exists (via's, if given and live, else the writer's). It
+// returns the stream, or nil (lock not held) when the frame must be queued.
+func (p *peerState) claim(via *stream11) *stream11 {
+	if p.isTorn() || p.is10() || !p.wmu.TryLock() {
+		return nil
+	}
+	if p.q.len() == 0 && !p.isTorn() {
+		st := via
+		if st == nil || st.dead.Load() {
+			st = p.w.stream()
+		}
+		if st != nil {
+			return st
+		}
+	}
+	p.wmu.Unlock()
+	return nil
+}
+
+// writeClaimed writes f to st and flushes, then releases the write lock
+// taken by claim. A failed write is handled as the writer would (the stream
+// is dropped, or a peer that does not read is disconnected); the bus
+// retransmits.
+func (p *peerState) writeClaimed(st *stream11, f *mq.Frame) {
+	defer p.wmu.Unlock()
+	if p.w.write(st, f) {
+		p.w.flush()
 	}
 }
 
@@ -329,6 +384,13 @@ func (q *frameQueue) push(it outItem) bool {
 	return true
 }
 
+// len returns how many frames are queued.
+func (q *frameQueue) len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.n
+}
+
 // pop moves up to limit frames, oldest first, to dst.
 func (q *frameQueue) pop(dst []outItem, limit int) []outItem {
 	q.mu.Lock()
@@ -348,7 +410,7 @@ func (q *frameQueue) pop(dst []outItem, limit int) []outItem {
 	return dst
 }
 
-// peerWriter is the state owned by a peer's writer goroutine.
+// peerWriter is the writing state of a peer: used only under peerState.wmu.
 type peerWriter struct {
 	p       *peerState
 	cur     *stream11   // 1.1.0 stream new frames go to

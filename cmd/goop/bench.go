@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -48,9 +49,11 @@ func benchCommand(g *globals, stdout io.Writer) *cli.Command {
 				&cli.IntFlag{Name: "count", Value: 1000, Usage: "round trips per latency measure and messages per throughput measure"},
 				&cli.IntFlag{Name: "payload-bytes", Value: 64, Usage: "size of each message's payload"},
 				&cli.BoolFlag{Name: "no-child", Usage: "skip the child-process start-up measure"},
+				&cli.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile of the MQ measures (round trips and throughput) to `FILE`"},
 			},
 			Action: func(c *cli.Context) error {
-				opts := benchOptions{Count: c.Int("count"), PayloadBytes: c.Int("payload-bytes"), Log: g.log}
+				opts := benchOptions{Count: c.Int("count"), PayloadBytes: c.Int("payload-bytes"), Log: g.log,
+					CPUProfile: c.String("cpuprofile")}
 				if opts.Count < 10 || opts.Count > 100_000 {
 					return cli.Exit("--count must be between 10 and 100000", exitUsage)
 				}
@@ -84,6 +87,8 @@ type benchOptions struct {
 	// Exe is the goop binary to measure `goop peer` start-up with (empty: skip).
 	Exe string
 	Log *slog.Logger
+	// CPUProfile, if set, receives a CPU profile of the MQ measures.
+	CPUProfile string
 }
 
 // latency summarises a series of round trips, in microseconds.
@@ -233,6 +238,14 @@ func benchMQ(ctx context.Context, o benchOptions) (*benchResult, error) {
 	}
 	res.Echo = summarize(echo)
 
+	if o.CPUProfile != "" {
+		stop, err := startCPUProfile(o.CPUProfile)
+		if err != nil {
+			return nil, fmt.Errorf("bench: --cpuprofile: %w", err)
+		}
+		defer stop()
+	}
+
 	for _, tc := range []struct {
 		to  *node.Running
 		out *latency
@@ -271,6 +284,22 @@ func benchMQ(ctx context.Context, o benchOptions) (*benchResult, error) {
 		res.PeerStartupMS, res.PeerRSSKiB = ms, rss
 	}
 	return res, nil
+}
+
+// startCPUProfile starts a CPU profile into path; stop ends it.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		_ = f.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		_ = f.Close()
+	}, nil
 }
 
 func transportName(addr string) string {
