@@ -99,6 +99,13 @@ type ServerConfig struct {
 	// even when it is loopback. By default a loopback connection is taken to
 	// be a local reverse proxy and its last X-Forwarded-For entry is used.
 	IgnoreForwardedFor bool
+	// StatePath, if set, is the file where the server keeps its signed-peer
+	// records (which peer ids publish signed, and their last ts) across
+	// restarts: loaded by NewServer, saved when changed at each sweep and by
+	// Close (see state.go for the format and the corrupt-file policy). The
+	// caller chooses it (a peer's is StatePathIn(peer folder)); it is never
+	// derived from network input. Empty: the records live in memory only.
+	StatePath string
 
 	// Now is the clock (default time.Now); tests inject one and call Sweep.
 	Now func() time.Time
@@ -113,6 +120,7 @@ type hooks struct {
 	published     func(PresenceMsg)
 	clientAdded   func()
 	clientRemoved func(reason string)
+	stateWriter   func(io.Writer) io.Writer // wraps the state file's writer
 }
 
 func (c *ServerConfig) setDefaults() {
@@ -184,6 +192,7 @@ type Server struct {
 	peers        map[string]*peerEntry
 	peersPerIP   map[string]int
 	signed       map[string]*signedInfo
+	signedGen    uint64 // bumped on every change of signed
 	clients      map[*sseClient]struct{}
 	clientsPerIP map[string]int
 
@@ -193,6 +202,9 @@ type Server struct {
 	notify chan struct{} // closed and replaced on every append
 
 	n counters
+
+	saveMu   sync.Mutex // serializes saveState
+	savedGen uint64     // signedGen last written to StatePath; guarded by saveMu
 
 	done      chan struct{}
 	closeOnce sync.Once
@@ -247,6 +259,9 @@ func NewServer(cfg ServerConfig) *Server {
 		notify:       make(chan struct{}),
 		done:         make(chan struct{}),
 	}
+	if cfg.StatePath != "" {
+		s.loadState()
+	}
 	if cfg.AdminPassword != "" {
 		s.adminHash = sha256.Sum256([]byte(cfg.AdminPassword))
 	}
@@ -295,7 +310,9 @@ func (s *Server) Serve(ln net.Listener) error {
 
 // Close stops the server: listeners close, open /events streams end, and the
 // background goroutines stop. It waits for all of them (in-flight requests
-// at most 5 s). Later calls return the first result.
+// at most 5 s), then saves the signed-peer records to StatePath if they
+// changed (a failed save is part of the error). Later calls return the
+// first result.
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.done)
@@ -314,6 +331,10 @@ func (s *Server) Close() error {
 		s.mu.Unlock()
 		s.clientsWG.Wait()
 		s.bg.Wait()
+		if err := s.saveState(); err != nil {
+			s.log.Error("rendezvous: signed-peer state not saved at shutdown", "err", err)
+			s.closeErr = errors.Join(s.closeErr, err)
+		}
 	})
 	return s.closeErr
 }
@@ -359,10 +380,12 @@ func (s *Server) keepAliveLoop() {
 
 // Sweep drops the peers silent for StaleAfter (by the configured clock),
 // broadcasting an offline for each, and forgets idle limiter keys and
-// expired signed-peer records. The server calls it every SweepInterval;
-// tests with an injected clock call it directly. At most RingSize/4 peers
-// go per call, so that a mass departure cannot push every stream out of
-// the ring; the rest go in the next sweeps.
+// expired signed-peer records, then saves the signed-peer records to
+// StatePath if they changed (a failure is logged and retried at the next
+// sweep). The server calls it every SweepInterval; tests with an injected
+// clock call it directly. At most RingSize/4 peers go per call, so that a
+// mass departure cannot push every stream out of the ring; the rest go in
+// the next sweeps.
 func (s *Server) Sweep() {
 	now := s.cfg.Now()
 	s.mu.Lock()
@@ -381,6 +404,7 @@ func (s *Server) Sweep() {
 	for id, si := range s.signed {
 		if now.Sub(si.seen) > s.cfg.SignedMemory {
 			delete(s.signed, id)
+			s.signedGen++
 		}
 	}
 	if len(frames) > 0 {
@@ -393,6 +417,9 @@ func (s *Server) Sweep() {
 	s.ipLim.prune(now)
 	s.peerLim.prune(now)
 	s.authLim.prune(now)
+	if err := s.saveState(); err != nil {
+		s.log.Error("rendezvous: signed-peer state not saved; retrying at the next sweep", "err", err)
+	}
 }
 
 func (s *Server) deletePeerLocked(id string, e *peerEntry) {
@@ -586,6 +613,7 @@ func (s *Server) apply(m *PresenceMsg, ip string, now time.Time) (code int, msg 
 			s.signed[id] = si
 		}
 		si.lastTS, si.seen = m.TS, now
+		s.signedGen++
 	}
 	frame := encodeFrame(m)
 	switch {

@@ -25,7 +25,8 @@ func rendezvousCommand(g *globals, stdout io.Writer) *cli.Command {
 			"/ (endpoint and connect URLs), /admin (presence.admin_password) and /healthz on\n" +
 			"presence.rendezvous_bind:presence.rendezvous_port. If DIR has no goop.json, one is\n" +
 			"created with the defaults plus presence.rendezvous_only and rendezvous_host set to\n" +
-			"true. When ready it prints one line:\n" +
+			"true. Which peer ids publish signed presence (and their last ts) is kept across\n" +
+			"restarts in DIR/data/rendezvous-signed.json. When ready it prints one line:\n" +
 			"  ready rendezvous=<endpoint> connect=<url>,...\n" +
 			"SIGINT or SIGTERM stops it cleanly (exit status 0).",
 		Flags: []cli.Flag{
@@ -85,7 +86,13 @@ func runRendezvous(ctx context.Context, dir string, o rendezvousOptions, stdout 
 	if err != nil {
 		return err
 	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		_ = ln.Close()
+		return fmt.Errorf("rendezvous folder %s: %w", dir, err)
+	}
 	sc := rendezvousServerConfig(cfg, log)
+	sc.StatePath = rendezvous.StatePathIn(abs)
 	sc.Addr = ln.Addr().String()
 	srv := rendezvous.NewServer(sc)
 	served := make(chan error, 1)

@@ -2,18 +2,24 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/json"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/goop-p2p/goop/adapters/rendezvous"
 	"github.com/goop-p2p/goop/app"
 )
 
@@ -133,4 +139,37 @@ func TestRendezvousCommandErrors(t *testing.T) {
 	code, out, _ := runGoop(t, "rendezvous", "--help")
 	assert.Equal(t, 0, code)
 	assert.Contains(t, out, "goop rendezvous [command options] DIR")
+}
+
+// TestRendezvousCommandKeepsSignedPeers: the server of `goop rendezvous DIR`
+// keeps which peer ids publish signed in DIR/data/rendezvous-signed.json
+// (mode 0600), so that after a restart unsigned presence for such a peer
+// id, or a replay of its last publish, is still refused.
+func TestRendezvousCommandKeepsSignedPeers(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "server")
+	_, url, stop := startRendezvous(t, "--port", "0", dir)
+	key, _, err := crypto.GenerateEd25519Key(rand.Reader)
+	require.NoError(t, err)
+	m := rendezvous.PresenceMsg{Type: rendezvous.TypeOnline, Content: "alice", TS: time.Now().UnixMilli()}
+	require.NoError(t, rendezvous.Sign(&m, key))
+	publish := func(m rendezvous.PresenceMsg) int {
+		b, err := json.Marshal(m)
+		require.NoError(t, err)
+		resp, err := http.Post(url+"/publish", "application/json", bytes.NewReader(b))
+		require.NoError(t, err)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	require.Equal(t, http.StatusNoContent, publish(m))
+	require.Equal(t, 0, stop())
+
+	fi, err := os.Stat(filepath.Join(dir, "data", "rendezvous-signed.json"))
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+
+	_, url, stop = startRendezvous(t, "--port", "0", dir)
+	assert.Equal(t, http.StatusForbidden, publish(rendezvous.PresenceMsg{Type: rendezvous.TypeOnline, PeerID: m.PeerID, Content: "mallory"}))
+	assert.Equal(t, http.StatusForbidden, publish(m), "replay")
+	assert.Equal(t, 0, stop())
+	http.DefaultClient.CloseIdleConnections()
 }

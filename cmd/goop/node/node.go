@@ -249,7 +249,7 @@ func Start(ctx context.Context, dir string, opts Options) (_ *Running, err error
 	}
 	r.disc = disc
 	undo = append(undo, func() { _ = disc.Close() })
-	rdv, err := startRendezvous(cfg, h, key, disc, log)
+	rdv, err := startRendezvous(cfg, abs, h, key, disc, log)
 	if err != nil {
 		return nil, err
 	}

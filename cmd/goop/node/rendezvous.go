@@ -39,9 +39,11 @@ type rendezvousRoles struct {
 // presence.rendezvous_wan, a WAN discovery (adapters/rendezvous.Discovery)
 // that publishes our presence signed with key to each, follows their
 // /events and dials the peers they tell of, combined with lan. Without
-// either it returns lan alone. The roles own lan from now on: close them
-// (close) instead, after the runtime stopped and before the host closes.
-func startRendezvous(cfg app.Config, h host.Host, key crypto.PrivKey, lan ports.Discovery, log *slog.Logger) (*rendezvousRoles, error) {
+// either it returns lan alone. The server keeps its signed-peer records in
+// the peer folder dir (rendezvous.StatePathIn). The roles own lan from now
+// on: close them (close) instead, after the runtime stopped and before the
+// host closes.
+func startRendezvous(cfg app.Config, dir string, h host.Host, key crypto.PrivKey, lan ports.Discovery, log *slog.Logger) (*rendezvousRoles, error) {
 	pc := cfg.Presence
 	r := &rendezvousRoles{disc: lan}
 	var urls []string
@@ -51,7 +53,8 @@ func startRendezvous(cfg app.Config, h host.Host, key crypto.PrivKey, lan ports.
 			return nil, err
 		}
 		r.server = rendezvous.NewServer(rendezvous.ServerConfig{ExternalURL: pc.ExternalURL,
-			AdminPassword: pc.AdminPassword, Addr: ln.Addr().String(), Log: log})
+			AdminPassword: pc.AdminPassword, Addr: ln.Addr().String(), Log: log,
+			StatePath: rendezvous.StatePathIn(dir)})
 		r.url = rendezvous.LocalURL(ln.Addr())
 		r.srvDone = make(chan struct{})
 		go func() {
