@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -378,11 +379,28 @@ func TestSQLiteSettings(t *testing.T) {
 	assert.Equal(t, "wal", pragma("journal_mode"))
 	assert.Equal(t, "1", pragma("synchronous"), "NORMAL")
 	assert.Equal(t, "1", pragma("foreign_keys"))
-	assert.Equal(t, "5000", pragma("busy_timeout"))
+	assert.Equal(t, "250", pragma("busy_timeout"))
+	assert.Equal(t, "exclusive", pragma("locking_mode"))
 	assert.Equal(t, 1, s.DB().Stats().MaxOpenConnections)
 	fi, err := os.Stat(cfg.Path)
 	require.NoError(t, err)
 	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+	_, err = os.Stat(cfg.Path + "-shm")
+	assert.ErrorIs(t, err, fs.ErrNotExist, "exclusive WAL keeps its index in memory: no -shm file")
+}
+
+// TestSecondOpenIsRefused: the store holds its SQLite file exclusively; a
+// second store on the same file (a second node on the same folder) is
+// refused with ErrInUse, and can open it once the first is closed.
+func TestSecondOpenIsRefused(t *testing.T) {
+	cfg := sqliteDB(t)
+	s := mustOpen(t, cfg)
+	_, err := Open(context.Background(), cfg)
+	require.ErrorIs(t, err, ErrInUse)
+	assert.Contains(t, err.Error(), cfg.Path)
+	require.NoError(t, s.Close())
+	s2 := mustOpen(t, cfg)
+	require.NoError(t, s2.Close())
 }
 
 func TestSQLitePathWithURICharacters(t *testing.T) {
