@@ -288,9 +288,11 @@ func (n *Node) Ready() Ready {
 	var r Ready
 	for round := 0; ; round++ {
 		br := n.bus.Drain()
-		r.Batch.Bus = append(r.Batch.Bus, br.Changes...)
-		r.EarlyFrames = append(r.EarlyFrames, br.EarlyFrames...)
-		r.Frames = append(r.Frames, br.Frames...)
+		// The bus hands over its slices: take them as they are when there is
+		// nothing to append to (the common case: one round).
+		r.Batch.Bus = appendOrTake(r.Batch.Bus, br.Changes)
+		r.EarlyFrames = appendOrTake(r.EarlyFrames, br.EarlyFrames)
+		r.Frames = appendOrTake(r.Frames, br.Frames)
 		n.route(br)
 		gr := n.groups.Drain()
 		r.Batch.Groups = append(r.Batch.Groups, gr.Changes...)
@@ -322,8 +324,22 @@ func (n *Node) Ready() Ready {
 	return r
 }
 
+// appendOrTake appends b to a, or returns b itself when a is empty (b is
+// owned by the caller: a slice handed over by a Drain).
+func appendOrTake[T any](a, b []T) []T {
+	if len(a) == 0 {
+		return b
+	}
+	return append(a, b...)
+}
+
 // route turns bus outputs into events, feeding group topics to the group core.
 func (n *Node) route(br mq.Ready) {
+	if n.events == nil {
+		if k := len(br.Deliveries) + len(br.Results); k > 0 {
+			n.events = make([]Event, 0, k)
+		}
+	}
 	for _, d := range br.Deliveries {
 		n.stats.Delivered++
 		n.groups.Receive(n.now, d.From, d.Msg.Topic, d.Msg.Payload, d.Msg.Origin)

@@ -2,12 +2,16 @@ package simnet
 
 import (
 	"bytes"
+	"cmp"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/goop-p2p/goop/app"
+	"github.com/goop-p2p/goop/domain/mq"
 )
 
 // Violation is a broken safety property, found right after the step that broke it.
@@ -65,35 +69,141 @@ const (
 	recFailed
 )
 
+// msgRec is what the checker remembers of a message until it is settled:
+// delivered and given its one result (acknowledged or failed).
 type msgRec struct {
-	id       string
 	from, to int32
 	flags    uint8
 	seq      int64
 	sum      uint64
 	sentAt   int64
+	order    uint64 // 1 + position among the messages queued through World.Send; 0 for others
 }
+
+// mqMsgKey is a message id in compact form: a canonical UUID (what nodes
+// generate) as its 128 bits. Other ids are kept as strings (msgIndex.other).
+type mqMsgKey struct{ hi, lo uint64 }
+
+// msgIndex maps message ids to values: the slots of live records in
+// MQChecker.recs (MQChecker.live) or the flags of settled messages
+// (MQChecker.done).
+type msgIndex struct {
+	uuids map[mqMsgKey]uint32
+	other map[string]uint32
+}
+
+// hexVal maps an ASCII byte to its lower-case hex digit value, or 0xff.
+var hexVal = func() (t [256]byte) {
+	for i := range t {
+		t[i] = 0xff
+	}
+	for c := byte('0'); c <= '9'; c++ {
+		t[c] = c - '0'
+	}
+	for c := byte('a'); c <= 'f'; c++ {
+		t[c] = c - 'a' + 10
+	}
+	return t
+}()
+
+// uuidDigits are the positions of the 32 hex digits of a canonical UUID.
+var uuidDigits = [32]uint8{0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 17,
+	19, 20, 21, 22, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35}
+
+// parseUUID parses a canonical lower-case UUID (8-4-4-4-12 hex digits, as
+// uuid.UUID.String writes them); ok is false for anything else, so that
+// keys and ids correspond one to one.
+func parseUUID(id string) (k mqMsgKey, ok bool) {
+	if len(id) != 36 || id[8] != '-' || id[13] != '-' || id[18] != '-' || id[23] != '-' {
+		return k, false
+	}
+	var bad byte
+	for _, i := range uuidDigits[:16] {
+		v := hexVal[id[i]]
+		bad |= v
+		k.hi = k.hi<<4 | uint64(v&0xf)
+	}
+	for _, i := range uuidDigits[16:] {
+		v := hexVal[id[i]]
+		bad |= v
+		k.lo = k.lo<<4 | uint64(v&0xf)
+	}
+	return k, bad&0xf0 == 0
+}
+
+// msgRef is a message id ready for msgIndex: parsed once per use.
+type msgRef struct {
+	id   string
+	key  mqMsgKey
+	uuid bool
+}
+
+func refOf(id string) msgRef {
+	k, ok := parseUUID(id)
+	return msgRef{id: id, key: k, uuid: ok}
+}
+
+func (x *msgIndex) get(m *msgRef) (uint32, bool) {
+	if m.uuid {
+		v, ok := x.uuids[m.key]
+		return v, ok
+	}
+	v, ok := x.other[m.id]
+	return v, ok
+}
+
+func (x *msgIndex) set(m *msgRef, v uint32) {
+	if m.uuid {
+		x.uuids[m.key] = v
+		return
+	}
+	if x.other == nil {
+		x.other = map[string]uint32{}
+	}
+	x.other[m.id] = v
+}
+
+func (x *msgIndex) del(m *msgRef) {
+	if m.uuid {
+		delete(x.uuids, m.key)
+		return
+	}
+	delete(x.other, m.id)
+}
+
+func newMsgIndex() msgIndex { return msgIndex{uuids: map[mqMsgKey]uint32{}} }
 
 // MQChecker checks the bus's delivery guarantees (SPEC §2) and, for
 // liveness, that every message queued through World.Send was delivered and
 // acknowledged to its sender.
+//
+// Memory: a message's full record (ends, seq, payload hash) is kept only
+// until it is settled (delivered and given its result); then only its id and
+// flags remain (about 24 bytes), which is all the later checks need: a
+// second delivery is a duplicate and a second result breaks one-result
+// whatever else they carry. Per-sender order keeps one watermark per
+// (sender, receiver). Live and settled messages are indexed apart: the few
+// live ones are looked up on every step and stay in cache.
 type MQChecker struct {
 	// AllowFailures makes a failed message (the bus gave up, EventFailed)
 	// count as settled for liveness, for worlds with bounded retries. Without
 	// it a failed message is a liveness failure.
 	AllowFailures bool
 
-	msgs    map[string]*msgRec
-	sent    []*msgRec // messages queued through World.Send, in order
-	last    map[uint64]int64
-	open    int // sent messages not yet both delivered and acknowledged
+	live    msgIndex // id → slot in recs
+	done    msgIndex // id → flags of a settled message
+	recs    []msgRec // live records; free slots are listed in free
+	free    []uint32
+	sentN   uint64           // messages queued through World.Send
+	last    map[uint64]int64 // (from, to) → last delivered seq
+	open    int              // sent messages not yet both delivered and acknowledged
 	failed  int
 	checked [5]uint64
 }
 
 // NewMQChecker returns an empty bus checker.
 func NewMQChecker() *MQChecker {
-	return &MQChecker{msgs: map[string]*msgRec{}, last: map[uint64]int64{}}
+	return &MQChecker{live: newMsgIndex(), done: newMsgIndex(), last: map[uint64]int64{}}
 }
 
 // Name implements Checker.
@@ -122,24 +232,73 @@ func payloadSum(b []byte) uint64 {
 			b = buf.Bytes()
 		}
 	}
-	h := uint64(fnvOffset)
-	for _, x := range b {
-		h ^= uint64(x)
-		h *= fnvPrime
+	// 8 bytes at a time; every step is a bijection of h for a given word, so
+	// payloads that differ in one word always hash differently.
+	h := uint64(fnvOffset) ^ uint64(len(b))
+	for len(b) >= 8 {
+		h = (h ^ binary.LittleEndian.Uint64(b)) * fnvPrime
+		h ^= h >> 29
+		b = b[8:]
 	}
-	return h
+	var tail uint64
+	for i, x := range b {
+		tail |= uint64(x) << (8 * i)
+	}
+	h = (h ^ tail) * fnvPrime
+	return h ^ h>>29
+}
+
+// record returns the record of id: the live one (r, in slot), or the flags
+// of a settled message (r nil, settled true), or neither (not seen).
+func (c *MQChecker) record(id *msgRef) (r *msgRec, slot uint32, flags uint8, settled bool) {
+	if v, ok := c.live.get(id); ok {
+		r = &c.recs[v]
+		return r, v, r.flags, false
+	}
+	if v, ok := c.done.get(id); ok {
+		return nil, 0, uint8(v), true
+	}
+	return nil, 0, 0, false
+}
+
+// add stores a new live record for id and returns it and its slot.
+func (c *MQChecker) add(id *msgRef, r msgRec) (*msgRec, uint32) {
+	var slot uint32
+	if n := len(c.free); n > 0 {
+		slot = c.free[n-1]
+		c.free = c.free[:n-1]
+		c.recs[slot] = r
+	} else {
+		slot = uint32(len(c.recs))
+		c.recs = append(c.recs, r)
+	}
+	c.live.set(id, slot)
+	return &c.recs[slot], slot
+}
+
+// settle releases the record of id once it is delivered and has its result:
+// only its flags stay. slot must hold id's live record.
+func (c *MQChecker) settle(id *msgRef, slot uint32) {
+	r := &c.recs[slot]
+	if r.flags&recDelivered == 0 || r.flags&(recAcked|recFailed) == 0 {
+		return
+	}
+	c.live.del(id)
+	c.done.set(id, uint32(r.flags))
+	c.recs[slot] = msgRec{}
+	c.free = append(c.free, slot)
 }
 
 // Observe implements Checker.
 func (c *MQChecker) Observe(w *World, s *Step) *Violation {
 	if s.Kind == StepSend && s.Frame != nil {
-		r := &msgRec{id: s.Frame.ID, from: int32(s.Peer), to: int32(s.To), flags: recKnown,
-			seq: s.Frame.Seq, sum: payloadSum(s.Frame.Payload), sentAt: int64(s.Time)}
-		if c.msgs[r.id] != nil {
-			return &Violation{Property: PropIntegrity, Detail: fmt.Sprintf("%s queued message id %s twice", w.Name(s.Peer), r.id)}
+		id := refOf(s.Frame.ID)
+		if r, _, _, settled := c.record(&id); r != nil || settled {
+			return &Violation{Property: PropIntegrity, Detail: fmt.Sprintf("%s queued message id %s twice", w.Name(s.Peer), id.id)}
 		}
-		c.msgs[r.id] = r
-		c.sent = append(c.sent, r)
+		c.sentN++
+		c.add(&id, msgRec{from: int32(s.Peer), to: int32(s.To), flags: recKnown,
+			seq: s.Frame.Seq, sum: payloadSum(s.Frame.Payload), sentAt: int64(s.Time), order: c.sentN})
 		c.open++
 	}
 	for i := range s.Events {
@@ -169,15 +328,15 @@ func (c *MQChecker) delivered(w *World, s *Step, ev *app.Event) *Violation {
 		from = -1
 	}
 	seq := ev.Msg.Seq
-	r := c.msgs[ev.MsgID]
+	id := refOf(ev.MsgID)
+	r, slot, flags, _ := c.record(&id)
 	c.checked[0]++
-	if r != nil && r.flags&recDelivered != 0 {
+	if flags&recDelivered != 0 {
 		return &Violation{Property: PropNoDuplicate, Detail: fmt.Sprintf("%s delivered message #%d from %s twice (id %s)",
 			w.Name(int(to)), seq, peerName(w, from), ev.MsgID)}
 	}
 	if r == nil { // sent by a core, not through World.Send: check what we can
-		r = &msgRec{id: ev.MsgID, from: from, to: to, seq: seq}
-		c.msgs[ev.MsgID] = r
+		r, slot = c.add(&id, msgRec{from: from, to: to, seq: seq})
 	}
 	c.checked[3]++
 	if r.flags&recKnown != 0 && (r.from != from || r.to != to || r.seq != seq || r.sum != payloadSum(ev.Msg.Payload)) {
@@ -195,21 +354,30 @@ func (c *MQChecker) delivered(w *World, s *Step, ev *app.Event) *Violation {
 	if r.flags&(recKnown|recAcked) == recKnown|recAcked {
 		c.open--
 	}
+	c.settle(&id, slot)
 	return nil
 }
 
 func (c *MQChecker) result(w *World, s *Step, ev *app.Event) *Violation {
 	from := int32(s.Peer)
-	r := c.msgs[ev.MsgID]
+	id := refOf(ev.MsgID)
+	r, slot, flags, settled := c.record(&id)
 	c.checked[4]++
-	if r != nil && r.flags&(recAcked|recFailed) != 0 {
-		return &Violation{Property: PropOneResult, Detail: fmt.Sprintf("%s learnt the fate of its message #%d to %s twice (id %s)",
-			w.Name(int(from)), r.seq, peerName(w, r.to), ev.MsgID)}
+	if flags&(recAcked|recFailed) != 0 {
+		seq, to := int64(0), int32(-1)
+		if r != nil {
+			seq, to = r.seq, r.to
+		}
+		detail := fmt.Sprintf("%s learnt the fate of its message #%d to %s twice (id %s)", w.Name(int(from)), seq, peerName(w, to), ev.MsgID)
+		if settled {
+			detail = fmt.Sprintf("%s learnt the fate of its message %s to %s twice (the message was settled before)",
+				w.Name(int(from)), ev.MsgID, peerNameOf(w, ev.Peer))
+		}
+		return &Violation{Property: PropOneResult, Detail: detail}
 	}
 	if ev.Kind == app.EventFailed {
 		if r == nil {
-			r = &msgRec{id: ev.MsgID, from: from, to: -1}
-			c.msgs[ev.MsgID] = r
+			r, slot = c.add(&id, msgRec{from: from, to: -1})
 		}
 		r.flags |= recFailed
 		if r.flags&recKnown != 0 {
@@ -218,14 +386,12 @@ func (c *MQChecker) result(w *World, s *Step, ev *app.Event) *Violation {
 				c.open--
 			}
 		}
+		c.settle(&id, slot)
 		return nil
 	}
 	c.checked[2]++
 	if r == nil || r.flags&recDelivered == 0 {
-		to := "?"
-		if i, ok := w.Index(ev.Peer); ok {
-			to = w.Name(i)
-		}
+		to := peerNameOf(w, ev.Peer)
 		return &Violation{Property: PropAckedKept, Detail: fmt.Sprintf("%s got an ack from %s for message %s, which %s never delivered",
 			w.Name(int(from)), to, ev.MsgID, to)}
 	}
@@ -233,7 +399,15 @@ func (c *MQChecker) result(w *World, s *Step, ev *app.Event) *Violation {
 	if r.flags&recKnown != 0 {
 		c.open--
 	}
+	c.settle(&id, slot)
 	return nil
+}
+
+func peerNameOf(w *World, id mq.PeerID) string {
+	if i, ok := w.Index(id); ok {
+		return w.Name(i)
+	}
+	return "?"
 }
 
 func peerName(w *World, i int32) string {
@@ -250,12 +424,22 @@ func (c *MQChecker) Converged() bool { return c.open == 0 }
 // Waiting implements Checker.
 func (c *MQChecker) Waiting(w *World) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "mq: %d of %d messages not delivered and acknowledged (%d failed)", c.open, len(c.sent), c.failed)
-	n := 0
-	for _, r := range c.sent {
+	fmt.Fprintf(&b, "mq: %d of %d messages not delivered and acknowledged (%d failed)", c.open, c.sentN, c.failed)
+	// Settled messages are released, so what is still open is among the live
+	// records; list the first in the order they were queued.
+	var open []*msgRec
+	for i := range c.recs {
+		r := &c.recs[i]
+		if r.order == 0 || r.flags&recKnown == 0 {
+			continue // a free slot, or a message not queued through World.Send
+		}
 		if r.flags&(recDelivered|recAcked) == recDelivered|recAcked || c.AllowFailures && r.flags&recFailed != 0 {
 			continue
 		}
+		open = append(open, r)
+	}
+	slices.SortFunc(open, func(a, b *msgRec) int { return cmp.Compare(a.order, b.order) })
+	for n, r := range open {
 		if n == 5 {
 			b.WriteString(", …")
 			break
@@ -272,7 +456,6 @@ func (c *MQChecker) Waiting(w *World) string {
 			sep = ", "
 		}
 		fmt.Fprintf(&b, "%s%s→%s #%d queued at %s %s", sep, peerName(w, r.from), peerName(w, r.to), r.seq, time.Duration(r.sentAt), state)
-		n++
 	}
 	return b.String()
 }

@@ -12,5 +12,5 @@ import (
 func (s *Store) LoadPeers(context.Context) ([]presence.Peer, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.peers.Snapshot(), nil
+	return s.table.Snapshot(), nil
 }

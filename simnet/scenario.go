@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"runtime/metrics"
 	"slices"
 	"strings"
 	"sync"
@@ -369,10 +370,11 @@ type MemPeak struct {
 
 // MemSampler samples runtime.MemStats on its own goroutine and keeps peaks.
 type MemSampler struct {
-	mu   sync.Mutex
-	peak MemPeak
-	stop chan struct{}
-	done chan struct{}
+	mu      sync.Mutex
+	peak    MemPeak
+	samples []metrics.Sample
+	stop    chan struct{}
+	done    chan struct{}
 }
 
 // StartMemSampler samples every interval until Stop.
@@ -395,13 +397,33 @@ func StartMemSampler(interval time.Duration) *MemSampler {
 	return m
 }
 
+// Memory figures read by MemSampler through runtime/metrics, which, unlike
+// runtime.ReadMemStats, does not stop the world: sampling every few
+// milliseconds must not slow the simulation it measures.
+var memMetrics = [...]string{
+	"/memory/classes/heap/objects:bytes", // + unused: MemStats.HeapInuse
+	"/memory/classes/heap/unused:bytes",
+	"/memory/classes/total:bytes", // MemStats.Sys
+}
+
 func (m *MemSampler) sample() {
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.peak.HeapInuse = max(m.peak.HeapInuse, ms.HeapInuse)
-	m.peak.Sys = max(m.peak.Sys, ms.Sys)
+	if m.samples == nil {
+		m.samples = make([]metrics.Sample, len(memMetrics))
+		for i, n := range memMetrics {
+			m.samples[i].Name = n
+		}
+	}
+	metrics.Read(m.samples)
+	var v [len(memMetrics)]uint64
+	for i, s := range m.samples {
+		if s.Value.Kind() == metrics.KindUint64 {
+			v[i] = s.Value.Uint64()
+		}
+	}
+	m.peak.HeapInuse = max(m.peak.HeapInuse, v[0]+v[1])
+	m.peak.Sys = max(m.peak.Sys, v[2])
 }
 
 // Stop ends sampling, takes a last sample and returns the peaks. Call once.

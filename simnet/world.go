@@ -22,6 +22,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/bits"
 	"math/rand/v2"
 	"slices"
 	"time"
@@ -223,6 +224,7 @@ type peer struct {
 	wakeAt      int64      // time of the live wake event, or noWake
 	segment     string
 	contacts    bitset // peers this peer ever sent a frame to (any incarnation)
+	contactedBy bitset // peers that ever sent this peer a frame (the reverse of contacts)
 	disc        peerDisc
 }
 
@@ -398,6 +400,9 @@ func (w *World) index(id mq.PeerID) (int32, bool) {
 	return i, ok
 }
 
+// peerID implements peerIndex for the peers' stores.
+func (w *World) peerID(i int32) mq.PeerID { return w.peers[i].id }
+
 // Up reports whether peer i is running.
 func (w *World) Up(i int) bool { return w.peers[i].node != nil }
 
@@ -456,7 +461,7 @@ func (w *World) AddPeer() int {
 	p := &peer{
 		idx:    idx,
 		id:     id,
-		store:  NewStore(),
+		store:  newStore(w),
 		net:    newStream(w.seed, streamNet, uint64(idx)),
 		app:    newStream(w.seed, streamApp, uint64(idx)),
 		wakeAt: noWake,
@@ -630,7 +635,10 @@ func (w *World) transmit(p *peer, o *mq.Outgoing) {
 		return
 	}
 	from := p.idx
-	p.contacts.add(ti)
+	if !p.contacts.has(ti) {
+		p.contacts.add(ti)
+		w.peers[ti].contactedBy.add(from)
+	}
 	if w.blocked(from, ti) {
 		w.stats.DroppedPartition++
 		return
@@ -804,28 +812,45 @@ func (w *World) Partition(a, b []int, oneWay bool) (int, error) {
 }
 
 // acrossCut calls fn(x, y) for every live pair with x on one side of p, y on
-// the other, and x holding unacknowledged messages for y, in index order.
+// the other, and x holding unacknowledged messages for y, in index order:
+// for each live x of side A, for each live y of side B, (x, y) then (y, x).
 func (w *World) acrossCut(p *partition, fn func(x, y *peer)) {
-	var sa, sb []*peer
+	// A peer can only have messages outstanding for a peer it sent frames
+	// to, so only x's contacts in either direction need a look.
 	for i, s := range p.side {
-		if q := w.peers[i]; q.node != nil {
-			switch s {
-			case 1:
-				sa = append(sa, q)
-			case 2:
-				sb = append(sb, q)
-			}
+		x := w.peers[i]
+		if s != 1 || x.node == nil {
+			continue
 		}
-	}
-	// A peer can only have messages outstanding for a peer it sent frames to.
-	for _, x := range sa {
-		for _, y := range sb {
+		x.eachContact(func(y *peer) {
+			if int(y.idx) >= len(p.side) || p.side[y.idx] != 2 || y.node == nil {
+				return
+			}
 			if x.contacts.has(y.idx) && x.node.Bus().Pending(y.id) > 0 {
 				fn(x, y)
 			}
 			if y.contacts.has(x.idx) && y.node.Bus().Pending(x.id) > 0 {
 				fn(y, x)
 			}
+		}, w.peers)
+	}
+}
+
+// eachContact calls fn for every peer p sent a frame to or got one from,
+// in index order.
+func (p *peer) eachContact(fn func(q *peer), peers []*peer) {
+	a, b := p.contacts, p.contactedBy
+	for wi := 0; wi < max(len(a), len(b)); wi++ {
+		var m uint64
+		if wi < len(a) {
+			m = a[wi]
+		}
+		if wi < len(b) {
+			m |= b[wi]
+		}
+		for m != 0 {
+			fn(peers[wi*64+bits.TrailingZeros64(m)])
+			m &= m - 1
 		}
 	}
 }
@@ -891,11 +916,11 @@ func (w *World) Crash(i int) error {
 	if w.disc != nil {
 		w.disc.crashed(p)
 	}
-	for _, q := range w.peers {
+	p.eachContact(func(q *peer) { // the peers q with q.contacts.has(p.idx), in index order
 		if q != p && q.node != nil && q.contacts.has(p.idx) && q.node.Bus().Pending(p.id) > 0 {
 			w.notify(q, p, evDisconnect)
 		}
-	}
+	}, w.peers)
 	w.stats.Crashes++
 	w.stats.Events++
 	w.observe(StepCrash, i, -1, -1, nil, nil)
@@ -915,9 +940,9 @@ func (w *World) Restart(i int) error {
 	}
 	w.stats.Restarts++
 	w.start(p)
-	for _, q := range w.peers {
+	p.eachContact(func(q *peer) { // in index order; only contacts can have messages outstanding
 		if q == p || q.node == nil || w.blocked(p.idx, q.idx) || w.blocked(q.idx, p.idx) {
-			continue
+			return
 		}
 		if q.contacts.has(p.idx) && q.node.Bus().Pending(p.id) > 0 {
 			w.notify(q, p, evConnect)
@@ -925,7 +950,7 @@ func (w *World) Restart(i int) error {
 		if p.contacts.has(q.idx) && p.node.Bus().Pending(q.id) > 0 {
 			w.notify(p, q, evConnect)
 		}
-	}
+	}, w.peers)
 	return nil
 }
 

@@ -376,6 +376,9 @@ func TestMQCheckerCatchesEveryBrokenProperty(t *testing.T) {
 	ack := func(id string) obs {
 		return obs{peer: 0, kind: StepFrame, events: []app.Event{{Kind: app.EventDelivered, Peer: p1, MsgID: id}}}
 	}
+	failed := func(id string) obs {
+		return obs{peer: 0, kind: StepWake, events: []app.Event{{Kind: app.EventFailed, Peer: p1, MsgID: id}}}
+	}
 	cases := []struct {
 		name string
 		obs  []obs
@@ -389,25 +392,65 @@ func TestMQCheckerCatchesEveryBrokenProperty(t *testing.T) {
 		{"payload changed", []obs{sent("a", 1, "1"), msg("a", 1, "2")}, PropIntegrity},
 		{"seq changed", []obs{sent("a", 1, "1"), msg("a", 3, "1")}, PropIntegrity},
 		{"two results", []obs{sent("a", 1, "1"), msg("a", 1, "1"), ack("a"), ack("a")}, PropOneResult},
+		// Once a message is delivered and acknowledged the checker keeps only
+		// its id and flags: later duplicates must still be caught.
+		{"duplicate delivery after ack", []obs{sent("a", 1, "1"), msg("a", 1, "1"), ack("a"), msg("a", 1, "1")}, PropNoDuplicate},
+		{"duplicate delivery long after ack", []obs{sent("a", 1, "1"), sent("b", 2, "2"), msg("a", 1, "1"), ack("a"),
+			msg("b", 2, "2"), ack("b"), msg("a", 1, "1")}, PropNoDuplicate},
+		{"old seq after settled ones", []obs{sent("a", 1, "1"), sent("b", 2, "2"), msg("a", 1, "1"), ack("a"),
+			msg("b", 2, "2"), ack("b"), msg("d", 1, "4")}, PropOrder},
+		{"result after failed and delivered", []obs{sent("a", 1, "1"), failed("a"), msg("a", 1, "1"), ack("a")}, PropOneResult},
+		{"delivery after failed", []obs{sent("a", 1, "1"), failed("a"), msg("a", 1, "1"), msg("a", 1, "1")}, PropNoDuplicate},
 	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			c := NewMQChecker()
-			var last *Violation
-			for i, o := range tc.obs {
-				last = c.Observe(w, &Step{Kind: o.kind, Peer: o.peer, To: o.to, Frame: o.frame, Events: o.events})
-				if i < len(tc.obs)-1 {
-					require.Nil(t, last, "observation %d", i)
+	// Ids from nodes are UUIDs, kept in compact form; others as strings.
+	uuidOf := func(id string) string {
+		if id == "" {
+			return ""
+		}
+		return fmt.Sprintf("%08x-0000-4000-8000-%012x", len(id), id[0])
+	}
+	withIDs := func(in []obs, f func(string) string) []obs {
+		out := make([]obs, len(in))
+		for i, o := range in {
+			o2 := o
+			if o.frame != nil {
+				fr := *o.frame
+				fr.ID = f(fr.ID)
+				o2.frame = &fr
+			}
+			o2.events = nil
+			for _, ev := range o.events {
+				ev.MsgID = f(ev.MsgID)
+				ev.Msg.ID = f(ev.Msg.ID)
+				o2.events = append(o2.events, ev)
+			}
+			out[i] = o2
+		}
+		return out
+	}
+	for _, form := range []struct {
+		name string
+		id   func(string) string
+	}{{"short ids", func(s string) string { return s }}, {"uuid ids", uuidOf}} {
+		for _, tc := range cases {
+			t.Run(form.name+"/"+tc.name, func(t *testing.T) {
+				c := NewMQChecker()
+				var last *Violation
+				for i, o := range withIDs(tc.obs, form.id) {
+					last = c.Observe(w, &Step{Kind: o.kind, Peer: o.peer, To: o.to, Frame: o.frame, Events: o.events})
+					if i < len(tc.obs)-1 {
+						require.Nil(t, last, "observation %d", i)
+					}
 				}
-			}
-			if tc.want == "" {
-				assert.Nil(t, last)
-				assert.True(t, c.Converged())
-				return
-			}
-			require.NotNil(t, last)
-			assert.Equal(t, tc.want, last.Property)
-		})
+				if tc.want == "" {
+					assert.Nil(t, last)
+					assert.True(t, c.Converged())
+					return
+				}
+				require.NotNil(t, last)
+				assert.Equal(t, tc.want, last.Property)
+			})
+		}
 	}
 	t.Run("a failed message blocks convergence", func(t *testing.T) {
 		c := NewMQChecker()

@@ -1,6 +1,7 @@
 package mq
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -172,20 +173,51 @@ type pending struct {
 }
 
 type dest struct {
+	peer     PeerID
+	activeAt int        // index in Bus.active, or -1
 	next     int64      // next seq to assign
 	reserved int64      // durable ceiling: seqs below it may be assigned
-	queue    []*pending // unacked messages in seq order (acked ones popped from the head)
-	bySeq    map[int64]*pending
-	sent     int // number of queue entries (a prefix) that have been transmitted at least once
+	queue    []*pending // unacked messages in increasing seq order (acked ones popped from the head)
+	sent     int        // number of queue entries (a prefix) that have been transmitted at least once
 	rto      time.Duration
 	due      time.Time // retransmit deadline when sent > 0
 	seqDirty bool
 }
 
+// activate lists d in b.active if it is not there yet.
+func (b *Bus) activate(d *dest) {
+	if d.activeAt < 0 {
+		d.activeAt = len(b.active)
+		b.active = append(b.active, d)
+	}
+}
+
+// deactivate removes d from b.active if it is there.
+func (b *Bus) deactivate(d *dest) {
+	if i := d.activeAt; i >= 0 {
+		last := len(b.active) - 1
+		b.active[i] = b.active[last]
+		b.active[i].activeAt = i
+		b.active[last] = nil
+		b.active = b.active[:last]
+		d.activeAt = -1
+	}
+}
+
+// find returns the queued message with seq, or nil (binary search: the queue
+// is in increasing seq order).
+func (d *dest) find(seq int64) *pending {
+	i, ok := slices.BinarySearchFunc(d.queue, seq, func(p *pending, s int64) int { return cmp.Compare(p.f.Seq, s) })
+	if !ok {
+		return nil
+	}
+	return d.queue[i]
+}
+
 type source struct {
 	epoch string
 	next  int64
-	buf   map[int64]Frame
+	buf   map[int64]Frame // out-of-order frames; nil when empty
 	dirty bool
 	// retired are earlier epochs of this sender seen since start: a late
 	// frame of a retired incarnation is acknowledged, never delivered.
@@ -207,8 +239,9 @@ type Bus struct {
 	seenQ   []string
 	seenAt  int
 	out     Ready
-	// active holds destinations with unacked messages; dirty lists coalesce changes.
-	active       map[PeerID]*dest
+	// active lists destinations with unacked messages (in no order; a
+	// dest knows its place); dirty lists coalesce changes.
+	active       []*dest
 	dirtyDests   []PeerID
 	dirtySources []PeerID
 	// mustPersistFirst: this Ready reserved sequence numbers or set the
@@ -226,7 +259,6 @@ func NewBus(self PeerID, snap Snapshot, newEpoch string, opts Options) *Bus {
 		dests:   map[PeerID]*dest{},
 		sources: map[PeerID]*source{},
 		seen:    map[string]struct{}{},
-		active:  map[PeerID]*dest{},
 	}
 	if b.epoch == "" {
 		b.epoch = newEpoch
@@ -251,15 +283,14 @@ func NewBus(self PeerID, snap Snapshot, newEpoch string, opts Options) *Bus {
 		d := b.dest(e.To)
 		p := &pending{f: e.Frame}
 		d.queue = append(d.queue, p)
-		d.bySeq[e.Frame.Seq] = p
-		b.active[e.To] = d
+		b.activate(d)
 		if e.Frame.Seq >= d.next {
 			d.next = e.Frame.Seq + 1
 			d.reserved = d.next
 		}
 	}
 	for p, c := range snap.Cursors {
-		b.sources[p] = &source{epoch: c.Epoch, next: c.Next, buf: map[int64]Frame{}}
+		b.sources[p] = &source{epoch: c.Epoch, next: c.Next}
 	}
 	return b
 }
@@ -273,7 +304,7 @@ func (b *Bus) Epoch() string { return b.epoch }
 func (b *Bus) dest(p PeerID) *dest {
 	d := b.dests[p]
 	if d == nil {
-		d = &dest{next: 1, bySeq: map[int64]*pending{}, rto: b.opts.InitialRTO}
+		d = &dest{peer: p, next: 1, rto: b.opts.InitialRTO, activeAt: -1}
 		b.dests[p] = d
 	}
 	return d
@@ -331,10 +362,9 @@ func (b *Bus) Send(now time.Time, to PeerID, id, topic string, payload []byte, o
 			b.dirtyDests = append(b.dirtyDests, to)
 		}
 	}
-	b.active[to] = d
+	b.activate(d)
 	p := &pending{f: f}
 	d.queue = append(d.queue, p)
-	d.bySeq[f.Seq] = p
 	stored := f
 	b.out.Changes = append(b.out.Changes, Change{Kind: PutOutbox, Peer: to, Seq: f.Seq, Frame: &stored})
 	b.fill(now, to, d)
@@ -379,7 +409,7 @@ func (b *Bus) Receive(now time.Time, from PeerID, f Frame) {
 		return
 	}
 	if s == nil || s.epoch != f.Epoch {
-		ns := &source{epoch: f.Epoch, next: 1, buf: map[int64]Frame{}}
+		ns := &source{epoch: f.Epoch, next: 1}
 		if s != nil {
 			ns.retired = append(slices.Clone(s.retired), s.epoch)
 			if len(ns.retired) > maxRetiredEpochs {
@@ -411,17 +441,23 @@ func (b *Bus) Receive(now time.Time, from PeerID, f Frame) {
 		b.deliver(from, s, f)
 	default:
 		if _, ok := s.buf[f.Seq]; !ok && len(s.buf) < b.opts.ReorderBuffer {
+			if s.buf == nil {
+				s.buf = map[int64]Frame{}
+			}
 			s.buf[f.Seq] = f
 		}
 	}
 	// Deliver whatever is now in order.
-	for {
+	for len(s.buf) > 0 {
 		nf, ok := s.buf[s.next]
 		if !ok {
 			break
 		}
 		delete(s.buf, s.next)
 		b.deliver(from, s, nf)
+	}
+	if s.buf != nil && len(s.buf) == 0 {
+		s.buf = nil // most senders are in order most of the time: keep no empty map per sender
 	}
 }
 
@@ -463,7 +499,7 @@ func (b *Bus) onAck(now time.Time, from PeerID, f Frame) {
 	if d == nil {
 		return
 	}
-	p := d.bySeq[f.Seq]
+	p := d.find(f.Seq)
 	if p == nil || p.f.ID != f.ID || p.acked {
 		return
 	}
@@ -477,7 +513,6 @@ func (b *Bus) onAck(now time.Time, from PeerID, f Frame) {
 		return
 	}
 	p.acked = true
-	delete(d.bySeq, f.Seq)
 	b.out.Changes = append(b.out.Changes, Change{Kind: DeleteOutbox, Peer: from, Seq: f.Seq})
 	b.out.Results = append(b.out.Results, Result{To: from, ID: p.f.ID, Topic: p.f.Topic})
 	// Pop acked entries from the head; progress resets the backoff.
@@ -499,7 +534,7 @@ func (b *Bus) onAck(now time.Time, from PeerID, f Frame) {
 	}
 	b.fill(now, from, d)
 	if len(d.queue) == 0 {
-		delete(b.active, from)
+		b.deactivate(d)
 	}
 }
 
@@ -529,9 +564,9 @@ func (b *Bus) NextWake() (time.Time, bool) {
 // Tick retransmits or fails messages whose ack timed out by now.
 func (b *Bus) Tick(now time.Time) {
 	var due []PeerID
-	for p, d := range b.active {
+	for _, d := range b.active {
 		if !now.Before(d.due) {
-			due = append(due, p)
+			due = append(due, d.peer)
 		}
 	}
 	slices.Sort(due)
@@ -550,7 +585,6 @@ func (b *Bus) retransmit(now time.Time, to PeerID, d *dest) {
 			continue // acknowledged behind an unacknowledged head: already reported and deleted
 		}
 		if i < d.sent && p.attempts >= b.opts.MaxAttempts {
-			delete(d.bySeq, p.f.Seq)
 			b.out.Changes = append(b.out.Changes, Change{Kind: DeleteOutbox, Peer: to, Seq: p.f.Seq})
 			b.out.Results = append(b.out.Results, Result{To: to, ID: p.f.ID, Topic: p.f.Topic, Failed: true,
 				Reason: fmt.Sprintf("no ack from %s after %d attempts", to, p.attempts)})
@@ -562,7 +596,7 @@ func (b *Bus) retransmit(now time.Time, to PeerID, d *dest) {
 	d.queue = kept
 	d.sent = 0
 	if len(d.queue) == 0 {
-		delete(b.active, to)
+		b.deactivate(d)
 		return
 	}
 	for d.sent < len(d.queue) && d.sent < b.opts.Window {
@@ -594,15 +628,28 @@ func (b *Bus) Drain() Ready {
 	// Msg frames (new or retransmitted) depend only on the epoch and the
 	// sequence reservation; acks depend on the cursors in Changes.
 	if !b.mustPersistFirst {
-		var early, late []Outgoing
-		for _, o := range r.Frames {
-			if o.Frame.Type == TypeMsg {
-				early = append(early, o)
-			} else {
-				late = append(late, o)
+		msgs := 0
+		for i := range r.Frames {
+			if r.Frames[i].Frame.Type == TypeMsg {
+				msgs++
 			}
 		}
-		r.EarlyFrames, r.Frames = early, late
+		switch msgs {
+		case 0: // only acks: all late
+		case len(r.Frames): // only msgs: all early
+			r.EarlyFrames, r.Frames = r.Frames, nil
+		default:
+			early := make([]Outgoing, 0, msgs)
+			late := make([]Outgoing, 0, len(r.Frames)-msgs)
+			for _, o := range r.Frames {
+				if o.Frame.Type == TypeMsg {
+					early = append(early, o)
+				} else {
+					late = append(late, o)
+				}
+			}
+			r.EarlyFrames, r.Frames = early, late
+		}
 	}
 	b.mustPersistFirst = false
 	return r

@@ -9,6 +9,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"sort"
 	"strings"
 	"time"
@@ -49,8 +50,11 @@ func Command() *cli.Command {
 			&cli.IntFlag{Name: "workers", Value: runtime.GOMAXPROCS(0), Usage: "seeds run in parallel"},
 			&cli.BoolFlag{Name: "json", Usage: "print the report as one JSON object"},
 			&cli.BoolFlag{Name: "list", Usage: "list the scenarios and script commands, then exit"},
-			&cli.IntFlag{Name: "gc-percent", Value: 400, Usage: "Go GC target percent for the run (GOGC in the environment wins)"},
+			&cli.IntFlag{Name: "gc-percent", Usage: "Go GC target percent for the run; 0: 100 when one seed runs at a time, 400 when seeds run in parallel (GOGC in the environment wins unless set)"},
+			&cli.IntFlag{Name: "mem-limit", Value: defaultMemLimitMiB, Usage: "soft memory limit in `MiB` for the run: the GC works harder near it (0: none; GOMEMLIMIT in the environment wins unless set)"},
 			&cli.StringFlag{Name: "fault", Usage: "plant a fault in the code under test to prove the checks fail (self-test: " + simnet.FaultSkipDedupe + ")"},
+			&cli.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile of the run to `FILE` (go tool pprof)"},
+			&cli.StringFlag{Name: "memprofile", Usage: "write a heap profile to `FILE` at the end of the run (go tool pprof; -sample_index=alloc_space for allocations)"},
 		},
 		Action: action,
 	}
@@ -79,6 +83,8 @@ func action(c *cli.Context) error {
 		return cli.Exit("--seeds must be at least 1", exitUsage)
 	case p.Duration <= 0 || p.Deadline <= 0 || p.Rate <= 0:
 		return cli.Exit("--duration, --deadline and --rate must be positive", exitUsage)
+	case c.Int("mem-limit") < 0:
+		return cli.Exit("--mem-limit must not be negative", exitUsage)
 	case p.Fault != "" && p.Fault != simnet.FaultSkipDedupe:
 		return cli.Exit(fmt.Sprintf("unknown --fault %q (known: %s)", p.Fault, simnet.FaultSkipDedupe), exitUsage)
 	}
@@ -87,12 +93,25 @@ func action(c *cli.Context) error {
 		return cli.Exit(err.Error(), exitUsage)
 	}
 	if os.Getenv("GOGC") == "" || c.IsSet("gc-percent") {
-		defer debug.SetGCPercent(debug.SetGCPercent(c.Int("gc-percent")))
+		defer debug.SetGCPercent(debug.SetGCPercent(gcPercent(c.Int("gc-percent"), c.Int("seeds"), c.Int("workers"))))
+	}
+	if lim := c.Int("mem-limit"); lim > 0 && (os.Getenv("GOMEMLIMIT") == "" || c.IsSet("mem-limit")) {
+		defer debug.SetMemoryLimit(debug.SetMemoryLimit(int64(lim) << 20))
 	}
 
+	stopProfile, err := startCPUProfile(c.String("cpuprofile"))
+	if err != nil {
+		return cli.Exit(err.Error(), exitUsage)
+	}
 	mem := simnet.StartMemSampler(10 * time.Millisecond)
 	sum := simnet.RunSeeds(sc, c.Uint64("seed"), c.Int("seeds"), p, c.Int("workers"))
 	peak := mem.Stop()
+	if err := stopProfile(); err != nil {
+		return err
+	}
+	if err := writeHeapProfile(c.String("memprofile")); err != nil {
+		return err
+	}
 
 	rep := buildReport(sum, peak)
 	if c.Bool("json") {
@@ -106,6 +125,71 @@ func action(c *cli.Context) error {
 	}
 	if sum.Failed > 0 {
 		return cli.Exit(fmt.Sprintf("%d of %d seeds failed; first: %s", sum.Failed, sum.Seeds, sum.FirstFailure().Replay), exitFailed)
+	}
+	return nil
+}
+
+// defaultMemLimitMiB is the default soft memory limit: under the 512 MiB a
+// 1,000-peer run may use, above what any built-in scenario keeps live.
+const defaultMemLimitMiB = 448
+
+// gcPercent returns the GC target percent for a run: set (non-zero; negative
+// turns the GC off, as GOGC=off), or chosen.
+// One seed at a time leaves a core to the concurrent GC, and a small heap
+// means fewer fresh pages to fault in (costly in VMs): Go's default 100.
+// Seeds in parallel keep every core busy, so the GC's own work counts: 400.
+func gcPercent(set, seeds, workers int) int {
+	switch {
+	case set != 0:
+		return set
+	case seeds == 1 || workers == 1:
+		return 100
+	default:
+		return 400
+	}
+}
+
+// startCPUProfile starts a CPU profile into path ("" for none) and returns
+// the function that stops it and closes the file.
+func startCPUProfile(path string) (stop func() error, err error) {
+	if path == "" {
+		return func() error { return nil }, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	return func() error {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			return fmt.Errorf("--cpuprofile: %w", err)
+		}
+		return nil
+	}, nil
+}
+
+// writeHeapProfile writes a heap profile to path ("" for none). The
+// in-use figures are those of the end of the run, after the worlds are
+// gone; allocations (alloc_space, alloc_objects) cover the whole run.
+func writeHeapProfile(path string) error {
+	if path == "" {
+		return nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("--memprofile: %w", err)
+	}
+	runtime.GC()
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		_ = f.Close()
+		return fmt.Errorf("--memprofile: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("--memprofile: %w", err)
 	}
 	return nil
 }

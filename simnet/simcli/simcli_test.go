@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -125,4 +127,28 @@ func TestDiscoveryScenarioReport(t *testing.T) {
 	} {
 		assert.Contains(t, out, want)
 	}
+}
+
+func TestProfiles(t *testing.T) {
+	dir := t.TempDir()
+	cpu, mem := filepath.Join(dir, "cpu.pprof"), filepath.Join(dir, "mem.pprof")
+	out, code := run(t, "--peers", "10", "--duration", "2s", "--cpuprofile", cpu, "--memprofile", mem)
+	require.Equal(t, 0, code, out)
+	for _, f := range []string{cpu, mem} {
+		st, err := os.Stat(f)
+		require.NoError(t, err)
+		assert.NotZero(t, st.Size(), f)
+	}
+	out, code = run(t, "--peers", "10", "--duration", "2s", "--cpuprofile", filepath.Join(dir, "no", "such", "dir"))
+	assert.Equal(t, exitUsage, code, out)
+	out, code = run(t, "--peers", "10", "--mem-limit", "-1")
+	assert.Equal(t, exitUsage, code, out)
+}
+
+func TestGCPercent(t *testing.T) {
+	assert.Equal(t, 100, gcPercent(0, 1, 2), "one seed")
+	assert.Equal(t, 100, gcPercent(0, 200, 1), "one worker")
+	assert.Equal(t, 400, gcPercent(0, 200, 2), "seeds in parallel")
+	assert.Equal(t, 250, gcPercent(250, 200, 2), "set")
+	assert.Equal(t, -1, gcPercent(-1, 1, 1), "off")
 }
