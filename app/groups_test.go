@@ -2,6 +2,8 @@ package app_test
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -142,4 +144,62 @@ func TestTypeHandlerHooksAndFlags(t *testing.T) {
 			t.Fatalf("hook %q not called", w)
 		}
 	}
+}
+
+// TestRelayOutboxRowsLinger: when the host relays a member's message, what
+// the relay depends on (the sender's cursor, the history row) is stored at
+// once — the other member gets the message although the linger is a minute
+// long — while the relay's outbox rows wait, and join the deletions their
+// acks caused in one transaction.
+func TestRelayOutboxRowsLinger(t *testing.T) {
+	net := memory.NewNetwork()
+	hostStore := &recStore{Store: memory.NewStore()}
+	h := startNodeWith(t, net, "H", hostStore.Store, hostStore, app.NodeOptions{Label: "host"},
+		func(rt *app.Runtime) { rt.SetCommitLinger(time.Minute) })
+	a := startNode(t, net, "A", memory.NewStore(), app.NodeOptions{Label: "alice"})
+	b := startNode(t, net, "B", memory.NewStore(), app.NodeOptions{Label: "bob"})
+	ctx := context.Background()
+	subB := b.rt.Subscribe(256)
+	defer subB.Close()
+	var id string
+	require.NoError(t, h.rt.Do(ctx, func(now time.Time, n *app.Node) {
+		id = n.NewGroupID()
+		_, err := n.Group(now).Create(now, group.CreateSpec{ID: id, Name: "chess"})
+		require.NoError(t, err)
+	}))
+	for _, m := range []*testNode{a, b} {
+		require.NoError(t, m.rt.Do(ctx, func(now time.Time, n *app.Node) { require.NoError(t, n.Group(now).Join(now, "H", id)) }))
+	}
+	waitGroupEvent(t, subB, group.EvJoined)
+	for i := range 3 {
+		require.NoError(t, a.rt.Do(ctx, func(now time.Time, n *app.Node) {
+			require.NoError(t, n.Group(now).SendToGroup(now, "H", id, group.TypeMsg, []byte(fmt.Sprintf(`{"move":%d}`, i))))
+		}))
+		waitGroupEvent(t, subB, group.EvMsg)
+	}
+	hist, err := hostStore.GroupHistory(ctx, id, 0)
+	require.NoError(t, err)
+	assert.Len(t, hist, 3, "history rows are stored before the relay leaves")
+	h.shutdown(t) // the lingering rows are stored at shutdown
+
+	hostStore.mu.Lock()
+	defer hostStore.mu.Unlock()
+	relayed := 0
+	for i, batch := range hostStore.applies {
+		for _, c := range batch.Bus {
+			if c.Kind != mq.PutOutbox || c.Peer != "B" || c.Frame == nil || !strings.HasPrefix(c.Frame.Topic, "group:"+id) {
+				continue
+			}
+			relayed++
+			found := false
+			for _, d := range batch.Bus {
+				found = found || d.Kind == mq.DeleteOutbox && d.Peer == "B" && d.Seq == c.Seq
+			}
+			assert.True(t, found, "apply %d: the relay row to B (seq %d) is stored with its deletion", i, c.Seq)
+			for _, d := range batch.Bus {
+				assert.NotEqual(t, mq.SetCursor, d.Kind, "apply %d: cursors are not held back with lazy rows", i)
+			}
+		}
+	}
+	assert.GreaterOrEqual(t, relayed, 3)
 }

@@ -28,13 +28,15 @@ const maxJobs = 64
 // maxGroup bounds how many queued jobs one transaction stores together.
 const maxGroup = 32
 
-// commitLinger is how long the persister holds a batch that nobody waits on
-// (outbox rows of messages already sent, deletions of acknowledged ones)
-// for more to store with it. A message acknowledged within it never costs a
-// row; and the store's work stays off the CPU while round trips are under
-// way. Anything waited on — a caller, frames or events to send after the
-// batch — ends the wait at once.
+// commitLinger is how long the persister holds changes that nobody waits
+// on — outbox rows of messages already sent, deletions of acknowledged ones
+// (see splitLazy) — for more to store with them. A message acknowledged
+// within it never costs a row, and the store's work stays off the CPU while
+// round trips are under way. Everything else is stored at once.
 const commitLinger = 2 * time.Millisecond
+
+// maxLazy bounds the lazy changes held at once; more are stored at once.
+const maxLazy = 8192
 
 // job is one Ready on its way through the persister: store its batch, then
 // send its frames, complete its commands and publish its events.
@@ -46,12 +48,9 @@ type job struct {
 	// they depend on: a sequence reservation, an epoch, group state; or it
 	// holds msg frames that must go out before later ones).
 	barrier bool
-}
-
-// urgent reports whether something waits on the job being stored.
-func (j *job) urgent() bool {
-	return j.barrier || len(j.cmds) > 0 || len(j.rd.Frames) > 0 || len(j.events) > 0 ||
-		len(j.rd.Publish) > 0 || len(j.rd.Dial) > 0
+	// lazy: only outbox rows and deletions that nobody waits on (see
+	// splitLazy); the persister may hold them for commitLinger.
+	lazy bool
 }
 
 // isBarrier reports whether frames of later steps depend on j being stored.
@@ -309,10 +308,35 @@ func (r *Runtime) flush(ctx context.Context, pending []command) error {
 		r.complete(ctx, j)
 		return nil
 	}
-	j.barrier = j.isBarrier()
-	r.inflight.Add(1)
-	if j.barrier {
-		r.barriers.Add(1)
+	// Outbox rows and their deletions are waited on by nobody once the
+	// frames went out (unless a caller waits for the step to be stored):
+	// they go to a job of their own that may linger (commitLinger), while
+	// what the step's frames and events depend on is stored at once.
+	var lazy Ready
+	if len(pending) == 0 && r.linger > 0 {
+		lazy.Batch = splitLazy(&j.rd.Batch)
+	}
+	if !j.rd.Batch.Empty() || len(j.rd.Frames) > 0 || len(j.events) > 0 || len(j.cmds) > 0 ||
+		len(j.rd.Publish) > 0 || len(j.rd.Dial) > 0 {
+		if err := r.enqueue(j); err != nil {
+			return err
+		}
+	}
+	if !lazy.Batch.Empty() {
+		return r.enqueue(job{rd: lazy, lazy: true})
+	}
+	return nil
+}
+
+// enqueue hands j to the persister. Lazy jobs are not counted in flight:
+// nothing sent later depends on them.
+func (r *Runtime) enqueue(j job) error {
+	if !j.lazy {
+		j.barrier = j.isBarrier()
+		r.inflight.Add(1)
+		if j.barrier {
+			r.barriers.Add(1)
+		}
 	}
 	select {
 	case r.jobs <- j:
@@ -324,8 +348,50 @@ func (r *Runtime) flush(ctx context.Context, pending []command) error {
 	}
 }
 
+// splitLazy moves b's outbox rows and outbox deletions (in their order) to
+// the batch it returns, unless b changes the epoch (then it stays whole).
+// The persister may store them after later batches: outbox rows and their
+// deletions keep their own order, and nothing else depends on them — a msg
+// frame leaves before its row anyway (its sequence number comes from a
+// reservation, which is not lazy), acks depend on cursors, and a crash loses
+// at most the rows of the last commitLinger, as it loses a message whose row
+// was not yet stored.
+func splitLazy(b *ports.Batch) ports.Batch {
+	var lazy ports.Batch
+	n := 0
+	for i := range b.Bus {
+		switch b.Bus[i].Kind {
+		case mq.SetEpoch:
+			return ports.Batch{}
+		case mq.PutOutbox, mq.DeleteOutbox:
+			n++
+		}
+	}
+	if n == 0 {
+		return lazy
+	}
+	if n == len(b.Bus) && len(b.Groups) == 0 && len(b.Peers) == 0 {
+		lazy.Bus, b.Bus = b.Bus, nil
+		return lazy
+	}
+	lazy.Bus = make([]mq.Change, 0, n)
+	keep := b.Bus[:0:0]
+	for _, c := range b.Bus {
+		if c.Kind == mq.PutOutbox || c.Kind == mq.DeleteOutbox {
+			lazy.Bus = append(lazy.Bus, c)
+		} else {
+			keep = append(keep, c)
+		}
+	}
+	b.Bus = keep
+	return lazy
+}
+
 // done takes a completed (or failed) job off the in-flight counts.
 func (r *Runtime) done(j job) {
+	if j.lazy {
+		return
+	}
 	if j.barrier {
 		r.barriers.Add(-1)
 	}
@@ -334,71 +400,97 @@ func (r *Runtime) done(j job) {
 
 // persister stores jobs in order until the loop closes r.jobs. After a
 // failure it stores nothing more: the remaining jobs' commands get the error
-// and their frames are never sent.
+// and their frames are never sent. Lazy jobs are gathered and stored
+// commitLinger after the first of them, or when maxLazy changes wait, or at
+// the end — after any later jobs stored meanwhile (see splitLazy).
 func (r *Runtime) persister(ctx context.Context) {
 	defer close(r.persisted)
 	var failed error
-	group := make([]job, 0, maxGroup)
+	store := func(b *ports.Batch) {
+		if failed != nil || b.Empty() {
+			return
+		}
+		if err := r.store.Apply(context.WithoutCancel(ctx), *b); err != nil {
+			failed = fmt.Errorf("persist node state: %w", err)
+			r.log.Error("stopping node: cannot persist", "err", failed)
+			r.mu.Lock()
+			r.err = failed
+			r.mu.Unlock()
+			close(r.fatal)
+		}
+	}
+	var lazy ports.Batch
 	linger := r.clock.NewTimer(time.Hour)
 	defer linger.Stop()
-	for j := range r.jobs {
-		// Group commit: the jobs that queued up while the last batch was
-		// being stored go into one transaction, in order (an outbox row whose
-		// final ack arrived meanwhile is then never written at all). A group
-		// that nobody waits on lingers for more (commitLinger).
-		group = append(group[:0], j)
-		urgent := j.urgent() || r.linger == 0
-		lingering := false
-		if !urgent {
-			linger.Reset(r.linger)
-			lingering = true
-		}
-	more:
-		for len(group) < maxGroup {
-			var j2 job
-			var ok bool
-			if urgent {
-				select {
-				case j2, ok = <-r.jobs:
-				default:
-					break more
-				}
-			} else {
-				select {
-				case j2, ok = <-r.jobs:
-				case <-linger.C():
-					lingering = false
-					break more
-				}
-			}
-			if !ok {
-				break more
-			}
-			group = append(group, j2)
-			urgent = urgent || j2.urgent()
-		}
-		if lingering && !linger.Stop() {
+	armed := false
+	storeLazy := func() {
+		if armed && !linger.Stop() {
 			select {
 			case <-linger.C():
 			default:
 			}
 		}
-		if failed == nil {
-			var batch ports.Batch
-			for _, g := range group {
-				batch.Append(g.rd.Batch)
+		armed = false
+		store(&lazy)
+		lazy = ports.Batch{}
+	}
+	addLazy := func(j job) {
+		lazy.Append(j.rd.Batch)
+		if !armed {
+			linger.Reset(r.linger)
+			armed = true
+		}
+		if len(lazy.Bus) >= maxLazy {
+			storeLazy()
+		}
+	}
+	group := make([]job, 0, maxGroup)
+	for {
+		var lingerC <-chan time.Time
+		if armed {
+			lingerC = linger.C()
+		}
+		var j job
+		select {
+		case <-lingerC:
+			armed = false
+			storeLazy()
+			continue
+		case jj, ok := <-r.jobs:
+			if !ok {
+				storeLazy()
+				return
 			}
-			if !batch.Empty() {
-				if err := r.store.Apply(context.WithoutCancel(ctx), batch); err != nil {
-					failed = fmt.Errorf("persist node state: %w", err)
-					r.log.Error("stopping node: cannot persist", "err", failed)
-					r.mu.Lock()
-					r.err = failed
-					r.mu.Unlock()
-					close(r.fatal)
+			j = jj
+		}
+		if j.lazy {
+			addLazy(j)
+			continue
+		}
+		// Group commit: the jobs that queued up while the last batch was
+		// being stored go into one transaction, in order.
+		group = append(group[:0], j)
+	more:
+		for len(group) < maxGroup {
+			select {
+			case j2, ok := <-r.jobs:
+				if !ok {
+					break more
 				}
+				if j2.lazy {
+					addLazy(j2)
+				} else {
+					group = append(group, j2)
+				}
+			default:
+				break more
 			}
 		}
+		var batch ports.Batch
+		for _, g := range group {
+			batch.Append(g.rd.Batch)
+		}
+		store(&batch)
 		for _, g := range group {
 			if failed != nil {
 				r.fail(g, failed)
