@@ -149,8 +149,8 @@ func TestTypeHandlerHooksAndFlags(t *testing.T) {
 // TestRelayOutboxRowsLinger: when the host relays a member's message, what
 // the relay depends on (the sender's cursor, the history row) is stored at
 // once — the other member gets the message although the linger is a minute
-// long — while the relay's outbox rows wait, and join the deletions their
-// acks caused in one transaction.
+// long — while the relay's outbox rows wait, and are never written when
+// their acks come within the linger.
 func TestRelayOutboxRowsLinger(t *testing.T) {
 	net := memory.NewNetwork()
 	hostStore := &recStore{Store: memory.NewStore()}
@@ -184,22 +184,16 @@ func TestRelayOutboxRowsLinger(t *testing.T) {
 
 	hostStore.mu.Lock()
 	defer hostStore.mu.Unlock()
-	relayed := 0
+	deleted := 0
 	for i, batch := range hostStore.applies {
 		for _, c := range batch.Bus {
-			if c.Kind != mq.PutOutbox || c.Peer != "B" || c.Frame == nil || !strings.HasPrefix(c.Frame.Topic, "group:"+id) {
-				continue
+			if c.Kind == mq.PutOutbox && c.Peer == "B" && c.Frame != nil && strings.HasPrefix(c.Frame.Topic, "group:"+id+":msg") {
+				t.Errorf("apply %d: a relay row to B acked within the linger was written (seq %d)", i, c.Seq)
 			}
-			relayed++
-			found := false
-			for _, d := range batch.Bus {
-				found = found || d.Kind == mq.DeleteOutbox && d.Peer == "B" && d.Seq == c.Seq
-			}
-			assert.True(t, found, "apply %d: the relay row to B (seq %d) is stored with its deletion", i, c.Seq)
-			for _, d := range batch.Bus {
-				assert.NotEqual(t, mq.SetCursor, d.Kind, "apply %d: cursors are not held back with lazy rows", i)
+			if c.Kind == mq.DeleteOutbox && c.Peer == "B" {
+				deleted++
 			}
 		}
 	}
-	assert.GreaterOrEqual(t, relayed, 3)
+	assert.GreaterOrEqual(t, deleted, 3, "the deletions of the relay rows reach the store")
 }

@@ -38,6 +38,12 @@ const commitLinger = 2 * time.Millisecond
 // maxLazy bounds the lazy changes held at once; more are stored at once.
 const maxLazy = 8192
 
+// outKey names an outbox row.
+type outKey struct {
+	peer mq.PeerID
+	seq  int64
+}
+
 // job is one Ready on its way through the persister: store its batch, then
 // send its frames, complete its commands and publish its events.
 type job struct {
@@ -115,6 +121,12 @@ type Runtime struct {
 	runCtx  context.Context // Run's ctx
 	timer   ports.Timer     // the loop's wake-up timer
 	direct  *[]func()       // set during an inline step: writes to run after it
+	// Lazy changes (see splitLazy) gathered for up to linger before they
+	// go to the persister as one job; an outbox row whose deletion comes
+	// meanwhile is dropped here.
+	lazy     ports.Batch
+	lazyPuts map[outKey]int // index in lazy.Bus of a gathered PutOutbox
+	lazyDue  time.Time      // when lazy must be handed over (zero: empty)
 
 	mu      sync.Mutex
 	subs    map[*Subscription]struct{}
@@ -172,10 +184,12 @@ func (r *Runtime) Run(ctx context.Context) error {
 	r.runCtx, r.timer, r.running = ctx, timer, true
 	r.armTimer(timer)
 	r.stepMu.Unlock()
-	// No inline step may run once Run returns (the persister is gone).
+	// No inline step may run once Run returns (the persister is gone), and
+	// the lazy changes gathered go to the persister first.
 	defer func() {
 		r.stepMu.Lock()
 		r.running = false
+		_ = r.handOverLazy()
 		r.stepMu.Unlock()
 	}()
 	events := r.tr.Events()
@@ -266,6 +280,9 @@ func (r *Runtime) stepInline(fn func(now time.Time, n *Node)) (bool, error) {
 
 func (r *Runtime) armTimer(t ports.Timer) {
 	at, ok := r.node.NextWake()
+	if !r.lazyDue.IsZero() && (!ok || r.lazyDue.Before(at)) {
+		at, ok = r.lazyDue, true
+	}
 	if !t.Stop() {
 		select {
 		case <-t.C():
@@ -306,7 +323,7 @@ func (r *Runtime) flush(ctx context.Context, pending []command) error {
 	j := job{rd: rd, events: later, cmds: pending}
 	if r.inflight.Load() == 0 && rd.Batch.Empty() {
 		r.complete(ctx, j)
-		return nil
+		return r.lazyDueNow()
 	}
 	// Outbox rows and their deletions are waited on by nobody once the
 	// frames went out (unless a caller waits for the step to be stored):
@@ -323,9 +340,63 @@ func (r *Runtime) flush(ctx context.Context, pending []command) error {
 		}
 	}
 	if !lazy.Batch.Empty() {
-		return r.enqueue(job{rd: lazy, lazy: true})
+		r.gatherLazy(lazy.Batch.Bus)
+	}
+	return r.lazyDueNow()
+}
+
+// lazyDueNow hands the gathered lazy changes over when their time has come
+// or they are too many.
+func (r *Runtime) lazyDueNow() error {
+	if !r.lazyDue.IsZero() && (len(r.lazy.Bus) >= maxLazy || !r.clock.Now().Before(r.lazyDue)) {
+		return r.handOverLazy()
 	}
 	return nil
+}
+
+// gatherLazy adds lazy changes (outbox rows and deletions) to r.lazy. A
+// deletion of a row gathered and not yet handed over drops the row: it was
+// never stored (PutOutbox is emitted once per message, and (peer, seq) names
+// one message), and the deletion itself is kept, as the store expects.
+func (r *Runtime) gatherLazy(cs []mq.Change) {
+	if r.lazyDue.IsZero() {
+		r.lazyDue = r.clock.Now().Add(r.linger)
+	}
+	if r.lazyPuts == nil {
+		r.lazyPuts = map[outKey]int{}
+	}
+	for _, c := range cs {
+		k := outKey{c.Peer, c.Seq}
+		switch c.Kind {
+		case mq.PutOutbox:
+			r.lazyPuts[k] = len(r.lazy.Bus)
+		case mq.DeleteOutbox:
+			if i, ok := r.lazyPuts[k]; ok {
+				r.lazy.Bus[i] = mq.Change{} // dropped at hand-over
+				delete(r.lazyPuts, k)
+			}
+		}
+		r.lazy.Bus = append(r.lazy.Bus, c)
+	}
+}
+
+// handOverLazy sends the gathered lazy changes to the persister.
+func (r *Runtime) handOverLazy() error {
+	if r.lazyDue.IsZero() {
+		return nil
+	}
+	cs := r.lazy.Bus[:0:0]
+	for _, c := range r.lazy.Bus {
+		if c.Kind != 0 {
+			cs = append(cs, c)
+		}
+	}
+	r.lazy, r.lazyDue = ports.Batch{}, time.Time{}
+	clear(r.lazyPuts)
+	if len(cs) == 0 {
+		return nil
+	}
+	return r.enqueue(job{rd: Ready{Batch: ports.Batch{Bus: cs}}, lazy: true})
 }
 
 // enqueue hands j to the persister. Lazy jobs are not counted in flight:
@@ -400,75 +471,15 @@ func (r *Runtime) done(j job) {
 
 // persister stores jobs in order until the loop closes r.jobs. After a
 // failure it stores nothing more: the remaining jobs' commands get the error
-// and their frames are never sent. Lazy jobs are gathered and stored
-// commitLinger after the first of them, or when maxLazy changes wait, or at
-// the end — after any later jobs stored meanwhile (see splitLazy).
+// and their frames are never sent.
 func (r *Runtime) persister(ctx context.Context) {
 	defer close(r.persisted)
 	var failed error
-	store := func(b *ports.Batch) {
-		if failed != nil || b.Empty() {
-			return
-		}
-		if err := r.store.Apply(context.WithoutCancel(ctx), *b); err != nil {
-			failed = fmt.Errorf("persist node state: %w", err)
-			r.log.Error("stopping node: cannot persist", "err", failed)
-			r.mu.Lock()
-			r.err = failed
-			r.mu.Unlock()
-			close(r.fatal)
-		}
-	}
-	var lazy ports.Batch
-	linger := r.clock.NewTimer(time.Hour)
-	defer linger.Stop()
-	armed := false
-	storeLazy := func() {
-		if armed && !linger.Stop() {
-			select {
-			case <-linger.C():
-			default:
-			}
-		}
-		armed = false
-		store(&lazy)
-		lazy = ports.Batch{}
-	}
-	addLazy := func(j job) {
-		lazy.Append(j.rd.Batch)
-		if !armed {
-			linger.Reset(r.linger)
-			armed = true
-		}
-		if len(lazy.Bus) >= maxLazy {
-			storeLazy()
-		}
-	}
 	group := make([]job, 0, maxGroup)
-	for {
-		var lingerC <-chan time.Time
-		if armed {
-			lingerC = linger.C()
-		}
-		var j job
-		select {
-		case <-lingerC:
-			armed = false
-			storeLazy()
-			continue
-		case jj, ok := <-r.jobs:
-			if !ok {
-				storeLazy()
-				return
-			}
-			j = jj
-		}
-		if j.lazy {
-			addLazy(j)
-			continue
-		}
+	for j := range r.jobs {
 		// Group commit: the jobs that queued up while the last batch was
-		// being stored go into one transaction, in order.
+		// being stored go into one transaction, in order (an outbox row whose
+		// final ack arrived meanwhile is then never written at all).
 		group = append(group[:0], j)
 	more:
 		for len(group) < maxGroup {
@@ -477,20 +488,27 @@ func (r *Runtime) persister(ctx context.Context) {
 				if !ok {
 					break more
 				}
-				if j2.lazy {
-					addLazy(j2)
-				} else {
-					group = append(group, j2)
-				}
+				group = append(group, j2)
 			default:
 				break more
 			}
 		}
-		var batch ports.Batch
-		for _, g := range group {
-			batch.Append(g.rd.Batch)
+		if failed == nil {
+			var batch ports.Batch
+			for _, g := range group {
+				batch.Append(g.rd.Batch)
+			}
+			if !batch.Empty() {
+				if err := r.store.Apply(context.WithoutCancel(ctx), batch); err != nil {
+					failed = fmt.Errorf("persist node state: %w", err)
+					r.log.Error("stopping node: cannot persist", "err", failed)
+					r.mu.Lock()
+					r.err = failed
+					r.mu.Unlock()
+					close(r.fatal)
+				}
+			}
 		}
-		store(&batch)
 		for _, g := range group {
 			if failed != nil {
 				r.fail(g, failed)
