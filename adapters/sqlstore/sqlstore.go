@@ -48,6 +48,14 @@ const (
 // reader, short enough that a second node on the same folder is told at once.
 const sqliteBusyTimeout = 250 * time.Millisecond
 
+// sqliteCheckpointPages is how many pages the write-ahead log may hold
+// before SQLite copies them back into the database (16 MiB of 4 KiB pages);
+// sqliteWALLimit is the size the log file is cut back to afterwards.
+const (
+	sqliteCheckpointPages = 4000
+	sqliteWALLimit        = 32 << 20
+)
+
 // ErrInUse is returned by Open when another process holds the SQLite
 // database (another node running on the same folder, or a tool that has the
 // file open).
@@ -183,13 +191,18 @@ func openSQLite(cfg Config) (*bun.DB, error) {
 	// the write-ahead log's index in our memory instead of a shared -shm
 	// file, sparing the file locks every transaction otherwise takes (half
 	// the time of a small commit). Another process cannot open the file
-	// while the node runs.
+	// while the node runs. The log is checkpointed every sqliteCheckpointPages
+	// pages instead of SQLite's 1,000: a checkpoint stalls the store for
+	// milliseconds while it copies the (mostly same, hot) pages back, so a
+	// larger log means proportionally fewer stalls for the same pages.
 	u := "file:" + (&url.URL{Path: path}).EscapedPath()
 	busyMS := sqliteBusyTimeout.Milliseconds()
 	q := url.Values{}
 	switch sqliteshim.DriverName() {
 	case "sqlite3": // mattn/go-sqlite3 (cgo, build tag cgosqlite)
 		q.Set("_locking_mode", "EXCLUSIVE")
+		q.Set("_wal_autocheckpoint", fmt.Sprint(sqliteCheckpointPages))
+		q.Set("_journal_size_limit", fmt.Sprint(sqliteWALLimit))
 		q.Set("_journal_mode", "WAL")
 		q.Set("_synchronous", "NORMAL")
 		q.Set("_busy_timeout", fmt.Sprint(busyMS))
@@ -199,6 +212,8 @@ func openSQLite(cfg Config) (*bun.DB, error) {
 		q["_pragma"] = []string{
 			fmt.Sprintf("busy_timeout(%d)", busyMS),
 			"locking_mode(EXCLUSIVE)",
+			fmt.Sprintf("wal_autocheckpoint(%d)", sqliteCheckpointPages),
+			fmt.Sprintf("journal_size_limit(%d)", sqliteWALLimit),
 			"journal_mode(WAL)",
 			"synchronous(NORMAL)",
 			"foreign_keys(1)",

@@ -381,6 +381,8 @@ func TestSQLiteSettings(t *testing.T) {
 	assert.Equal(t, "1", pragma("foreign_keys"))
 	assert.Equal(t, "250", pragma("busy_timeout"))
 	assert.Equal(t, "exclusive", pragma("locking_mode"))
+	assert.Equal(t, "4000", pragma("wal_autocheckpoint"))
+	assert.Equal(t, fmt.Sprint(32<<20), pragma("journal_size_limit"))
 	assert.Equal(t, 1, s.DB().Stats().MaxOpenConnections)
 	fi, err := os.Stat(cfg.Path)
 	require.NoError(t, err)
