@@ -14,7 +14,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -29,6 +28,7 @@ import (
 	"github.com/goop-p2p/goop/app"
 	"github.com/goop-p2p/goop/cmd/goop/node"
 	"github.com/goop-p2p/goop/domain/mq"
+	"github.com/goop-p2p/goop/simnet/simcli"
 )
 
 func benchCommand(g *globals, stdout io.Writer) *cli.Command {
@@ -238,13 +238,11 @@ func benchMQ(ctx context.Context, o benchOptions) (*benchResult, error) {
 	}
 	res.Echo = summarize(echo)
 
-	if o.CPUProfile != "" {
-		stop, err := startCPUProfile(o.CPUProfile)
-		if err != nil {
-			return nil, fmt.Errorf("bench: --cpuprofile: %w", err)
-		}
-		defer stop()
+	stopProfile, err := simcli.StartCPUProfile(o.CPUProfile)
+	if err != nil {
+		return nil, fmt.Errorf("bench: --cpuprofile: %w", err)
 	}
+	defer func() { _ = stopProfile() }()
 
 	for _, tc := range []struct {
 		to  *node.Running
@@ -284,22 +282,6 @@ func benchMQ(ctx context.Context, o benchOptions) (*benchResult, error) {
 		res.PeerStartupMS, res.PeerRSSKiB = ms, rss
 	}
 	return res, nil
-}
-
-// startCPUProfile starts a CPU profile into path; stop ends it.
-func startCPUProfile(path string) (stop func(), err error) {
-	f, err := os.Create(path)
-	if err != nil {
-		return nil, err
-	}
-	if err := pprof.StartCPUProfile(f); err != nil {
-		_ = f.Close()
-		return nil, err
-	}
-	return func() {
-		pprof.StopCPUProfile()
-		_ = f.Close()
-	}, nil
 }
 
 func transportName(addr string) string {

@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -28,6 +27,7 @@ import (
 	"github.com/goop-p2p/goop/cmd/goop/node"
 	"github.com/goop-p2p/goop/domain/group"
 	"github.com/goop-p2p/goop/domain/mq"
+	"github.com/goop-p2p/goop/simnet/simcli"
 )
 
 // Limits and timeouts of `goop bench groups`.
@@ -446,22 +446,15 @@ func benchGroups(ctx context.Context, o groupsBenchOptions) (_ *groupsBenchResul
 	res := &groupsBenchResult{GoVersion: runtime.Version(), CPUs: runtime.NumCPU(), Messages: o.Messages,
 		PayloadBytes: o.PayloadBytes, Nodes: 1 + len(b.members), StartMS: msSince(t0)}
 
-	if o.CPUProfile != "" {
-		f, err := os.Create(o.CPUProfile)
-		if err != nil {
-			return nil, fmt.Errorf("bench groups: --cpuprofile: %w", err)
-		}
-		if err := pprof.StartCPUProfile(f); err != nil {
-			_ = f.Close()
-			return nil, fmt.Errorf("bench groups: --cpuprofile: %w", err)
-		}
-		defer func() {
-			pprof.StopCPUProfile()
-			if cerr := f.Close(); cerr != nil && err == nil {
-				err = fmt.Errorf("bench groups: --cpuprofile: %w", cerr)
-			}
-		}()
+	stopProfile, err := simcli.StartCPUProfile(o.CPUProfile)
+	if err != nil {
+		return nil, fmt.Errorf("bench groups: --cpuprofile: %w", err)
 	}
+	defer func() {
+		if perr := stopProfile(); perr != nil && err == nil {
+			err = fmt.Errorf("bench groups: --cpuprofile: %w", perr)
+		}
+	}()
 	for _, n := range o.Members {
 		run, err := b.runSize(ctx, n)
 		if err != nil {

@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
-	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -28,6 +27,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/goop-p2p/goop/adapters/rendezvous"
+	"github.com/goop-p2p/goop/simnet/simcli"
 )
 
 // Shape and limits of `goop bench rendezvous`.
@@ -310,17 +310,11 @@ func benchRendezvous(ctx context.Context, o rvBenchOptions) (*rvBenchResult, err
 		res.ServerRSSBytesPerClient = float64(rss1-rss0) / float64(cr.Connected)
 	}
 
-	if o.CPUProfile != "" {
-		pf, err := os.Create(o.CPUProfile)
-		if err != nil {
-			return nil, fmt.Errorf("bench: --cpuprofile: %w", err)
-		}
-		defer pf.Close()
-		if err := pprof.StartCPUProfile(pf); err != nil {
-			return nil, fmt.Errorf("bench: --cpuprofile: %w", err)
-		}
-		defer pprof.StopCPUProfile()
+	stopProfile, err := simcli.StartCPUProfile(o.CPUProfile)
+	if err != nil {
+		return nil, fmt.Errorf("bench: --cpuprofile: %w", err)
 	}
+	defer func() { _ = stopProfile() }()
 
 	// Fan-out.
 	var all, last []time.Duration

@@ -9,7 +9,6 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
-	"runtime/pprof"
 	"sort"
 	"strings"
 	"time"
@@ -99,18 +98,18 @@ func action(c *cli.Context) error {
 		defer debug.SetMemoryLimit(debug.SetMemoryLimit(int64(lim) << 20))
 	}
 
-	stopProfile, err := startCPUProfile(c.String("cpuprofile"))
+	stopProfile, err := StartCPUProfile(c.String("cpuprofile"))
 	if err != nil {
-		return cli.Exit(err.Error(), exitUsage)
+		return cli.Exit("--cpuprofile: "+err.Error(), exitUsage)
 	}
 	mem := simnet.StartMemSampler(10 * time.Millisecond)
 	sum := simnet.RunSeeds(sc, c.Uint64("seed"), c.Int("seeds"), p, c.Int("workers"))
 	peak := mem.Stop()
 	if err := stopProfile(); err != nil {
-		return err
+		return fmt.Errorf("--cpuprofile: %w", err)
 	}
-	if err := writeHeapProfile(c.String("memprofile")); err != nil {
-		return err
+	if err := WriteHeapProfile(c.String("memprofile")); err != nil {
+		return fmt.Errorf("--memprofile: %w", err)
 	}
 
 	rep := buildReport(sum, peak)
@@ -147,51 +146,6 @@ func gcPercent(set, seeds, workers int) int {
 	default:
 		return 400
 	}
-}
-
-// startCPUProfile starts a CPU profile into path ("" for none) and returns
-// the function that stops it and closes the file.
-func startCPUProfile(path string) (stop func() error, err error) {
-	if path == "" {
-		return func() error { return nil }, nil
-	}
-	f, err := os.Create(path)
-	if err != nil {
-		return nil, fmt.Errorf("--cpuprofile: %w", err)
-	}
-	if err := pprof.StartCPUProfile(f); err != nil {
-		_ = f.Close()
-		return nil, fmt.Errorf("--cpuprofile: %w", err)
-	}
-	return func() error {
-		pprof.StopCPUProfile()
-		if err := f.Close(); err != nil {
-			return fmt.Errorf("--cpuprofile: %w", err)
-		}
-		return nil
-	}, nil
-}
-
-// writeHeapProfile writes a heap profile to path ("" for none). The
-// in-use figures are those of the end of the run, after the worlds are
-// gone; allocations (alloc_space, alloc_objects) cover the whole run.
-func writeHeapProfile(path string) error {
-	if path == "" {
-		return nil
-	}
-	f, err := os.Create(path)
-	if err != nil {
-		return fmt.Errorf("--memprofile: %w", err)
-	}
-	runtime.GC()
-	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
-		_ = f.Close()
-		return fmt.Errorf("--memprofile: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("--memprofile: %w", err)
-	}
-	return nil
 }
 
 // Report is the JSON form of a `goop sim` run.
