@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,11 +29,11 @@ const maxJobs = 64
 // maxGroup bounds how many queued jobs one transaction stores together.
 const maxGroup = 32
 
-// commitLinger is how long the persister holds changes that nobody waits
-// on — outbox rows of messages already sent, deletions of acknowledged ones
-// (see splitLazy) — for more to store with them. A message acknowledged
-// within it never costs a row, and the store's work stays off the CPU while
-// round trips are under way. Everything else is stored at once.
+// commitLinger is how long the runtime gathers changes that nobody waits on
+// — outbox rows of messages already sent, deletions of acknowledged ones
+// (see splitLazy) — before it hands them to the persister. A message
+// acknowledged within it never costs a row, and the store's work stays off
+// the CPU while round trips are under way. Everything else is stored at once.
 const commitLinger = 2 * time.Millisecond
 
 // maxLazy bounds the lazy changes held at once; more are stored at once.
@@ -54,9 +55,16 @@ type job struct {
 	// they depend on: a sequence reservation, an epoch, group state; or it
 	// holds msg frames that must go out before later ones).
 	barrier bool
-	// lazy: only outbox rows and deletions that nobody waits on (see
-	// splitLazy); the persister may hold them for commitLinger.
+	// lazy: only outbox rows and deletions that nobody waits on, gathered
+	// by the runtime (see gatherLazy); not counted in flight.
 	lazy bool
+}
+
+// hasWork reports whether j has anything to store, send, complete or
+// publish.
+func (j *job) hasWork() bool {
+	return !j.rd.Batch.Empty() || len(j.rd.Frames) > 0 || len(j.events) > 0 || len(j.cmds) > 0 ||
+		len(j.rd.Publish) > 0 || len(j.rd.Dial) > 0
 }
 
 // isBarrier reports whether frames of later steps depend on j being stored.
@@ -117,10 +125,11 @@ type Runtime struct {
 	// inputs, or a caller stepping inline (see stepInline). The fields below
 	// it are guarded by it.
 	stepMu  sync.Mutex
-	running bool            // Run is looping: inline steps are allowed
-	runCtx  context.Context // Run's ctx
-	timer   ports.Timer     // the loop's wake-up timer
-	direct  *[]func()       // set during an inline step: writes to run after it
+	running bool               // Run is looping: inline steps are allowed
+	runCtx  context.Context    // Run's ctx
+	timer   ports.Timer        // the loop's wake-up timer
+	ds      ports.DirectSender // tr's fast path, if it has one
+	direct  *[]func()          // set during an inline step: writes to run after it
 	// Lazy changes (see splitLazy) gathered for up to linger before they
 	// go to the persister as one job; an outbox row whose deletion comes
 	// meanwhile is dropped here.
@@ -149,14 +158,16 @@ func NewRuntime(node *Node, tr ports.Transport, store ports.Store, clock ports.C
 		subs:      map[*Subscription]struct{}{},
 		waiters:   map[string]waiter{},
 	}
+	r.ds, _ = tr.(ports.DirectSender)
 	if an, ok := tr.(ports.AckNotifier); ok {
 		an.SetAckHook(r.onAck)
 	}
 	return r
 }
 
-// SetCommitLinger sets how long a batch that nobody waits on may wait for
-// more to be stored with it (default 2 ms; 0: never). Call it before Run.
+// SetCommitLinger sets how long outbox rows and deletions that nobody waits
+// on are gathered before they are stored (default 2 ms; 0: stored with
+// their step). Call it before Run.
 func (r *Runtime) SetCommitLinger(d time.Duration) { r.linger = max(d, 0) }
 
 // Self is the node's peer id.
@@ -327,20 +338,19 @@ func (r *Runtime) flush(ctx context.Context, pending []command) error {
 	}
 	// Outbox rows and their deletions are waited on by nobody once the
 	// frames went out (unless a caller waits for the step to be stored):
-	// they go to a job of their own that may linger (commitLinger), while
-	// what the step's frames and events depend on is stored at once.
-	var lazy Ready
+	// they are gathered for up to commitLinger (gatherLazy), while what the
+	// step's frames and events depend on is stored at once.
+	var lazy []mq.Change
 	if len(pending) == 0 && r.linger > 0 {
-		lazy.Batch = splitLazy(&j.rd.Batch)
+		lazy = splitLazy(&j.rd.Batch)
 	}
-	if !j.rd.Batch.Empty() || len(j.rd.Frames) > 0 || len(j.events) > 0 || len(j.cmds) > 0 ||
-		len(j.rd.Publish) > 0 || len(j.rd.Dial) > 0 {
+	if j.hasWork() {
 		if err := r.enqueue(j); err != nil {
 			return err
 		}
 	}
-	if !lazy.Batch.Empty() {
-		r.gatherLazy(lazy.Batch.Bus)
+	if len(lazy) > 0 {
+		r.gatherLazy(lazy)
 	}
 	return r.lazyDueNow()
 }
@@ -385,12 +395,7 @@ func (r *Runtime) handOverLazy() error {
 	if r.lazyDue.IsZero() {
 		return nil
 	}
-	cs := r.lazy.Bus[:0:0]
-	for _, c := range r.lazy.Bus {
-		if c.Kind != 0 {
-			cs = append(cs, c)
-		}
-	}
+	cs := slices.DeleteFunc(r.lazy.Bus, func(c mq.Change) bool { return c.Kind == 0 })
 	r.lazy, r.lazyDue = ports.Batch{}, time.Time{}
 	clear(r.lazyPuts)
 	if len(cs) == 0 {
@@ -419,37 +424,37 @@ func (r *Runtime) enqueue(j job) error {
 	}
 }
 
-// splitLazy moves b's outbox rows and outbox deletions (in their order) to
-// the batch it returns, unless b changes the epoch (then it stays whole).
-// The persister may store them after later batches: outbox rows and their
-// deletions keep their own order, and nothing else depends on them — a msg
-// frame leaves before its row anyway (its sequence number comes from a
+// splitLazy moves b's outbox rows and outbox deletions (in their order) out
+// of b and returns them, unless b changes the epoch (then it stays whole).
+// They may be stored after later batches: outbox rows and their deletions
+// keep their own order, and nothing else depends on them — a msg frame
+// leaves before its row anyway (its sequence number comes from a
 // reservation, which is not lazy), acks depend on cursors, and a crash loses
 // at most the rows of the last commitLinger, as it loses a message whose row
 // was not yet stored.
-func splitLazy(b *ports.Batch) ports.Batch {
-	var lazy ports.Batch
+func splitLazy(b *ports.Batch) []mq.Change {
 	n := 0
 	for i := range b.Bus {
 		switch b.Bus[i].Kind {
 		case mq.SetEpoch:
-			return ports.Batch{}
+			return nil
 		case mq.PutOutbox, mq.DeleteOutbox:
 			n++
 		}
 	}
-	if n == 0 {
+	switch n {
+	case 0:
+		return nil
+	case len(b.Bus):
+		lazy := b.Bus
+		b.Bus = nil
 		return lazy
 	}
-	if n == len(b.Bus) && len(b.Groups) == 0 && len(b.Peers) == 0 {
-		lazy.Bus, b.Bus = b.Bus, nil
-		return lazy
-	}
-	lazy.Bus = make([]mq.Change, 0, n)
-	keep := b.Bus[:0:0]
+	lazy := make([]mq.Change, 0, n)
+	keep := make([]mq.Change, 0, len(b.Bus)-n)
 	for _, c := range b.Bus {
 		if c.Kind == mq.PutOutbox || c.Kind == mq.DeleteOutbox {
-			lazy.Bus = append(lazy.Bus, c)
+			lazy = append(lazy, c)
 		} else {
 			keep = append(keep, c)
 		}
@@ -546,10 +551,9 @@ func (r *Runtime) fail(j job, err error) {
 // step), frames the transport lets the caller write itself are collected
 // there instead.
 func (r *Runtime) sendFrames(frames []mq.Outgoing, direct *[]func()) {
-	ds, _ := r.tr.(ports.DirectSender)
 	for _, o := range frames {
-		if direct != nil && ds != nil {
-			if write, ok := ds.ClaimDirect(o.To, o.Frame); ok {
+		if direct != nil && r.ds != nil {
+			if write, ok := r.ds.ClaimDirect(o.To, o.Frame); ok {
 				*direct = append(*direct, write)
 				continue
 			}

@@ -98,9 +98,9 @@ type DirectSender interface {
 }
 
 // AckNotifier is an optional Transport hook: every ack received is shown to
-// hook on the network goroutine that read it, before it is reported on
-// Events, so that a caller waiting for that ack can be woken at once. hook
-// must not block.
+// hook on the network goroutine that read it, as it is reported on Events,
+// so that a caller waiting for that ack can be woken at once instead of
+// after the node's loop handled the event. hook must not block.
 type AckNotifier interface {
 	SetAckHook(hook func(from mq.PeerID, ack mq.Frame))
 }

@@ -263,7 +263,7 @@ func (t *MQTransport) ClaimDirect(to mq.PeerID, f mq.Frame) (write func(), ok bo
 	if f.Type == mq.TypeAck && (t.nwait.Load() > 0 || p.nroutes.Load() > 0) {
 		return nil, false
 	}
-	st := p.claim(nil)
+	st := p.claim()
 	if st == nil {
 		return nil, false
 	}
@@ -271,8 +271,8 @@ func (t *MQTransport) ClaimDirect(to mq.PeerID, f mq.Frame) (write func(), ok bo
 }
 
 // SetAckHook implements ports.AckNotifier: hook is called with every ack
-// read from a peer, on the network goroutine that read it, before the ack is
-// reported on Events. hook must not block. Set it before any traffic.
+// read from a peer, on the network goroutine that read it, right after the
+// ack is handed to Events. hook must not block. Set it before any traffic.
 func (t *MQTransport) SetAckHook(hook func(from mq.PeerID, ack mq.Frame)) {
 	t.ackHook.Store(&hook)
 }

@@ -310,19 +310,15 @@ func (p *peerState) drain(batch *[]outItem) (more, ok bool) {
 }
 
 // claim takes the write lock for a direct write of one frame when that
-// cannot reorder or delay anything: q is empty, the peer speaks 1.1.0 and a
-// live stream exists (via's, if given and live, else the writer's). It
-// returns the stream, or nil (lock not held) when the frame must be queued.
-func (p *peerState) claim(via *stream11) *stream11 {
+// cannot reorder or delay anything: q is empty, the peer speaks 1.1.0 and the
+// writer has a live stream to it. It returns that stream, or nil (lock not
+// held) when the frame must be queued.
+func (p *peerState) claim() *stream11 {
 	if p.isTorn() || p.is10() || !p.wmu.TryLock() {
 		return nil
 	}
 	if p.q.len() == 0 && !p.isTorn() {
-		st := via
-		if st == nil || st.dead.Load() {
-			st = p.w.stream()
-		}
-		if st != nil {
+		if st := p.w.stream(); st != nil {
 			return st
 		}
 	}
