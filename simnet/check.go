@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/goop-p2p/goop/app"
 	"github.com/goop-p2p/goop/domain/mq"
 )
@@ -92,43 +94,18 @@ type msgIndex struct {
 	other map[string]uint32
 }
 
-// hexVal maps an ASCII byte to its lower-case hex digit value, or 0xff.
-var hexVal = func() (t [256]byte) {
-	for i := range t {
-		t[i] = 0xff
-	}
-	for c := byte('0'); c <= '9'; c++ {
-		t[c] = c - '0'
-	}
-	for c := byte('a'); c <= 'f'; c++ {
-		t[c] = c - 'a' + 10
-	}
-	return t
-}()
-
-// uuidDigits are the positions of the 32 hex digits of a canonical UUID.
-var uuidDigits = [32]uint8{0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 17,
-	19, 20, 21, 22, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35}
-
 // parseUUID parses a canonical lower-case UUID (8-4-4-4-12 hex digits, as
-// uuid.UUID.String writes them); ok is false for anything else, so that
-// keys and ids correspond one to one.
+// uuid.UUID.String writes them); ok is false for anything else (upper case,
+// braces, urn: forms), so that keys and ids correspond one to one.
 func parseUUID(id string) (k mqMsgKey, ok bool) {
-	if len(id) != 36 || id[8] != '-' || id[13] != '-' || id[18] != '-' || id[23] != '-' {
+	if len(id) != 36 || strings.ContainsAny(id, "ABCDEF") {
 		return k, false
 	}
-	var bad byte
-	for _, i := range uuidDigits[:16] {
-		v := hexVal[id[i]]
-		bad |= v
-		k.hi = k.hi<<4 | uint64(v&0xf)
+	u, err := uuid.Parse(id)
+	if err != nil {
+		return k, false
 	}
-	for _, i := range uuidDigits[16:] {
-		v := hexVal[id[i]]
-		bad |= v
-		k.lo = k.lo<<4 | uint64(v&0xf)
-	}
-	return k, bad&0xf0 == 0
+	return mqMsgKey{binary.BigEndian.Uint64(u[:8]), binary.BigEndian.Uint64(u[8:])}, true
 }
 
 // msgRef is a message id ready for msgIndex: parsed once per use.
@@ -190,10 +167,9 @@ type MQChecker struct {
 	// it a failed message is a liveness failure.
 	AllowFailures bool
 
-	live    msgIndex // id → slot in recs
-	done    msgIndex // id → flags of a settled message
-	recs    []msgRec // live records; free slots are listed in free
-	free    []uint32
+	live    msgIndex         // id → slot in recs
+	done    msgIndex         // id → flags of a settled message
+	recs    pool[msgRec]     // live records
 	sentN   uint64           // messages queued through World.Send
 	last    map[uint64]int64 // (from, to) → last delivered seq
 	open    int              // sent messages not yet both delivered and acknowledged
@@ -252,7 +228,7 @@ func payloadSum(b []byte) uint64 {
 // of a settled message (r nil, settled true), or neither (not seen).
 func (c *MQChecker) record(id *msgRef) (r *msgRec, slot uint32, flags uint8, settled bool) {
 	if v, ok := c.live.get(id); ok {
-		r = &c.recs[v]
+		r = c.recs.at(v)
 		return r, v, r.flags, false
 	}
 	if v, ok := c.done.get(id); ok {
@@ -263,30 +239,21 @@ func (c *MQChecker) record(id *msgRef) (r *msgRec, slot uint32, flags uint8, set
 
 // add stores a new live record for id and returns it and its slot.
 func (c *MQChecker) add(id *msgRef, r msgRec) (*msgRec, uint32) {
-	var slot uint32
-	if n := len(c.free); n > 0 {
-		slot = c.free[n-1]
-		c.free = c.free[:n-1]
-		c.recs[slot] = r
-	} else {
-		slot = uint32(len(c.recs))
-		c.recs = append(c.recs, r)
-	}
+	slot := c.recs.put(r)
 	c.live.set(id, slot)
-	return &c.recs[slot], slot
+	return c.recs.at(slot), slot
 }
 
 // settle releases the record of id once it is delivered and has its result:
 // only its flags stay. slot must hold id's live record.
 func (c *MQChecker) settle(id *msgRef, slot uint32) {
-	r := &c.recs[slot]
+	r := c.recs.at(slot)
 	if r.flags&recDelivered == 0 || r.flags&(recAcked|recFailed) == 0 {
 		return
 	}
 	c.live.del(id)
 	c.done.set(id, uint32(r.flags))
-	c.recs[slot] = msgRec{}
-	c.free = append(c.free, slot)
+	c.recs.release(slot)
 }
 
 // Observe implements Checker.
@@ -428,8 +395,8 @@ func (c *MQChecker) Waiting(w *World) string {
 	// Settled messages are released, so what is still open is among the live
 	// records; list the first in the order they were queued.
 	var open []*msgRec
-	for i := range c.recs {
-		r := &c.recs[i]
+	for i := range c.recs.all {
+		r := &c.recs.all[i]
 		if r.order == 0 || r.flags&recKnown == 0 {
 			continue // a free slot, or a message not queued through World.Send
 		}

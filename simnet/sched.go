@@ -39,7 +39,7 @@ type event struct {
 type item struct {
 	at   int64
 	seq  uint64
-	slot int32
+	slot uint32
 }
 
 func (a item) less(b item) bool {
@@ -54,8 +54,7 @@ func (a item) less(b item) bool {
 // they were scheduled.
 type sched struct {
 	items []item
-	slots []event
-	free  []int32
+	slots pool[event]
 	seq   uint64
 }
 
@@ -66,17 +65,8 @@ func (s *sched) peekAt() int64 { return s.items[0].at }
 
 // push schedules ev at time at.
 func (s *sched) push(at int64, ev event) {
-	var slot int32
-	if n := len(s.free); n > 0 {
-		slot = s.free[n-1]
-		s.free = s.free[:n-1]
-		s.slots[slot] = ev
-	} else {
-		slot = int32(len(s.slots))
-		s.slots = append(s.slots, ev)
-	}
 	s.seq++
-	s.items = append(s.items, item{at: at, seq: s.seq, slot: slot})
+	s.items = append(s.items, item{at: at, seq: s.seq, slot: s.slots.put(ev)})
 	// sift up
 	i := len(s.items) - 1
 	for i > 0 {
@@ -112,8 +102,7 @@ func (s *sched) pop() (int64, uint64, event) {
 		s.items[i], s.items[m] = s.items[m], s.items[i]
 		i = m
 	}
-	ev := s.slots[top.slot]
-	s.slots[top.slot] = event{}
-	s.free = append(s.free, top.slot)
+	ev := *s.slots.at(top.slot)
+	s.slots.release(top.slot)
 	return top.at, top.seq, ev
 }
