@@ -192,7 +192,8 @@ type Server struct {
 	peers        map[string]*peerEntry
 	peersPerIP   map[string]int
 	signed       map[string]*signedInfo
-	signedGen    uint64 // bumped on every change of signed
+	signedGen    uint64 // bumped when a peer id enters or leaves signed
+	tsGen        uint64 // bumped when only a known id's last ts / seen moves
 	clients      map[*sseClient]struct{}
 	clientsPerIP map[string]int
 
@@ -203,8 +204,10 @@ type Server struct {
 
 	n counters
 
-	saveMu   sync.Mutex // serializes saveState
-	savedGen uint64     // signedGen last written to StatePath; guarded by saveMu
+	saveMu sync.Mutex // serializes saveState
+	// What was last written to StatePath, and when; guarded by saveMu.
+	savedGen, savedTSGen uint64
+	savedAt              time.Time
 
 	done      chan struct{}
 	closeOnce sync.Once
@@ -331,7 +334,7 @@ func (s *Server) Close() error {
 		s.mu.Unlock()
 		s.clientsWG.Wait()
 		s.bg.Wait()
-		if err := s.saveState(); err != nil {
+		if err := s.saveState(true); err != nil {
 			s.log.Error("rendezvous: signed-peer state not saved at shutdown", "err", err)
 			s.closeErr = errors.Join(s.closeErr, err)
 		}
@@ -417,7 +420,7 @@ func (s *Server) Sweep() {
 	s.ipLim.prune(now)
 	s.peerLim.prune(now)
 	s.authLim.prune(now)
-	if err := s.saveState(); err != nil {
+	if err := s.saveState(false); err != nil {
 		s.log.Error("rendezvous: signed-peer state not saved; retrying at the next sweep", "err", err)
 	}
 }
@@ -611,9 +614,11 @@ func (s *Server) apply(m *PresenceMsg, ip string, now time.Time) (code int, msg 
 			}
 			si = &signedInfo{}
 			s.signed[id] = si
+			s.signedGen++
+		} else {
+			s.tsGen++
 		}
 		si.lastTS, si.seen = m.TS, now
-		s.signedGen++
 	}
 	frame := encodeFrame(m)
 	switch {

@@ -180,23 +180,32 @@ func (s *Server) loadState() {
 		"expired", expired, "invalid", invalid, "over_limit", dropped)
 }
 
-// saveState writes the signed-peer records to cfg.StatePath if they changed
-// since the last successful save (a failed save is retried at the next
-// sweep). Saves are serialized; publishes are blocked only while the records
-// are copied.
-func (s *Server) saveState() error {
+// stateTSSaveEvery bounds how often the state file is rewritten when only
+// the last ts of known peer ids moved (every signed heartbeat moves one): a
+// peer id that starts or stops being remembered is saved at the next sweep,
+// what protects against replays after a restart is at most this old. A
+// replayed publish must also be within MaxClockSkew of the server's clock.
+const stateTSSaveEvery = time.Minute
+
+// saveState writes the signed-peer records to cfg.StatePath if the set of
+// peer ids changed since the last successful save, or if only their ts did
+// and stateTSSaveEvery has passed (or force, at Close). A failed save is
+// retried at the next sweep. Saves are serialized; publishes are blocked
+// only while the records are copied.
+func (s *Server) saveState(force bool) error {
 	if s.cfg.StatePath == "" {
 		return nil
 	}
 	s.saveMu.Lock()
 	defer s.saveMu.Unlock()
 	s.mu.Lock()
-	gen := s.signedGen
-	if gen == s.savedGen {
+	now := s.cfg.Now()
+	gen, tsGen := s.signedGen, s.tsGen
+	tsDue := tsGen != s.savedTSGen && (force || now.Sub(s.savedAt) >= stateTSSaveEvery)
+	if gen == s.savedGen && !tsDue {
 		s.mu.Unlock()
 		return nil
 	}
-	now := s.cfg.Now()
 	recs := make([]stateRecord, 0, len(s.signed))
 	for id, si := range s.signed {
 		if now.Sub(si.seen) <= s.cfg.SignedMemory {
@@ -236,7 +245,7 @@ func (s *Server) saveState() error {
 	if err != nil {
 		return fmt.Errorf("rendezvous: save signed-peer state to %s: %w", s.cfg.StatePath, err)
 	}
-	s.savedGen = gen
+	s.savedGen, s.savedTSGen, s.savedAt = gen, tsGen, now
 	return nil
 }
 

@@ -145,6 +145,43 @@ func TestStateSavedBySweepOnlyWhenChanged(t *testing.T) {
 	assert.EqualValues(t, 2, writes.Load(), "Close has nothing new to save")
 }
 
+// TestStateTSOnlyChangesAreSavedLess: a known peer id's newer signed
+// publish (a heartbeat) moves only its last ts: the file is not rewritten at
+// every sweep for it, but once stateTSSaveEvery has passed, and at Close.
+func TestStateTSOnlyChangesAreSavedLess(t *testing.T) {
+	clock := newFakeClock()
+	path := filepath.Join(t.TempDir(), StateFileName)
+	var writes atomic.Int32
+	s := stateServer(t, path, clock, &hooks{stateWriter: func(w io.Writer) io.Writer { writes.Add(1); return w }})
+	key := newKey(t)
+	heartbeat := func() int64 {
+		m := signed(t, key, TypeOnline, "a", clock.Now())
+		code, _ := publishTo(t, s, m)
+		require.Equal(t, http.StatusNoContent, code)
+		return m.TS
+	}
+	heartbeat()
+	s.Sweep()
+	require.EqualValues(t, 1, writes.Load(), "a new peer id is saved at the next sweep")
+
+	clock.Advance(5 * time.Second)
+	ts := heartbeat()
+	s.Sweep()
+	assert.EqualValues(t, 1, writes.Load(), "a heartbeat alone does not rewrite the file at once")
+	clock.Advance(stateTSSaveEvery)
+	s.Sweep()
+	assert.EqualValues(t, 2, writes.Load(), "it does once stateTSSaveEvery has passed")
+	assert.Equal(t, ts, readState(t, path).Signed[0].LastTS)
+
+	clock.Advance(5 * time.Second)
+	ts = heartbeat()
+	s.Sweep()
+	assert.EqualValues(t, 2, writes.Load())
+	require.NoError(t, s.Close())
+	assert.EqualValues(t, 3, writes.Load(), "Close saves what the sweeps held back")
+	assert.Equal(t, ts, readState(t, path).Signed[0].LastTS)
+}
+
 // TestStateLoadSkipsExpiredAndInvalid: records older than SignedMemory,
 // invalid ones and those over MaxSignedIDs (the least recently seen) are not
 // loaded: their peer ids may publish unsigned again.
