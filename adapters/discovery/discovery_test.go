@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -335,6 +337,51 @@ func TestSimultaneousDialsConnect(t *testing.T) {
 		// Only the peer with the lower id dialed right away; the other
 		// found the connection made when its pause ended.
 		assert.LessOrEqual(t, a.Stats().Dials+b.Stats().Dials, uint64(1), "pair %d", i)
+	}
+}
+
+// TestFailedDialIsRetried: a dial to a peer that is not listening yet fails;
+// the adapter retries it (past libp2p's dial backoff) and connects once the
+// peer is up.
+func TestFailedDialIsRetried(t *testing.T) {
+	ha := newHost(t)
+	a, err := New(context.Background(), ha, Config{TieBreak: 20 * time.Millisecond, DialRetries: 10})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = a.Close() })
+	// B's identity and address are known before it listens. The lower id
+	// dials at once: B gets a higher one, so that A's first dial surely
+	// happens before B listens.
+	var priv crypto.PrivKey
+	var bid peer.ID
+	for bid <= ha.ID() {
+		priv, _, err = crypto.GenerateEd25519Key(rand.Reader)
+		require.NoError(t, err)
+		bid, err = peer.IDFromPrivateKey(priv)
+		require.NoError(t, err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	baddr := fmt.Sprintf("/ip4/127.0.0.1/tcp/%d", ln.Addr().(*net.TCPAddr).Port)
+	require.NoError(t, ln.Close())
+	sub, err := ha.EventBus().Subscribe(new(event.EvtPeerConnectednessChanged))
+	require.NoError(t, err)
+	defer sub.Close()
+	a.Dial(context.Background(), mq.PeerID(bid.String()), []string{baddr})
+	require.Eventually(t, func() bool { return a.Stats().Dials >= 1 }, waitFor, time.Millisecond, "the first dial ran")
+	hb, err := libp2p.New(libp2p.Identity(priv), libp2p.ListenAddrStrings(baddr), libp2p.DisableMetrics())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = hb.Close() })
+	timeout := time.After(waitFor)
+	for {
+		select {
+		case e := <-sub.Out():
+			if ev := e.(event.EvtPeerConnectednessChanged); ev.Peer == bid && ev.Connectedness == network.Connected {
+				assert.GreaterOrEqual(t, a.Stats().Dials, uint64(2), "connected by a retry")
+				return
+			}
+		case <-timeout:
+			t.Fatalf("not connected after %d dials", a.Stats().Dials)
+		}
 	}
 }
 
