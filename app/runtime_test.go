@@ -415,3 +415,38 @@ func TestAckHookWakesTheWaiter(t *testing.T) {
 	assert.Equal(t, app.EventDelivered, r.ev.Kind)
 	assert.Equal(t, "chat", r.ev.Topic)
 }
+
+// TestSendWaitBeforeRunGoesThroughTheLoop: a SendWait issued before Run
+// cannot step the node inline; it waits in the command queue and completes
+// once the runtime runs. After Run returned, SendWait is refused with
+// ErrStopped (no inline step on a stopped node).
+func TestSendWaitBeforeRunGoesThroughTheLoop(t *testing.T) {
+	net := memory.NewNetwork()
+	startNode(t, net, "B", memory.NewStore(), app.NodeOptions{})
+	store := memory.NewStore()
+	node := app.NewNode("A", app.State{}, memory.NewRand(seedOf("A")), app.NodeOptions{})
+	tr := net.Join("A")
+	rt := app.NewRuntime(node, tr, store, system.Clock{}, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	type result struct {
+		ev  app.Event
+		err error
+	}
+	out := make(chan result, 1)
+	go func() {
+		_, ev, err := rt.SendWait(ctx, "B", "chat", []byte(`1`))
+		out <- result{ev, err}
+	}()
+	runCtx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- rt.Run(runCtx) }()
+	r := <-out
+	require.NoError(t, r.err)
+	assert.Equal(t, app.EventDelivered, r.ev.Kind)
+	stop()
+	require.NoError(t, <-done)
+	_, _, err := rt.SendWait(ctx, "B", "chat", []byte(`2`))
+	assert.ErrorIs(t, err, app.ErrStopped)
+	_ = tr.Close()
+}
