@@ -365,9 +365,9 @@ func (r *Runtime) lazyDueNow() error {
 }
 
 // gatherLazy adds lazy changes (outbox rows and deletions) to r.lazy. A
-// deletion of a row gathered and not yet handed over drops the row: it was
-// never stored (PutOutbox is emitted once per message, and (peer, seq) names
-// one message), and the deletion itself is kept, as the store expects.
+// deletion of a row gathered and not yet handed over drops the row and
+// itself: the row was never stored (PutOutbox is emitted once per message,
+// and (peer, seq) names one message, never reused).
 func (r *Runtime) gatherLazy(cs []mq.Change) {
 	if r.lazyDue.IsZero() {
 		r.lazyDue = r.clock.Now().Add(r.linger)
@@ -384,6 +384,7 @@ func (r *Runtime) gatherLazy(cs []mq.Change) {
 			if i, ok := r.lazyPuts[k]; ok {
 				r.lazy.Bus[i] = mq.Change{} // dropped at hand-over
 				delete(r.lazyPuts, k)
+				continue
 			}
 		}
 		r.lazy.Bus = append(r.lazy.Bus, c)

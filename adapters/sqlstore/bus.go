@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"database/sql"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -82,6 +81,7 @@ func (s *Store) LoadBus(ctx context.Context) (mq.Snapshot, error) {
 		return mq.Snapshot{}, fmt.Errorf("sqlstore: load bus: %w", ports.ErrClosed)
 	}
 	snap := mq.Snapshot{NextSeq: map[mq.PeerID]int64{}, Cursors: map[mq.PeerID]mq.Cursor{}}
+	var loaded *outboxIndex
 	// One consistent view of the four tables. SQLite's transactions are
 	// serializable already; Postgres needs to be asked.
 	var opts *sql.TxOptions
@@ -96,23 +96,11 @@ func (s *Store) LoadBus(ctx context.Context) (mq.Snapshot, error) {
 		if len(meta) > 0 {
 			snap.Epoch = meta[0].Value
 		}
-		var out []outboxRow
-		if err := tx.NewSelect().Model(&out).Order("peer_id", "seq").Scan(ctx); err != nil {
-			return fmt.Errorf("outbox: %w", err)
+		out, ix, err := loadOutbox(ctx, tx)
+		if err != nil {
+			return err
 		}
-		if len(out) > 0 {
-			snap.Outbox = make([]mq.OutboxEntry, len(out))
-		}
-		for i, r := range out {
-			snap.Outbox[i] = mq.OutboxEntry{To: mq.PeerID(r.PeerID), Frame: mq.Frame{
-				Type:    mq.TypeMsg,
-				ID:      r.MsgID,
-				Seq:     r.Seq,
-				Topic:   r.Topic,
-				Payload: json.RawMessage(r.Payload),
-				Origin:  mq.PeerID(r.Origin),
-			}}
-		}
+		snap.Outbox, loaded = out, ix
 		var seqs []nextSeqRow
 		if err := tx.NewSelect().Model(&seqs).Scan(ctx); err != nil {
 			return fmt.Errorf("next seq: %w", err)
@@ -132,6 +120,7 @@ func (s *Store) LoadBus(ctx context.Context) (mq.Snapshot, error) {
 	if err != nil {
 		return mq.Snapshot{}, fmt.Errorf("sqlstore: load bus: %w", err)
 	}
+	s.outbox = loaded
 	return snap, nil
 }
 
@@ -176,10 +165,29 @@ func (s *Store) Apply(ctx context.Context, b ports.Batch) error {
 	if b.Empty() {
 		return nil
 	}
-	if err := s.hot.prepare(ctx, s.db.DB, s.driver == DriverPostgres, p.hotKinds()|gp.hotKinds()); err != nil {
+	if len(p.puts) > 0 || len(p.dels) > 0 {
+		ix, err := s.outboxIndex(ctx)
+		if err != nil {
+			return fmt.Errorf("sqlstore: apply: %w", err)
+		}
+		p.out = stageOutbox(ix, p.puts, p.dels)
+	}
+	ob := p.out
+	kinds := p.hotKinds() | gp.hotKinds()
+	if ob != nil {
+		kinds |= ob.hotKinds()
+	}
+	if err := s.hot.prepare(ctx, s.db.DB, s.driver == DriverPostgres, kinds); err != nil {
 		return fmt.Errorf("sqlstore: apply: %w", err)
 	}
-	if p.one != nil && gp.empty() && len(b.Peers) == 0 && s.afterStep == nil {
+	alone := gp.empty() && len(b.Peers) == 0 && s.afterStep == nil
+	switch {
+	case ob != nil && ob.statements() == 0 && p.onlyOutbox() && alone:
+		// Deletions of messages never stored, or already gone: nothing to do.
+	case ob != nil && ob.statements() == 1 && p.onlyOutbox() && alone:
+		// One outbox row to write or delete: a statement alone, as below.
+		err = ob.exec(ctx, &stepper{s: s}, s.now().UnixMilli())
+	case p.one != nil && alone:
 		// A batch of one statement needs no transaction around it: the
 		// statement alone is all or nothing, and takes the same write lock
 		// (with the same busy wait) as BEGIN IMMEDIATE. Skipping BEGIN and
@@ -187,7 +195,7 @@ func (s *Store) Apply(ctx context.Context, b ports.Batch) error {
 		// transaction, two statements; two round trips on Postgres). The
 		// test hook needs a transaction to fail.
 		err = s.applyOne(ctx, &stepper{s: s}, p.one)
-	} else {
+	default:
 		err = s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 			st := &stepper{s: s, tx: tx}
 			if err := s.applyPlan(ctx, st, p); err != nil {
@@ -201,9 +209,14 @@ func (s *Store) Apply(ctx context.Context, b ports.Batch) error {
 	}
 	if err != nil {
 		// The transaction rolled back, or its commit failed and may or may
-		// not have happened: recount history from the database next time.
+		// not have happened: recount history and reload the outbox index from
+		// the database next time.
 		s.histCounts = nil
+		s.outbox = nil
 		return fmt.Errorf("sqlstore: apply %d changes: %w", len(b.Bus)+len(b.Groups), err)
+	}
+	if ob != nil {
+		ob.install()
 	}
 	if len(gp.counts) > 0 {
 		if s.histCounts == nil {
@@ -224,9 +237,11 @@ type outKey struct {
 // busPlan is the net effect of a batch of bus changes. puts and dels are
 // disjoint, so their order does not matter.
 type busPlan struct {
-	// one, when set, is the batch's only change (not a SetEpoch), and the
-	// other fields are empty.
+	// one, when set, is the batch's only change (a SetCursor or a
+	// SetNextSeq), and the other fields are empty.
 	one *mq.Change
+	// out is the outbox part, staged by Apply from puts and dels.
+	out *outboxStage
 
 	epoch    string
 	setEpoch bool
@@ -246,9 +261,9 @@ func planBus(cs []mq.Change) (*busPlan, error) {
 			return nil, fmt.Errorf("change %d: %w", i, err)
 		}
 	}
-	if len(cs) == 1 && cs[0].Kind != mq.SetEpoch {
-		// The most frequent batch (a receiver's cursor, a sender's new or
-		// acknowledged message) has nothing to fold.
+	if len(cs) == 1 && (cs[0].Kind == mq.SetCursor || cs[0].Kind == mq.SetNextSeq) {
+		// The most frequent batch of a receiver (its cursor) has nothing to
+		// fold.
 		p.one = &cs[0]
 		return p, nil
 	}
@@ -330,6 +345,11 @@ func checkText(ss ...string) error {
 }
 
 // hotKinds is the set (1<<kind) of hot statement families p needs.
+// onlyOutbox reports whether p changes nothing but the outbox.
+func (p *busPlan) onlyOutbox() bool {
+	return p.one == nil && !p.setEpoch && len(p.nextSeq) == 0 && len(p.cursors) == 0
+}
+
 func (p *busPlan) hotKinds() uint {
 	if p.one != nil {
 		switch p.one.Kind {
@@ -337,10 +357,6 @@ func (p *busPlan) hotKinds() uint {
 			return 1 << hotCursor
 		case mq.SetNextSeq:
 			return 1 << hotNextSeq
-		case mq.PutOutbox:
-			return 1 << hotPutOutbox
-		case mq.DeleteOutbox:
-			return 1 << hotDelOutbox
 		}
 	}
 	var k uint
@@ -349,12 +365,6 @@ func (p *busPlan) hotKinds() uint {
 	}
 	if len(p.nextSeq) > 0 {
 		k |= 1 << hotNextSeq
-	}
-	if len(p.puts) > 0 {
-		k |= 1 << hotPutOutbox
-	}
-	if len(p.dels) > 0 {
-		k |= 1 << hotDelOutbox
 	}
 	return k
 }
@@ -370,11 +380,10 @@ func (s *Store) applyPlan(ctx context.Context, st *stepper, p *busPlan) error {
 			return fmt.Errorf("set epoch: %w", err)
 		}
 	}
-	if err := s.deleteOutbox(ctx, st, p.dels); err != nil {
-		return fmt.Errorf("delete outbox: %w", err)
-	}
-	if err := s.putOutbox(ctx, st, p.puts); err != nil {
-		return fmt.Errorf("put outbox: %w", err)
+	if p.out != nil {
+		if err := p.out.exec(ctx, st, s.now().UnixMilli()); err != nil {
+			return err
+		}
 	}
 	if len(p.nextSeq) > 0 {
 		peers := sortedPeers(p.nextSeq)
@@ -412,16 +421,6 @@ func (s *Store) applyOne(ctx context.Context, st *stepper, c *mq.Change) error {
 		if err := st.execHot(ctx, hotNextSeq, append(st.argsBuf(2), string(c.Peer), c.Seq), 1, nil); err != nil {
 			return fmt.Errorf("set next seq: %w", err)
 		}
-	case mq.PutOutbox:
-		f := c.Frame
-		args := append(st.argsBuf(7), string(c.Peer), c.Seq, f.ID, f.Topic, []byte(f.Payload), string(f.Origin), s.now().UnixMilli())
-		if err := st.execHot(ctx, hotPutOutbox, args, 1, nil); err != nil {
-			return fmt.Errorf("put outbox: %w", err)
-		}
-	case mq.DeleteOutbox:
-		if err := st.execHot(ctx, hotDelOutbox, append(st.argsBuf(3), string(c.Peer), c.Seq, c.Seq), 1, nil); err != nil {
-			return fmt.Errorf("delete outbox: %w", err)
-		}
 	default:
 		return fmt.Errorf("change of kind %d cannot be applied alone", c.Kind)
 	}
@@ -436,65 +435,6 @@ func sortedPeers[V any](m map[mq.PeerID]V) []mq.PeerID {
 	}
 	slices.Sort(peers)
 	return peers
-}
-
-// seqRange is the rows lo..hi (inclusive) of one destination's outbox.
-type seqRange struct {
-	peer   mq.PeerID
-	lo, hi int64
-}
-
-// deleteOutbox deletes the keys of dels, as runs of consecutive seqs: an
-// acknowledgement usually removes a contiguous run, which is one range term.
-func (s *Store) deleteOutbox(ctx context.Context, st *stepper, dels map[outKey]struct{}) error {
-	if len(dels) == 0 {
-		return nil
-	}
-	keys := make([]outKey, 0, len(dels))
-	for k := range dels {
-		keys = append(keys, k)
-	}
-	slices.SortFunc(keys, compareKeys)
-	var ranges []seqRange
-	for _, k := range keys {
-		if n := len(ranges); n > 0 && ranges[n-1].peer == k.peer && ranges[n-1].hi+1 == k.seq {
-			ranges[n-1].hi = k.seq
-			continue
-		}
-		ranges = append(ranges, seqRange{peer: k.peer, lo: k.seq, hi: k.seq})
-	}
-	args := st.argsBuf(3 * len(ranges))
-	var peer any
-	for _, r := range ranges {
-		args = append(args, strArg(&peer, string(r.peer)), r.lo, r.hi)
-	}
-	return st.execHot(ctx, hotDelOutbox, args, len(ranges), nil)
-}
-
-// putOutbox upserts the frames of puts, in key order, with multi-row
-// statements of about maxInsertBytes at most.
-func (s *Store) putOutbox(ctx context.Context, st *stepper, puts map[outKey]*mq.Frame) error {
-	if len(puts) == 0 {
-		return nil
-	}
-	keys := make([]outKey, 0, len(puts))
-	for k := range puts {
-		keys = append(keys, k)
-	}
-	slices.SortFunc(keys, compareKeys)
-	now := any(s.now().UnixMilli())
-	args := st.argsBuf(len(hotSpecs[hotPutOutbox].cols) * len(keys))
-	var peer, topic, origin any
-	for _, k := range keys {
-		f := puts[k]
-		args = append(args, strArg(&peer, string(k.peer)), k.seq, f.ID, strArg(&topic, f.Topic), []byte(f.Payload),
-			strArg(&origin, string(f.Origin)), now)
-	}
-	size := func(i int) int {
-		f := puts[keys[i]]
-		return 2*len(f.Payload) + len(keys[i].peer) + len(f.ID) + len(f.Topic) + len(f.Origin) + 64
-	}
-	return st.execHot(ctx, hotPutOutbox, args, len(keys), size)
 }
 
 func compareKeys(a, b outKey) int {

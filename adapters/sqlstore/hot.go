@@ -25,12 +25,14 @@ import (
 type hotKind uint8
 
 const (
-	hotCursor    hotKind = iota // upsert _mq_cursors rows
-	hotNextSeq                  // upsert _mq_next_seq rows
-	hotPutOutbox                // upsert _mq_outbox rows
-	hotDelOutbox                // delete _mq_outbox ranges (peer, lo, hi)
-	hotHistory                  // insert _group_history rows
-	hotPrune                    // delete a group's oldest _group_history rows
+	hotCursor   hotKind = iota // upsert _mq_cursors rows
+	hotNextSeq                 // upsert _mq_next_seq rows
+	hotPutChunk                // insert _mq_outbox_chunks rows
+	hotDelChunk                // delete _mq_outbox_chunks rows by id
+	hotPutDead                 // upsert _mq_outbox_dead rows
+	hotDelDead                 // delete _mq_outbox_dead rows by chunk id
+	hotHistory                 // insert _group_history rows
+	hotPrune                   // delete a group's oldest _group_history rows
 	numHotKinds
 )
 
@@ -47,6 +49,9 @@ type hotSpec struct {
 	maxRows int
 	// model is the bun model of the table (tests check the columns).
 	model any
+	// deleteIn: the statement deletes the rows whose cols[0] is one of the
+	// n values.
+	deleteIn bool
 }
 
 var hotSpecs = [numHotKinds]hotSpec{
@@ -54,11 +59,14 @@ var hotSpecs = [numHotKinds]hotSpec{
 		conflict: []string{"peer_id"}, maxRows: maxInsertRows, model: (*cursorRow)(nil)},
 	hotNextSeq: {name: "set next seq", table: "_mq_next_seq", cols: []string{"peer_id", "next_seq"},
 		conflict: []string{"peer_id"}, maxRows: maxInsertRows, model: (*nextSeqRow)(nil)},
-	hotPutOutbox: {name: "put outbox", table: "_mq_outbox",
-		cols:     []string{"peer_id", "seq", "msg_id", "topic", "payload", "origin", "created_at"},
-		conflict: []string{"peer_id", "seq"}, maxRows: maxInsertRows, model: (*outboxRow)(nil)},
-	hotDelOutbox: {name: "delete outbox", table: "_mq_outbox", cols: []string{"peer_id", "lo", "hi"},
-		maxRows: maxDeleteTerms, model: (*outboxRow)(nil)},
+	hotPutChunk: {name: "put outbox chunks", table: "_mq_outbox_chunks", cols: []string{"id", "n", "frames", "created_at"},
+		conflict: []string{"id"}, maxRows: maxInsertRows, model: (*outboxChunkRow)(nil)},
+	hotDelChunk: {name: "delete outbox chunks", table: "_mq_outbox_chunks", cols: []string{"id"},
+		maxRows: maxDeleteTerms, model: (*outboxChunkRow)(nil), deleteIn: true},
+	hotPutDead: {name: "put outbox dead marks", table: "_mq_outbox_dead", cols: []string{"chunk_id", "dead"},
+		conflict: []string{"chunk_id"}, maxRows: maxInsertRows, model: (*outboxDeadRow)(nil)},
+	hotDelDead: {name: "delete outbox dead marks", table: "_mq_outbox_dead", cols: []string{"chunk_id"},
+		maxRows: maxDeleteTerms, model: (*outboxDeadRow)(nil), deleteIn: true},
 	hotHistory: {name: "history", table: "_group_history", cols: []string{"group_id", "from_peer", "type", "payload", "at"},
 		maxRows: maxInsertRows, model: (*historyRow)(nil)},
 	hotPrune: {name: "prune history", table: "_group_history", cols: []string{"group_id", "group_id", "offset"},
@@ -123,20 +131,15 @@ func hotSQL(kind hotKind, n int, pg bool) string {
 		b.WriteByte(')')
 		return b.String()
 	}
-	if kind == hotDelOutbox {
-		b.WriteString(`DELETE FROM "_mq_outbox" WHERE `)
+	if sp.deleteIn {
+		b.WriteString("DELETE FROM " + strconv.Quote(sp.table) + " WHERE " + strconv.Quote(sp.cols[0]) + " IN (")
 		for i := 0; i < n; i++ {
 			if i > 0 {
-				b.WriteString(" OR ")
+				b.WriteString(", ")
 			}
-			b.WriteString(`("peer_id" = `)
 			ph()
-			b.WriteString(` AND "seq" BETWEEN `)
-			ph()
-			b.WriteString(" AND ")
-			ph()
-			b.WriteByte(')')
 		}
+		b.WriteByte(')')
 		return b.String()
 	}
 	b.WriteString("INSERT INTO ")

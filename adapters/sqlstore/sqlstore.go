@@ -111,6 +111,10 @@ type Store struct {
 	// fails. It relies on this Store being the only writer of
 	// _group_history. Guarded by mu.
 	histCounts map[string]int
+	// outbox is the index of the stored outbox (see outbox.go): loaded
+	// with it, kept by Apply, dropped when a transaction fails. Guarded by
+	// mu.
+	outbox *outboxIndex
 }
 
 var schemaName = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
