@@ -46,16 +46,20 @@ func benchCommand(g *globals, stdout io.Writer) *cli.Command {
 				"run as a child process.",
 			Flags: []cli.Flag{
 				&cli.BoolFlag{Name: "json", Usage: "print the results as one JSON object"},
-				&cli.IntFlag{Name: "count", Value: 1000, Usage: "round trips per latency measure and messages per throughput measure"},
+				&cli.IntFlag{Name: "count", Value: 1000, Usage: "round trips per latency measure"},
+				&cli.IntFlag{Name: "messages", Value: 50_000, Usage: "messages per one-way throughput measure (long enough for a steady state)"},
 				&cli.IntFlag{Name: "payload-bytes", Value: 64, Usage: "size of each message's payload"},
 				&cli.BoolFlag{Name: "no-child", Usage: "skip the child-process start-up measure"},
 				&cli.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile of the MQ measures (round trips and throughput) to `FILE`"},
 			},
 			Action: func(c *cli.Context) error {
-				opts := benchOptions{Count: c.Int("count"), PayloadBytes: c.Int("payload-bytes"), Log: g.log,
-					CPUProfile: c.String("cpuprofile")}
+				opts := benchOptions{Count: c.Int("count"), Messages: c.Int("messages"), PayloadBytes: c.Int("payload-bytes"),
+					Log: g.log, CPUProfile: c.String("cpuprofile")}
 				if opts.Count < 10 || opts.Count > 100_000 {
 					return cli.Exit("--count must be between 10 and 100000", exitUsage)
+				}
+				if opts.Messages < 10 || opts.Messages > 100_000 {
+					return cli.Exit("--messages must be between 10 and 100000 (the outbox holds at most 100000 per destination)", exitUsage)
 				}
 				if opts.PayloadBytes < 0 || opts.PayloadBytes > mq.MaxPayloadBytes-2 {
 					return cli.Exit(fmt.Sprintf("--payload-bytes must be between 0 and %d", mq.MaxPayloadBytes-2), exitUsage)
@@ -82,7 +86,10 @@ func benchCommand(g *globals, stdout io.Writer) *cli.Command {
 }
 
 type benchOptions struct {
-	Count        int
+	Count int
+	// Messages is the number of messages of each throughput measure (0:
+	// Count).
+	Messages     int
 	PayloadBytes int
 	// Exe is the goop binary to measure `goop peer` start-up with (empty: skip).
 	Exe string
@@ -123,6 +130,7 @@ type benchResult struct {
 	GoVersion    string `json:"go_version"`
 	CPUs         int    `json:"cpus"`
 	Count        int    `json:"count"`
+	Messages     int    `json:"messages"`
 	PayloadBytes int    `json:"payload_bytes"`
 	// Transport is the connection the round trips ran on (tcp or quic-v1).
 	Transport string  `json:"transport"`
@@ -149,8 +157,8 @@ type benchResult struct {
 
 func (r *benchResult) writeTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "goop bench mq: %d round trips and messages of %d payload bytes, 127.0.0.1 over %s, %s, %d CPUs\n\n",
-		r.Count, r.PayloadBytes, r.Transport, r.GoVersion, r.CPUs)
+	fmt.Fprintf(tw, "goop bench mq: %d round trips per latency measure, %d messages per throughput measure, %d payload bytes, 127.0.0.1 over %s, %s, %d CPUs\n\n",
+		r.Count, r.Messages, r.PayloadBytes, r.Transport, r.GoVersion, r.CPUs)
 	fmt.Fprintln(tw, "measure\tmedian\tp99\tmean\t")
 	row := func(name string, l latency) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", name, fmtUS(l.MedianUS), fmtUS(l.P99US), fmtUS(l.MeanUS))
@@ -188,7 +196,11 @@ func benchMQ(ctx context.Context, o benchOptions) (*benchResult, error) {
 	}
 	defer os.RemoveAll(root)
 
-	res := &benchResult{GoVersion: runtime.Version(), CPUs: runtime.NumCPU(), Count: o.Count, PayloadBytes: o.PayloadBytes}
+	if o.Messages <= 0 {
+		o.Messages = o.Count
+	}
+	res := &benchResult{GoVersion: runtime.Version(), CPUs: runtime.NumCPU(), Count: o.Count, Messages: o.Messages,
+		PayloadBytes: o.PayloadBytes}
 	start := func(name string, mqOpts p2p.MQOptions) (*node.Running, error) {
 		return node.Start(ctx, filepath.Join(root, name), node.Options{
 			NoAutoConnect: true, // measure only the nodes of this run
@@ -267,10 +279,10 @@ func benchMQ(ctx context.Context, o benchOptions) (*benchResult, error) {
 		res.RatioMQ11ToEcho = res.MQ11.MedianUS / res.Echo.MedianUS
 	}
 
-	if res.Throughput1, err = throughput(ctx, a, b, 1, o.Count, payload); err != nil {
+	if res.Throughput1, err = throughput(ctx, a, b, 1, o.Messages, payload); err != nil {
 		return nil, fmt.Errorf("bench: throughput, 1 sender: %w", err)
 	}
-	if res.Throughput8, err = throughput(ctx, a, b, 8, o.Count, payload); err != nil {
+	if res.Throughput8, err = throughput(ctx, a, b, 8, o.Messages, payload); err != nil {
 		return nil, fmt.Errorf("bench: throughput, 8 senders: %w", err)
 	}
 

@@ -94,6 +94,7 @@ func TestUsageErrors(t *testing.T) {
 		{"peer with two dirs", []string{"peer", "a", "b"}, exitUsage, "usage: goop peer DIR"},
 		{"bad log level", []string{"--log-level", "loud", "init", "x"}, exitUsage, `--log-level: "loud" is not debug, info, warn or error`},
 		{"bench count", []string{"bench", "mq", "--count", "1"}, exitUsage, "--count must be between"},
+		{"bench messages", []string{"bench", "mq", "--messages", "100001"}, exitUsage, "--messages must be between"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -289,8 +290,9 @@ func TestBenchMQ(t *testing.T) {
 	exe, err := os.Executable()
 	require.NoError(t, err)
 	t.Setenv(runMainEnv, "1") // the child `goop peer` is this test binary
-	res, err := benchMQ(context.Background(), benchOptions{Count: 20, PayloadBytes: 64, Exe: exe})
+	res, err := benchMQ(context.Background(), benchOptions{Count: 20, Messages: 300, PayloadBytes: 64, Exe: exe})
 	require.NoError(t, err)
+	assert.Equal(t, 300, res.Messages)
 	assert.Equal(t, 20, res.Echo.N)
 	assert.Equal(t, 20, res.MQ11.N)
 	assert.Equal(t, 20, res.MQ10.N)
