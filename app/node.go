@@ -231,8 +231,14 @@ func (r randReader) Read(p []byte) (int, error) { return r.r.Read(p) }
 // Send queues an application message to peer to on topic. It returns the
 // frame with its id; the message is durable once the next Ready is persisted.
 func (n *Node) Send(now time.Time, to mq.PeerID, topic string, payload []byte, origin mq.PeerID) (mq.Frame, error) {
+	return n.SendWant(now, to, topic, payload, origin, "")
+}
+
+// SendWant is Send asking the peer for want (see mq.Frame.Want):
+// mq.StageReceived asks for the early received ack.
+func (n *Node) SendWant(now time.Time, to mq.PeerID, topic string, payload []byte, origin mq.PeerID, want string) (mq.Frame, error) {
 	n.now = now
-	f, err := n.bus.Send(now, to, n.newID(), topic, payload, origin)
+	f, err := n.bus.SendWant(now, to, n.newID(), topic, payload, origin, want)
 	if err != nil {
 		return mq.Frame{}, fmt.Errorf("send to %s: %w", to, err)
 	}

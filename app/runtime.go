@@ -693,8 +693,14 @@ func (r *Runtime) sendWait(ctx context.Context, to mq.PeerID, topic string, payl
 	// Wait until the node queued the message, not until its outbox row is
 	// stored: the ack this call waits for supersedes that (and if storing
 	// fails the node stops, which ends the wait).
+	// A caller content with the transport ack asks the peer for it (it is
+	// sent only when asked).
+	want := ""
+	if early {
+		want = mq.StageReceived
+	}
 	send := func(now time.Time, n *Node) {
-		f, serr = n.Send(now, to, topic, payload, "")
+		f, serr = n.SendWant(now, to, topic, payload, "", want)
 		if serr == nil {
 			r.mu.Lock()
 			r.waiters[f.ID] = waiter{ch: ch, early: early, to: to, seq: f.Seq, topic: topic}

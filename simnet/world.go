@@ -98,7 +98,8 @@ type Options struct {
 	// mq.DecodeFrame (0 means 64; negative disables).
 	CodecEvery int
 	// NoReceivedAcks turns off the transport's early received acks (on by
-	// default, as on real 1.1.0 streams).
+	// default, as on real 1.1.0 streams: every fourth message of World.Send
+	// asks for one).
 	NoReceivedAcks bool
 	// Checkers verify properties after every step; nil means DefaultCheckers.
 	// Checkers are stateful: give each world its own.
@@ -511,7 +512,13 @@ func (w *World) Send(from, to int, topic string, payload []byte) (mq.Frame, erro
 		w.stats.MsgsRejected++
 		return mq.Frame{}, fmt.Errorf("send from %s: %w", w.Name(from), ErrPeerDown)
 	}
-	f, err := p.node.Send(w.vt(), w.peers[to].id, topic, payload, "")
+	// Every fourth message asks for the early received ack, as a caller
+	// waiting for a round trip does (the others get the final ack alone).
+	want := ""
+	if w.stats.MsgsSent%4 == 0 && !w.opts.NoReceivedAcks {
+		want = mq.StageReceived
+	}
+	f, err := p.node.SendWant(w.vt(), w.peers[to].id, topic, payload, "", want)
 	if err != nil {
 		w.stats.MsgsRejected++
 		return mq.Frame{}, err
@@ -1060,9 +1067,10 @@ func (w *World) next() {
 		w.stats.FramesDelivered++
 		w.stats.Events++
 		w.cur = ev.frame
-		if ev.frame.Type == mq.TypeMsg && ev.frame.Epoch != "" && !w.opts.NoReceivedAcks {
-			// As the real 1.1.0 transport does: a received ack goes back the
-			// moment the msg is decoded, before the node has stored anything.
+		if ev.frame.Type == mq.TypeMsg && ev.frame.Want == mq.StageReceived && ev.frame.Epoch != "" && !w.opts.NoReceivedAcks {
+			// As the real 1.1.0 transport does: a received ack, when asked,
+			// goes back the moment the msg is decoded, before the node has
+			// stored anything.
 			w.transmit(p, &mq.Outgoing{To: src.id, Frame: mq.Frame{Type: mq.TypeAck, ID: ev.frame.ID, Seq: ev.frame.Seq, Stage: mq.StageReceived}})
 		}
 		p.node.Handle(w.vt(), ports.TransportEvent{Kind: ports.FrameReceived, From: src.id, Frame: ev.frame})

@@ -3,6 +3,7 @@ package p2p
 import (
 	"fmt"
 	"runtime"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -82,17 +83,23 @@ func TestAckHookSeesAcks(t *testing.T) {
 		seen = append(seen, ack)
 	})
 	ackAll(tb, nil)
-	f := testMsg("m1", 1)
-	f.Epoch = "e1" // a msg with an epoch gets an early received ack
+	// A msg that does not ask for the early ack gets the final ack alone;
+	// one that asks (with an epoch: from a Goop node) gets both.
+	f := testMsg("m0", 1)
+	f.Epoch = "e1"
+	require.NoError(t, ta.Send(pidOf(hb), f))
+	f = testMsg("m1", 2)
+	f.Epoch, f.Want = "e1", mq.StageReceived
 	require.NoError(t, ta.Send(pidOf(hb), f))
 	var final ports.TransportEvent
-	for final.Frame.Type != mq.TypeAck || final.Frame.Stage != "" {
+	for final.Frame.Type != mq.TypeAck || final.Frame.Stage != "" || final.Frame.ID != "m1" {
 		final = nextEvent(t, ta, isFrame)
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	require.Len(t, seen, 2, "the received ack and the final ack")
-	assert.Equal(t, mq.StageReceived, seen[0].Stage)
-	assert.Equal(t, "m1", seen[1].ID)
-	assert.Equal(t, "", seen[1].Stage)
+	received := mq.Frame{Type: mq.TypeAck, ID: "m1", Seq: 2, Stage: mq.StageReceived}
+	assert.ElementsMatch(t, []mq.Frame{{Type: mq.TypeAck, ID: "m0", Seq: 1}, received, {Type: mq.TypeAck, ID: "m1", Seq: 2}}, seen,
+		"m0's final ack, m1's received ack and final ack")
+	i := slices.IndexFunc(seen, func(f mq.Frame) bool { return f.ID == "m1" && f.Stage == mq.StageReceived })
+	assert.Less(t, i, len(seen)-1, "m1's received ack comes before its final ack")
 }

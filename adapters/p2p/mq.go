@@ -529,11 +529,9 @@ func (t *MQTransport) readLoop(p *peerState, st *stream11) {
 		if f.Type == mq.TypeMsg {
 			p.noteRoute(f.ID, st)
 			// Ours: tell the sender at once that the msg arrived (a transport
-			// ack, SPEC §2); the node's final ack follows once the message is
-			// durably delivered. Only for a msg that arrived alone — someone
-			// may be waiting on it; in a pipelined burst (more already
-			// buffered) the final acks suffice.
-			early = f.Epoch != "" && !t.opts.NoReceivedAcks && !lr.buffered()
+			// ack, SPEC §2) when it asks (a caller waits for it); the node's
+			// final ack follows once the message is durably delivered.
+			early = f.Want == mq.StageReceived && f.Epoch != "" && !t.opts.NoReceivedAcks
 		}
 		if !t.deliver(p.pid, f) {
 			if !t.closed.Load() {

@@ -167,6 +167,7 @@ func (r *Ready) Empty() bool {
 
 type pending struct {
 	f        Frame
+	want     string // asked of the receiver at each transmission (Frame.Want)
 	attempts int
 	acked    bool
 	reported bool // its Received result went out
@@ -331,6 +332,16 @@ func (b *Bus) TotalPending() int {
 // node's random source). It returns the frame as it will travel. The message
 // is durable once the Ready holding its PutOutbox change is persisted.
 func (b *Bus) Send(now time.Time, to PeerID, id, topic string, payload []byte, origin PeerID) (Frame, error) {
+	return b.SendWant(now, to, id, topic, payload, origin, "")
+}
+
+// SendWant is Send with want carried by each transmission (Frame.Want):
+// StageReceived asks the peer's transport for an early received ack, for a
+// sender that waits for it.
+func (b *Bus) SendWant(now time.Time, to PeerID, id, topic string, payload []byte, origin PeerID, want string) (Frame, error) {
+	if want != "" && want != StageReceived {
+		return Frame{}, fmt.Errorf("%w: unknown want %q", ErrBadFrame, want)
+	}
 	if to == "" || len(to) > MaxPeerIDBytes {
 		return Frame{}, fmt.Errorf("%w: bad destination peer id", ErrBadFrame)
 	}
@@ -363,7 +374,7 @@ func (b *Bus) Send(now time.Time, to PeerID, id, topic string, payload []byte, o
 		}
 	}
 	b.activate(d)
-	p := &pending{f: f}
+	p := &pending{f: f, want: want}
 	d.queue = append(d.queue, p)
 	stored := f
 	b.out.Changes = append(b.out.Changes, Change{Kind: PutOutbox, Peer: to, Seq: f.Seq, Frame: &stored})
@@ -388,6 +399,7 @@ func (b *Bus) transmit(to PeerID, d *dest, p *pending) {
 	f := p.f
 	f.Epoch = b.epoch
 	f.Floor = d.queue[0].f.Seq
+	f.Want = p.want
 	b.out.Frames = append(b.out.Frames, Outgoing{To: to, Frame: f})
 }
 

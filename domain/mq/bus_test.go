@@ -586,3 +586,33 @@ func TestReceivedThenGivenUpFailsOnce(t *testing.T) {
 	assert.True(t, a.results[1].Failed, "received but never confirmed stored: the final result is a failure")
 	assert.Empty(t, a.store.outbox["B"])
 }
+
+// TestSendWantIsCarriedByEveryTransmission: a message sent asking for the
+// early received ack carries want in its first transmission and its
+// retransmissions, not in its stored copy; other messages carry none; an
+// unknown want is refused.
+func TestSendWantIsCarriedByEveryTransmission(t *testing.T) {
+	a := newPeer("A", Options{InitialRTO: time.Second})
+	_, err := a.bus.SendWant(t0, "B", "id-1", "chat", []byte(`1`), "", StageReceived)
+	require.NoError(t, err)
+	_, err = a.bus.Send(t0, "B", "id-2", "chat", []byte(`2`), "")
+	require.NoError(t, err)
+	out := a.drain()
+	require.Len(t, out, 2)
+	assert.Equal(t, StageReceived, out[0].Frame.Want)
+	assert.Equal(t, "", out[1].Frame.Want)
+	for _, e := range a.store.outbox["B"] {
+		assert.Equal(t, "", e.Want, "the stored frame does not carry want")
+	}
+
+	at, ok := a.bus.NextWake()
+	require.True(t, ok)
+	a.bus.Tick(at)
+	out = a.drain()
+	require.Len(t, out, 2, "both retransmitted")
+	assert.Equal(t, StageReceived, out[0].Frame.Want)
+	assert.Equal(t, "", out[1].Frame.Want)
+
+	_, err = a.bus.SendWant(t0, "B", "id-3", "chat", []byte(`3`), "", "everything")
+	require.ErrorIs(t, err, ErrBadFrame)
+}

@@ -53,6 +53,7 @@ const (
 	fieldOrigin
 	fieldEpoch
 	fieldStage
+	fieldWant
 	numStrFields
 )
 
@@ -151,7 +152,7 @@ func parseFrame(line []byte) (Frame, error) {
 			}
 			valueStart = i
 			switch field {
-			case fieldType, fieldID, fieldTopic, fieldOrigin, fieldEpoch, fieldStage:
+			case fieldType, fieldID, fieldTopic, fieldOrigin, fieldEpoch, fieldStage, fieldWant:
 				switch d[i] {
 				case '"':
 					end, flags, err = scanString(d, i+1)
@@ -271,6 +272,7 @@ func assembleStrings(f *Frame, d []byte, strs *[numStrFields]strSpan) {
 	f.Origin = PeerID(s[offs[fieldOrigin]:offs[fieldOrigin+1]])
 	f.Epoch = s[offs[fieldEpoch]:offs[fieldEpoch+1]]
 	f.Stage = s[offs[fieldStage]:offs[fieldStage+1]]
+	f.Want = s[offs[fieldWant]:offs[fieldWant+1]]
 }
 
 // writeUnquoted decodes raw string content that needs it into b.
@@ -585,8 +587,15 @@ func matchField(k []byte) int {
 			return fieldSeq
 		}
 	case 4:
-		if eqFold(k, "type") {
-			return fieldType
+		switch k[0] | 0x20 {
+		case 't':
+			if eqFold(k, "type") {
+				return fieldType
+			}
+		case 'w':
+			if eqFold(k, "want") {
+				return fieldWant
+			}
 		}
 	case 5:
 		switch k[0] | 0x20 {
@@ -764,6 +773,8 @@ func fieldName(field int) string {
 		return "epoch"
 	case fieldStage:
 		return "stage"
+	case fieldWant:
+		return "want"
 	case fieldSeq:
 		return "seq"
 	case fieldFloor:

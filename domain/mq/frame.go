@@ -60,6 +60,11 @@ type Frame struct {
 	// ack without a stage (Goop2's only kind) is the final one, written once
 	// the message is durably delivered.
 	Stage string `json:"stage,omitempty"`
+	// Want, on a msg (ours): StageReceived asks the receiving Goop 1.1.0
+	// transport for the early received ack — sent only when the sender
+	// waits for it (a round trip), so that pipelined and group traffic costs
+	// one ack per message, not two.
+	Want string `json:"want,omitempty"`
 }
 
 // StageReceived is the Stage of an early transport ack.
@@ -106,6 +111,9 @@ func (f *Frame) Validate() error {
 	}
 	if f.Seq < 0 || f.Floor < 0 {
 		return fmt.Errorf("%w: negative seq or floor", ErrBadFrame)
+	}
+	if f.Want != "" && f.Want != StageReceived {
+		return fmt.Errorf("%w: unknown want %q", ErrBadFrame, truncate(f.Want, 32))
 	}
 	return nil
 }
@@ -222,6 +230,10 @@ func AppendFrame(dst []byte, f *Frame) []byte {
 		if f.Floor != 0 {
 			dst = append(dst, `,"floor":`...)
 			dst = strconv.AppendInt(dst, f.Floor, 10)
+		}
+		if f.Want != "" {
+			dst = append(dst, `,"want":`...)
+			dst = appendJSONString(dst, f.Want)
 		}
 	}
 	return append(dst, '}', '\n')
