@@ -399,10 +399,14 @@ func floodMeasure(ctx context.Context, srv *rendezvous.Server, base string, spre
 		go func() {
 			defer wg.Done()
 			local := map[int]int{}
+			// A post started before the end completes (under ctx, not fctx):
+			// one cancelled in flight might still be accepted by the server
+			// after the count below was taken, and reach the clients as an
+			// event nobody expects.
 			for fctx.Err() == nil {
-				code, err := flooder.post(fctx, base, bodies[int(next.Add(1)-1)%len(bodies)])
+				code, err := flooder.post(ctx, base, bodies[int(next.Add(1)-1)%len(bodies)])
 				if err != nil {
-					if fctx.Err() != nil {
+					if ctx.Err() != nil {
 						break
 					}
 					code = -1
