@@ -592,6 +592,19 @@ func (t *MQTransport) handle10(s network.Stream) {
 		_ = s.Reset()
 		return
 	}
+	if f.Want == mq.StageReceived && f.Epoch != "" && !t.opts.NoReceivedAcks {
+		// Ours, asked by a Goop sender (Goop2 never asks): the transport
+		// ack at once, the node's final ack on the same stream once the
+		// message is stored.
+		early := mq.Frame{Type: mq.TypeAck, ID: f.ID, Seq: f.Seq, Stage: mq.StageReceived}
+		_ = s.SetWriteDeadline(time.Now().Add(t.opts.ReadTimeout))
+		if _, err := s.Write(mq.AppendFrame(nil, &early)); err != nil {
+			t.removeWaiter(key, ch)
+			t.log.Debug("p2p: mq: 1.0.0 stream: writing received ack failed", "peer", from, "err", err)
+			_ = s.Reset()
+			return
+		}
+	}
 	tm := time.NewTimer(t.opts.ReadTimeout)
 	defer tm.Stop()
 	select {

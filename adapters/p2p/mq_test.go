@@ -592,3 +592,57 @@ func TestLineReaderDeadlines(t *testing.T) {
 		assert.ErrorIs(t, err, os.ErrDeadlineExceeded)
 	})
 }
+
+// TestReceivedAckOn10: a Goop msg that asks for the early received ack
+// ("want") over 1.0.0 gets it at once on its stream, then the final ack
+// from the core, then the stream closes; our sender reports both. A msg
+// that does not ask (as Goop2's never do) gets the final ack alone.
+func TestReceivedAckOn10(t *testing.T) {
+	ha, hb, hc := newTestHost(t), newTestHost(t), newTestHost(t)
+	connect(t, ha, hb)
+	connect(t, hc, hb)
+	ta := newTransport(t, ha, MQOptions{Only10: true})
+	tb := newTransport(t, hb, MQOptions{Only10: true})
+
+	// Raw client: the two lines, the received one before the core acks.
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	s, err := hc.NewStream(ctx, hb.ID(), ProtocolMQ10)
+	require.NoError(t, err)
+	defer s.Close()
+	require.NoError(t, s.SetDeadline(time.Now().Add(waitFor)))
+	_, err = io.WriteString(s, `{"type":"msg","id":"w1","seq":4,"topic":"chat","payload":1,"epoch":"e","want":"received"}`+"\n")
+	require.NoError(t, err)
+	r := bufio.NewReader(s)
+	line, err := r.ReadString('\n')
+	require.NoError(t, err)
+	assert.Equal(t, `{"type":"ack","id":"w1","seq":4,"stage":"received"}`+"\n", line, "before the core acked")
+	ev := nextEvent(t, tb, isFrame)
+	require.NoError(t, tb.Send(ev.From, mq.AckFor(&ev.Frame)))
+	line, err = r.ReadString('\n')
+	require.NoError(t, err)
+	assert.Equal(t, `{"type":"ack","id":"w1","seq":4}`+"\n", line)
+	_, err = r.ReadByte()
+	assert.ErrorIs(t, err, io.EOF)
+
+	// Our sender: both acks reach Events, received first, and the next msg
+	// does not wait for the first one's final ack.
+	var msgs []mq.Frame
+	for i, id := range []string{"w2", "w3"} {
+		f := testMsg(id, int64(i+1))
+		f.Epoch, f.Want = "e", mq.StageReceived
+		require.NoError(t, ta.Send(pidOf(hb), f))
+		assert.Equal(t, mq.Frame{Type: mq.TypeAck, ID: id, Seq: int64(i + 1), Stage: mq.StageReceived}, nextEvent(t, ta, isFrame).Frame)
+		msgs = append(msgs, nextEvent(t, tb, isFrame).Frame)
+	}
+	for _, m := range msgs {
+		require.NoError(t, tb.Send(pidOf(ha), mq.AckFor(&m)))
+		assert.Equal(t, mq.AckFor(&m), nextEvent(t, ta, isFrame).Frame)
+	}
+	// A msg that does not ask gets one ack.
+	ackAll(tb, nil)
+	f := testMsg("w4", 3)
+	f.Epoch = "e"
+	require.NoError(t, ta.Send(pidOf(hb), f))
+	assert.Equal(t, mq.Frame{Type: mq.TypeAck, ID: "w4", Seq: 3}, nextEvent(t, ta, isFrame).Frame)
+}

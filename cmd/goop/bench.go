@@ -136,8 +136,9 @@ type benchResult struct {
 	Transport string  `json:"transport"`
 	Echo      latency `json:"echo"`
 	// MQ11 and MQ10 are msg -> ack round trips, the ack being the transport
-	// ack of SPEC §2 (a Goop 1.1.0 peer sends it as soon as it decodes the
-	// msg; a 1.0.0 peer sends one ack, after storing).
+	// ack of SPEC §2: the msg asks for it ("want"), and the peer's transport
+	// sends it as soon as it decodes the msg, on 1.1.0 and on 1.0.0 (there on
+	// the msg's stream, before the final ack).
 	MQ11 latency `json:"mq_1_1_0"`
 	MQ10 latency `json:"mq_1_0_0"`
 	// MQ11Stored is msg -> final ack on 1.1.0: the peer stored its cursor
