@@ -616,3 +616,17 @@ func TestSendWantIsCarriedByEveryTransmission(t *testing.T) {
 	_, err = a.bus.SendWant(t0, "B", "id-3", "chat", []byte(`3`), "", "everything")
 	require.ErrorIs(t, err, ErrBadFrame)
 }
+
+// TestSendCheckedSkipsTheJSONCheck: Send refuses a payload that is not JSON;
+// SendChecked takes the caller's word for it (a fan-out checks once).
+func TestSendCheckedSkipsTheJSONCheck(t *testing.T) {
+	a := newPeer("A", Options{})
+	_, err := a.bus.Send(t0, "B", "id-1", "chat", []byte(`{"a":`), "")
+	require.ErrorIs(t, err, ErrBadFrame)
+	f, err := a.bus.SendChecked(t0, "B", "id-2", "chat", []byte(`{"a":1}`), "O")
+	require.NoError(t, err)
+	assert.Equal(t, PeerID("O"), f.Origin)
+	_, err = a.bus.SendChecked(t0, "B", "id-3", "bad topic\x00", []byte(`1`), "")
+	require.ErrorIs(t, err, ErrBadFrame, "the frame is still validated")
+	require.Len(t, a.drain(), 1)
+}
