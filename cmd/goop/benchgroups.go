@@ -38,6 +38,10 @@ const (
 	groupsStartParallel = 4
 	// groupsWarmup is how many unrecorded messages precede the latency measures.
 	groupsWarmup = 20
+	// groupsSlowBlock is how many messages each block of the slow member's
+	// latency comparison sends (blocks alternate between no delay and
+	// --slow-ms).
+	groupsSlowBlock = 50
 	// groupsSendBatch and groupsSenders shape the pipelined sender of the
 	// throughput measures: groupsSenders goroutines, each running one
 	// Runtime.Do with groupsSendBatch SendToGroup calls at a time.
@@ -68,7 +72,8 @@ func benchGroupsCommand(g *globals, stdout io.Writer) *cli.Command {
 			"    delays every chunk by --slow-ms in each direction (a delay line: latency, not a\n" +
 			"    bandwidth cap). The others' latency and throughput are measured with the proxy\n" +
 			"    at 0 ms and at --slow-ms (the slow member's link is TCP; the others use\n" +
-			"    --transport).",
+			"    --transport); the latency in alternating blocks of up to 50 messages, so that the\n" +
+			"    machine's drift weighs on both alike.",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "json", Usage: "print the results as one JSON object"},
 			&cli.StringFlag{Name: "members", Value: "10,50", Usage: "comma-separated group sizes N (members besides the host)"},
@@ -749,22 +754,44 @@ func (b *groupsBench) runSize(ctx context.Context, n int) (*groupsRun, error) {
 		return nil, fmt.Errorf("slow member join: %w", err)
 	}
 	s := &slowMemberRun{DelayMS: b.o.SlowMS}
-	if m, err = b.latency(ctx, sender, hostID, gid, others, slow, b.o.Messages); err != nil {
-		return nil, fmt.Errorf("slow member at 0 ms: latency: %w", err)
-	}
-	s.OthersBaseline = summarize(m.samples(others))
-	if s.OthersDeliveriesPerSecBaseline, _, err = b.throughput(ctx, b.host, hostID, gid, members, slow, b.o.Messages); err != nil {
-		return nil, fmt.Errorf("slow member at 0 ms: throughput: %w", err)
-	}
-	proxy.SetDelay(time.Duration(b.o.SlowMS) * time.Millisecond)
+	delay := time.Duration(b.o.SlowMS) * time.Millisecond
+	proxy.SetDelay(delay)
 	if _, err := b.latency(ctx, sender, hostID, gid, others, slow, min(groupsWarmup, b.o.Messages)); err != nil {
 		return nil, fmt.Errorf("slow member: warm-up: %w", err)
 	}
-	if m, err = b.latency(ctx, sender, hostID, gid, others, slow, b.o.Messages); err != nil {
-		return nil, fmt.Errorf("slow member: latency: %w", err)
+	// The latency with and without the delay, in alternating blocks: drift
+	// of the machine (other processes, frequency) then weighs on both alike
+	// instead of on whichever ran second.
+	var base, slowed, own []time.Duration
+	block := max(1, min(groupsSlowBlock, b.o.Messages/4)) // at least 4 blocks each
+	for k, nBase, nSlowed := 0, 0, 0; nBase < b.o.Messages || nSlowed < b.o.Messages; k++ {
+		d, left := time.Duration(0), b.o.Messages-nBase
+		if k%2 == 1 {
+			d, left = delay, b.o.Messages-nSlowed
+		}
+		if left <= 0 {
+			continue
+		}
+		n := min(block, left)
+		proxy.SetDelay(d)
+		if m, err = b.latency(ctx, sender, hostID, gid, others, slow, n); err != nil {
+			return nil, fmt.Errorf("slow member at %s: latency: %w", d, err)
+		}
+		if d == 0 {
+			base = append(base, m.samples(others)...)
+			nBase += n
+		} else {
+			slowed = append(slowed, m.samples(others)...)
+			own = append(own, m.samples(slow)...)
+			nSlowed += n
+		}
 	}
-	s.OthersSlowed = summarize(m.samples(others))
-	s.SlowMember = summarize(m.samples(slow))
+	s.OthersBaseline, s.OthersSlowed, s.SlowMember = summarize(base), summarize(slowed), summarize(own)
+	proxy.SetDelay(0)
+	if s.OthersDeliveriesPerSecBaseline, _, err = b.throughput(ctx, b.host, hostID, gid, members, slow, b.o.Messages); err != nil {
+		return nil, fmt.Errorf("slow member at 0 ms: throughput: %w", err)
+	}
+	proxy.SetDelay(delay)
 	if s.OthersDeliveriesPerSecSlowed, _, err = b.throughput(ctx, b.host, hostID, gid, members, slow, b.o.Messages); err != nil {
 		return nil, fmt.Errorf("slow member: throughput: %w", err)
 	}
