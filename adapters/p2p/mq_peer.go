@@ -57,6 +57,7 @@ type peerState struct {
 	nstreams atomic.Int32
 	nroutes  atomic.Int32
 	dropping atomic.Bool
+	fin10    atomic.Int32 // finish10 goroutines running
 
 	// wmu is the write lock: whoever holds it writes to the peer's streams
 	// through w — the writer goroutine while it drains q, or a caller of
@@ -337,6 +338,12 @@ func (p *peerState) writeClaimed(st *stream11, f *mq.Frame) {
 	}
 }
 
+// maxFinish10 bounds the 1.0.0 streams per peer whose final ack is awaited
+// in the background (see send10): well under the 128 inbound streams a
+// peer accepts from us (ours: maxInbound10PerPeer; libp2p's resource
+// manager has a similar default), even while the peer's store stalls.
+const maxFinish10 = 16
+
 // writerBatch is how many frames the writer takes from its queue at once.
 const writerBatch = 64
 
@@ -606,11 +613,14 @@ func (w *peerWriter) send10(s network.Stream, f *mq.Frame) bool {
 			return !p.isTorn()
 		}
 		// The peer has the msg: its final ack is read on another goroutine
-		// so that the next msg need not wait for this one to be stored.
-		if t.track() {
+		// so that the next msg need not wait for this one to be stored — up
+		// to maxFinish10 at once (each holds a stream the peer counts
+		// against its limits); past that the writer waits here.
+		if p.fin10.Add(1) <= maxFinish10 && t.track() {
 			go p.finish10(s, lr, f.ID)
 			return !p.isTorn()
 		}
+		p.fin10.Add(-1)
 	}
 }
 
@@ -619,6 +629,7 @@ func (w *peerWriter) send10(s network.Stream, f *mq.Frame) bool {
 func (p *peerState) finish10(s network.Stream, lr *lineReader, id string) {
 	t := p.t
 	defer t.wg.Done()
+	defer p.fin10.Add(-1)
 	stop := context.AfterFunc(p.ctx, func() { _ = s.Reset() })
 	defer stop()
 	_ = s.SetReadDeadline(time.Now().Add(t.opts.AckTimeout))

@@ -646,3 +646,48 @@ func TestReceivedAckOn10(t *testing.T) {
 	require.NoError(t, ta.Send(pidOf(hb), f))
 	assert.Equal(t, mq.Frame{Type: mq.TypeAck, ID: "w4", Seq: 3}, nextEvent(t, ta, isFrame).Frame)
 }
+
+// TestFinish10IsBounded: while the peer's core acks nothing (its store
+// stalls), the sender reads at most maxFinish10 final acks in the
+// background; the next msg waits for its own final ack in the writer, so
+// the streams held open at the peer stay bounded. Once the core acks, every
+// msg gets its final ack.
+func TestFinish10IsBounded(t *testing.T) {
+	ha, hb := newTestHost(t), newTestHost(t)
+	connect(t, ha, hb)
+	ta := newTransport(t, ha, MQOptions{Only10: true})
+	tb := newTransport(t, hb, MQOptions{Only10: true})
+	const n = maxFinish10 + 4
+	for i := range n {
+		f := testMsg(fmt.Sprintf("b%d", i), int64(i+1))
+		f.Epoch, f.Want = "e", mq.StageReceived
+		require.NoError(t, ta.Send(pidOf(hb), f))
+	}
+	var msgs []mq.Frame
+	for range maxFinish10 + 1 {
+		ev := nextEvent(t, ta, isFrame)
+		require.Equal(t, mq.StageReceived, ev.Frame.Stage)
+		msgs = append(msgs, nextEvent(t, tb, isFrame).Frame)
+	}
+	ta.mu.RLock()
+	p := ta.peers[pidOf(hb)]
+	ta.mu.RUnlock()
+	require.NotNil(t, p)
+	assert.Equal(t, int32(maxFinish10), p.fin10.Load(), "background readers at the bound")
+	tb.mu.Lock()
+	open := len(tb.in10)
+	tb.mu.Unlock()
+	assert.Equal(t, maxFinish10+1, open, "the writer waits on the next msg's stream")
+
+	// The core acks: the rest follows, every msg finally acked.
+	for _, m := range msgs {
+		require.NoError(t, tb.Send(pidOf(ha), mq.AckFor(&m)))
+	}
+	ackAll(tb, nil)
+	finals := 0
+	for finals < n {
+		if ev := nextEvent(t, ta, isFrame); ev.Frame.Stage == "" {
+			finals++
+		}
+	}
+}
