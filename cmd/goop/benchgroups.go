@@ -38,6 +38,9 @@ const (
 	groupsStartParallel = 4
 	// groupsWarmup is how many unrecorded messages precede the latency measures.
 	groupsWarmup = 20
+	// groupsTputWarmup is how many unrecorded messages precede the
+	// throughput measures (sent pipelined, like them).
+	groupsTputWarmup = 200
 	// groupsSlowBlock is how many messages each block of the slow member's
 	// latency comparison sends (blocks alternate between no delay and
 	// --slow-ms).
@@ -67,6 +70,7 @@ func benchGroupsCommand(g *globals, stdout io.Writer) *cli.Command {
 			"    sender's Runtime.Do until the receiver's runtime published the group msg event.\n" +
 			"    Once with a member sending (member -> host -> N-1 others), once with the host.\n" +
 			"  - throughput: --messages sent pipelined (4 goroutines, 16 sends per Runtime.Do),\n" +
+			"    or more for at least --min-deliveries deliveries, after a warm-up of 200;\n" +
 			"    deliveries per second at all receivers until the last one arrived.\n" +
 			"  - slow member: one more member joins through a TCP proxy on 127.0.0.1 that\n" +
 			"    delays every chunk by --slow-ms in each direction (a delay line: latency, not a\n" +
@@ -77,14 +81,15 @@ func benchGroupsCommand(g *globals, stdout io.Writer) *cli.Command {
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "json", Usage: "print the results as one JSON object"},
 			&cli.StringFlag{Name: "members", Value: "10,50", Usage: "comma-separated group sizes N (members besides the host)"},
-			&cli.IntFlag{Name: "messages", Value: 500, Usage: "messages per latency and per throughput measure"},
+			&cli.IntFlag{Name: "messages", Value: 500, Usage: "messages per latency measure, and at least per throughput measure"},
+			&cli.IntFlag{Name: "min-deliveries", Value: 100_000, Usage: "a throughput measure sends enough messages for at least this many deliveries"},
 			&cli.IntFlag{Name: "payload-bytes", Value: 1024, Usage: "size of each message's JSON payload"},
 			&cli.IntFlag{Name: "slow-ms", Value: 100, Usage: "delay of the slow member's link each way (0: skip the slow member measure)"},
 			&cli.StringFlag{Name: "transport", Value: "quic-v1", Usage: "members reach the host over `T`: quic-v1, tcp or any (libp2p's choice)"},
 			&cli.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile of the measures (not the start-up) to `FILE`"},
 		},
 		Action: func(c *cli.Context) error {
-			opts := groupsBenchOptions{Messages: c.Int("messages"), PayloadBytes: c.Int("payload-bytes"),
+			opts := groupsBenchOptions{Messages: c.Int("messages"), MinDeliveries: c.Int("min-deliveries"), PayloadBytes: c.Int("payload-bytes"),
 				SlowMS: c.Int("slow-ms"), Transport: c.String("transport"), CPUProfile: c.String("cpuprofile"), Log: g.log}
 			var err error
 			if opts.Members, err = parseMemberCounts(c.String("members")); err != nil {
@@ -92,6 +97,9 @@ func benchGroupsCommand(g *globals, stdout io.Writer) *cli.Command {
 			}
 			if opts.Messages < 10 || opts.Messages > 100_000 {
 				return cli.Exit("--messages must be between 10 and 100000", exitUsage)
+			}
+			if opts.MinDeliveries < 0 || opts.MinDeliveries > 1_000_000 {
+				return cli.Exit("--min-deliveries must be between 0 and 1000000", exitUsage)
 			}
 			if opts.PayloadBytes < minGroupsPayload || opts.PayloadBytes > mq.MaxPayloadBytes {
 				return cli.Exit(fmt.Sprintf("--payload-bytes must be between %d and %d", minGroupsPayload, mq.MaxPayloadBytes), exitUsage)
@@ -132,9 +140,13 @@ func parseMemberCounts(s string) ([]int, error) {
 // groupsBenchOptions configure benchGroups.
 type groupsBenchOptions struct {
 	// Members are the group sizes to measure (members besides the host).
-	Members      []int
-	Messages     int
-	PayloadBytes int
+	Members  []int
+	Messages int
+	// MinDeliveries: a throughput measure sends more than Messages when
+	// needed for at least this many deliveries (a short measure is at the
+	// mercy of a single stall: a checkpoint, a collection).
+	MinDeliveries int
+	PayloadBytes  int
 	// SlowMS is the slow member's delay each way; 0 skips that measure.
 	SlowMS int
 	// Transport is how members reach the host: quic-v1, tcp, or any (or
@@ -147,10 +159,12 @@ type groupsBenchOptions struct {
 
 // groupsBenchResult is the output of `goop bench groups` (its --json form).
 type groupsBenchResult struct {
-	GoVersion    string `json:"go_version"`
-	CPUs         int    `json:"cpus"`
-	Messages     int    `json:"messages"`
-	PayloadBytes int    `json:"payload_bytes"`
+	GoVersion string `json:"go_version"`
+	CPUs      int    `json:"cpus"`
+	Messages  int    `json:"messages"`
+	// MinDeliveries is the fewest deliveries a throughput measure counts.
+	MinDeliveries int `json:"min_deliveries"`
+	PayloadBytes  int `json:"payload_bytes"`
 	// Nodes is how many nodes ran in this process (host, members, slow member).
 	Nodes int `json:"nodes"`
 	// StartMS is how long starting and connecting all nodes took.
@@ -206,8 +220,8 @@ type slowMemberRun struct {
 
 func (r *groupsBenchResult) writeTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "goop bench groups: %d messages of %d payload bytes per measure, %d nodes on 127.0.0.1 (started in %.0f ms), %s, %d CPUs\n\n",
-		r.Messages, r.PayloadBytes, r.Nodes, r.StartMS, r.GoVersion, r.CPUs)
+	fmt.Fprintf(tw, "goop bench groups: %d messages of %d payload bytes per latency measure, throughput measures of at least %d deliveries, %d nodes on 127.0.0.1 (started in %.0f ms), %s, %d CPUs\n\n",
+		r.Messages, r.PayloadBytes, r.MinDeliveries, r.Nodes, r.StartMS, r.GoVersion, r.CPUs)
 	cpu := func(us float64) string {
 		if us <= 0 {
 			return "-"
@@ -449,7 +463,7 @@ func benchGroups(ctx context.Context, o groupsBenchOptions) (_ *groupsBenchResul
 		}
 	}()
 	res := &groupsBenchResult{GoVersion: runtime.Version(), CPUs: runtime.NumCPU(), Messages: o.Messages,
-		PayloadBytes: o.PayloadBytes, Nodes: 1 + len(b.members), StartMS: msSince(t0)}
+		MinDeliveries: o.MinDeliveries, PayloadBytes: o.PayloadBytes, Nodes: 1 + len(b.members), StartMS: msSince(t0)}
 
 	stopProfile, err := simcli.StartCPUProfile(o.CPUProfile)
 	if err != nil {
@@ -734,11 +748,20 @@ func (b *groupsBench) runSize(ctx context.Context, n int) (*groupsRun, error) {
 	}
 	run.LatencyHostSends = summarize(m.samples(members))
 	run.CPUPerDeliveryUS.LatencyHostSends = m.cpuPerDeliveryUS()
-	if run.DeliveriesPerSecHostSends, m, err = b.throughput(ctx, b.host, hostID, gid, members, nil, b.o.Messages); err != nil {
+	// The pipelined paths warm up too (the streams' flow-control windows
+	// grow with the first bursts, buffers are allocated once).
+	if _, _, err := b.throughput(ctx, b.host, hostID, gid, members, nil, min(groupsTputWarmup, b.o.Messages)); err != nil {
+		return nil, fmt.Errorf("warm-up: %w", err)
+	}
+	if _, _, err := b.throughput(ctx, sender, hostID, gid, others, nil, min(groupsTputWarmup, b.o.Messages)); err != nil {
+		return nil, fmt.Errorf("warm-up: %w", err)
+	}
+	tput := b.tputMessages(n)
+	if run.DeliveriesPerSecHostSends, m, err = b.throughput(ctx, b.host, hostID, gid, members, nil, tput); err != nil {
 		return nil, fmt.Errorf("throughput, host sends: %w", err)
 	}
 	run.CPUPerDeliveryUS.ThroughputHostSends = m.cpuPerDeliveryUS()
-	if run.DeliveriesPerSecMemberSends, m, err = b.throughput(ctx, sender, hostID, gid, others, nil, b.o.Messages); err != nil {
+	if run.DeliveriesPerSecMemberSends, m, err = b.throughput(ctx, sender, hostID, gid, others, nil, b.tputMessages(n-1)); err != nil {
 		return nil, fmt.Errorf("throughput, member sends: %w", err)
 	}
 	run.CPUPerDeliveryUS.ThroughputMemberSends = m.cpuPerDeliveryUS()
@@ -788,11 +811,11 @@ func (b *groupsBench) runSize(ctx context.Context, n int) (*groupsRun, error) {
 	}
 	s.OthersBaseline, s.OthersSlowed, s.SlowMember = summarize(base), summarize(slowed), summarize(own)
 	proxy.SetDelay(0)
-	if s.OthersDeliveriesPerSecBaseline, _, err = b.throughput(ctx, b.host, hostID, gid, members, slow, b.o.Messages); err != nil {
+	if s.OthersDeliveriesPerSecBaseline, _, err = b.throughput(ctx, b.host, hostID, gid, members, slow, tput); err != nil {
 		return nil, fmt.Errorf("slow member at 0 ms: throughput: %w", err)
 	}
 	proxy.SetDelay(delay)
-	if s.OthersDeliveriesPerSecSlowed, _, err = b.throughput(ctx, b.host, hostID, gid, members, slow, b.o.Messages); err != nil {
+	if s.OthersDeliveriesPerSecSlowed, _, err = b.throughput(ctx, b.host, hostID, gid, members, slow, tput); err != nil {
 		return nil, fmt.Errorf("slow member: throughput: %w", err)
 	}
 	proxy.SetDelay(0)
@@ -804,6 +827,13 @@ func (b *groupsBench) runSize(ctx context.Context, n int) (*groupsRun, error) {
 	}
 	run.Slow = s
 	return run, nil
+}
+
+// tputMessages is how many messages a throughput measure with `receivers`
+// receivers sends: --messages, or more for at least --min-deliveries
+// deliveries (at most 100,000 messages: the outbox bound per destination).
+func (b *groupsBench) tputMessages(receivers int) int {
+	return min(max(b.o.Messages, (b.o.MinDeliveries+receivers-1)/max(receivers, 1)), 100_000)
 }
 
 // createGroup creates an open, persistent realtime group on the host (the

@@ -26,12 +26,13 @@ func TestBenchGroupsTinyRun(t *testing.T) {
 	}
 	const members, messages = 3, 10
 	code, out, errOut := runGoop(t, "bench", "groups", "--json", "--members", "3", "--messages", "10",
-		"--payload-bytes", "256", "--slow-ms", "5")
+		"--min-deliveries", "60", "--payload-bytes", "256", "--slow-ms", "5")
 	require.Equal(t, 0, code, errOut)
 
 	var res groupsBenchResult
 	require.NoError(t, json.Unmarshal([]byte(out), &res), out)
 	assert.Equal(t, messages, res.Messages)
+	assert.Equal(t, 60, res.MinDeliveries)
 	assert.Equal(t, 256, res.PayloadBytes)
 	assert.Equal(t, 1+members+1, res.Nodes, "host, members and the slow member")
 	assert.Positive(t, res.StartMS)
@@ -79,6 +80,7 @@ func TestBenchGroupsUsageErrors(t *testing.T) {
 		{"too many members", []string{"--members", "100000"}, "--members"},
 		{"few messages", []string{"--messages", "5"}, "--messages must be between"},
 		{"tiny payload", []string{"--payload-bytes", "8"}, "--payload-bytes must be between"},
+		{"negative min deliveries", []string{"--min-deliveries", "-1"}, "--min-deliveries must be between"},
 		{"negative delay", []string{"--slow-ms", "-1"}, "--slow-ms must be between"},
 		{"unknown transport", []string{"--transport", "udp"}, "--transport must be"},
 	}
@@ -232,4 +234,14 @@ func BenchmarkGroupFanout(b *testing.B) {
 			})
 		})
 	}
+}
+
+func TestThroughputMessages(t *testing.T) {
+	b := &groupsBench{o: groupsBenchOptions{Messages: 500, MinDeliveries: 100_000}}
+	assert.Equal(t, 2000, b.tputMessages(50))
+	assert.Equal(t, 10_000, b.tputMessages(10))
+	assert.Equal(t, 11_112, b.tputMessages(9), "rounded up")
+	assert.Equal(t, 100_000, b.tputMessages(1), "at most the outbox bound")
+	b.o.MinDeliveries = 0
+	assert.Equal(t, 500, b.tputMessages(50), "--messages at least")
 }
