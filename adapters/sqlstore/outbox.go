@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"unsafe"
 
@@ -312,17 +313,10 @@ func (d *chunkDecoder) uvarint() uint64 {
 	return v
 }
 
+// varint reads a zig-zag encoded signed varint (binary.AppendVarint).
 func (d *chunkDecoder) varint() int64 {
-	if d.err != nil {
-		return 0
-	}
-	v, n := binary.Varint(d.b)
-	if n <= 0 {
-		d.fail("bad varint")
-		return 0
-	}
-	d.b = d.b[n:]
-	return v
+	u := d.uvarint()
+	return int64(u>>1) ^ -int64(u&1)
 }
 
 func (d *chunkDecoder) bytes() []byte {
@@ -477,12 +471,7 @@ func stageOutbox(ix *outboxIndex, puts map[outKey]*mq.Frame, dels map[outKey]str
 			start = end
 		}
 	}
-	ids := make([]int64, 0, len(s.touched))
-	for id := range s.touched {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
-	for _, id := range ids {
+	for _, id := range slices.Sorted(maps.Keys(s.touched)) {
 		c := s.touched[id]
 		switch {
 		case c.live == 0:
