@@ -584,6 +584,21 @@ func (t *MQTransport) handle10(s network.Stream) {
 		_ = s.Reset()
 		return
 	}
+	if f.Want == mq.StageReceived && f.Epoch != "" && !t.opts.NoReceivedAcks {
+		// Ours, asked by a Goop sender (Goop2 never asks): the transport
+		// ack at once — before the node is even told, so that it leaves
+		// first — and the node's final ack on the same stream once the
+		// message is stored. (If the node cannot take it, the stream is
+		// reset and the sender retransmits: a received ack is early news
+		// only.)
+		early := mq.Frame{Type: mq.TypeAck, ID: f.ID, Seq: f.Seq, Stage: mq.StageReceived}
+		_ = s.SetWriteDeadline(time.Now().Add(t.opts.ReadTimeout))
+		if _, err := s.Write(mq.AppendFrame(nil, &early)); err != nil {
+			t.log.Debug("p2p: mq: 1.0.0 stream: writing received ack failed", "peer", from, "err", err)
+			_ = s.Reset()
+			return
+		}
+	}
 	key := waitKey{from: from, id: f.ID}
 	ch := t.addWaiter(key)
 	if !t.emit(ports.TransportEvent{Kind: ports.FrameReceived, From: from, Frame: f}, t.opts.ReadTimeout) {
@@ -591,19 +606,6 @@ func (t *MQTransport) handle10(s network.Stream) {
 		t.log.Debug("p2p: mq: events channel full; resetting 1.0.0 stream", "peer", from)
 		_ = s.Reset()
 		return
-	}
-	if f.Want == mq.StageReceived && f.Epoch != "" && !t.opts.NoReceivedAcks {
-		// Ours, asked by a Goop sender (Goop2 never asks): the transport
-		// ack at once, the node's final ack on the same stream once the
-		// message is stored.
-		early := mq.Frame{Type: mq.TypeAck, ID: f.ID, Seq: f.Seq, Stage: mq.StageReceived}
-		_ = s.SetWriteDeadline(time.Now().Add(t.opts.ReadTimeout))
-		if _, err := s.Write(mq.AppendFrame(nil, &early)); err != nil {
-			t.removeWaiter(key, ch)
-			t.log.Debug("p2p: mq: 1.0.0 stream: writing received ack failed", "peer", from, "err", err)
-			_ = s.Reset()
-			return
-		}
 	}
 	tm := time.NewTimer(t.opts.ReadTimeout)
 	defer tm.Stop()
