@@ -37,6 +37,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -365,17 +366,87 @@ func (s *server) serveRemoteSite(w http.ResponseWriter, r *http.Request, id, rel
 		return
 	}
 	defer body.Close()
+	start, n, partial, ok := byteRange(r, size)
+	if !ok {
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", size))
+		s.sitePage(w, http.StatusRequestedRangeNotSatisfiable, "Range not satisfiable",
+			fmt.Sprintf("The file is %d bytes long.", size))
+		return
+	}
 	siteHeaders(w, site.SanitizeMIME(mime))
-	w.Header().Set("Content-Length", fmt.Sprint(size))
-	w.WriteHeader(http.StatusOK)
+	h := w.Header()
+	h.Set("Accept-Ranges", "bytes")
+	h.Set("Content-Length", fmt.Sprint(n))
+	if partial {
+		h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, start+n-1, size))
+		w.WriteHeader(http.StatusPartialContent)
+	} else {
+		w.WriteHeader(http.StatusOK)
+	}
 	if r.Method == http.MethodHead {
 		return
 	}
-	if _, err := io.Copy(w, body); err != nil {
+	// The site protocol sends whole files: a range skips to its start.
+	_, err = io.CopyN(io.Discard, body, start)
+	if err == nil {
+		_, err = io.CopyN(w, body, n)
+	}
+	if err != nil {
 		// The status is sent: cut the connection so the browser sees a
 		// broken transfer, not a complete short file.
 		s.d.Log.Debug("site: remote transfer failed", "peer", id, "path", wire, "err", err)
 		panic(http.ErrAbortHandler)
+	}
+}
+
+// byteRange reads r's Range header against a file of size bytes: the
+// bytes to send (from start, n of them) and whether that is a part. Only a
+// single range of bytes is honoured; several ranges, a syntax this does not
+// know, or an If-Range (remote files have no validators to compare) get the
+// whole file. ok is false when the range is not satisfiable (416).
+func byteRange(r *http.Request, size int64) (start, n int64, partial, ok bool) {
+	spec, found := strings.CutPrefix(r.Header.Get("Range"), "bytes=")
+	if !found || r.Header.Get("If-Range") != "" || strings.Contains(spec, ",") {
+		return 0, size, false, true
+	}
+	first, last, found := strings.Cut(strings.TrimSpace(spec), "-")
+	if !found {
+		return 0, size, false, true
+	}
+	parse := func(v string) (int64, bool) {
+		if v == "" || strings.TrimLeft(v, "0123456789") != "" || len(v) > 18 {
+			return 0, false
+		}
+		x, err := strconv.ParseInt(v, 10, 64)
+		return x, err == nil
+	}
+	switch {
+	case first == "": // the last `last` bytes
+		k, valid := parse(last)
+		if !valid {
+			return 0, size, false, true
+		}
+		if k == 0 || size == 0 {
+			return 0, 0, false, false
+		}
+		k = min(k, size)
+		return size - k, k, true, true
+	default:
+		a, valid := parse(first)
+		if !valid {
+			return 0, size, false, true
+		}
+		b := size - 1
+		if last != "" {
+			if b, valid = parse(last); !valid || b < a {
+				return 0, size, false, true
+			}
+			b = min(b, size-1)
+		}
+		if a >= size {
+			return 0, 0, false, false
+		}
+		return a, b - a + 1, true, true
 	}
 }
 

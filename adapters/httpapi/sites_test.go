@@ -556,3 +556,63 @@ func TestDataQueryLocalAndProxied(t *testing.T) {
 	r := f.req(t, http.MethodPost, "", "/api/p/nobody/data/query", map[string]any{"table": "x"}, nil)
 	assert.Equal(t, http.StatusBadRequest, r.status)
 }
+
+// TestRemoteSiteRanges: a remote file is served with byte ranges (a media
+// player seeks with them): a single range gets 206 and just those bytes;
+// several ranges, bad syntax or an If-Range get the whole file; a range past
+// the end gets 416.
+func TestRemoteSiteRanges(t *testing.T) {
+	f := newSiteFixture(t)
+	b := string(f.b.id)
+	f.serve(f.b.id, "/clip.bin", remoteFile{mime: "application/octet-stream", body: "0123456789"})
+	f.serve(f.b.id, "/empty.txt", remoteFile{mime: "text/plain", body: ""})
+	origin := f.originOf(f.b.id)
+	get := func(path string, hdr map[string]string) httpReply {
+		return f.req(t, http.MethodGet, origin, "/p/"+b+path, nil, hdr)
+	}
+
+	r := get("/clip.bin", nil)
+	require.Equal(t, http.StatusOK, r.status)
+	assert.Equal(t, "0123456789", r.text)
+	assert.Equal(t, "bytes", r.header.Get("Accept-Ranges"))
+
+	cases := []struct {
+		rng, ifRange string
+		status       int
+		text, crange string
+	}{
+		{"bytes=2-5", "", 206, "2345", "bytes 2-5/10"},
+		{"bytes=7-", "", 206, "789", "bytes 7-9/10"},
+		{"bytes=-3", "", 206, "789", "bytes 7-9/10"},
+		{"bytes=-30", "", 206, "0123456789", "bytes 0-9/10"},
+		{"bytes=8-100", "", 206, "89", "bytes 8-9/10"},
+		{"bytes=0-0", "", 206, "0", "bytes 0-0/10"},
+		{"bytes=0-1,4-5", "", 200, "0123456789", ""},
+		{"bytes=5-2", "", 200, "0123456789", ""},
+		{"bytes=x-", "", 200, "0123456789", ""},
+		{"items=0-1", "", 200, "0123456789", ""},
+		{"bytes=2-5", `"etag"`, 200, "0123456789", ""},
+		{"bytes=10-", "", 416, "10 bytes long", "bytes */10"},
+		{"bytes=-0", "", 416, "10 bytes long", "bytes */10"},
+	}
+	for _, c := range cases {
+		t.Run(c.rng+c.ifRange, func(t *testing.T) {
+			hdr := map[string]string{"Range": c.rng}
+			if c.ifRange != "" {
+				hdr["If-Range"] = c.ifRange
+			}
+			r := get("/clip.bin", hdr)
+			require.Equal(t, c.status, r.status, r.text)
+			assert.Contains(t, r.text, c.text)
+			if c.status != 416 {
+				assert.Equal(t, c.text, r.text)
+			}
+			assert.Equal(t, c.crange, r.header.Get("Content-Range"))
+		})
+	}
+	r = get("/empty.txt", map[string]string{"Range": "bytes=0-"})
+	assert.Equal(t, http.StatusRequestedRangeNotSatisfiable, r.status, "an empty file has no byte to send")
+	r = get("/empty.txt", nil)
+	assert.Equal(t, http.StatusOK, r.status)
+	assert.Equal(t, "", r.text)
+}
