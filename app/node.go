@@ -306,19 +306,8 @@ func (n *Node) Ready() Ready {
 			n.dispatch(gr.Events[i])
 			n.events = append(n.events, Event{Kind: EventGroup, Peer: gr.Events[i].From, Group: &gr.Events[i]})
 		}
-		var valid []byte // the last payload found valid JSON
 		for _, s := range gr.Sends {
-			// A fan-out sends one payload (the same memory) to every member:
-			// it is checked once.
-			checked := len(s.Payload) > 0 && len(s.Payload) == len(valid) && &s.Payload[0] == &valid[0]
-			if !checked && json.Valid(s.Payload) {
-				valid, checked = s.Payload, true
-			}
-			send := n.bus.Send
-			if checked {
-				send = n.bus.SendChecked
-			}
-			if _, err := send(n.now, s.To, n.newID(), s.Topic, s.Payload, s.Origin); err != nil {
+			if _, err := n.bus.Send(n.now, s.To, n.newID(), s.Topic, s.Payload, s.Origin); err != nil {
 				n.stats.Failed++
 				n.events = append(n.events, Event{Kind: EventFailed, Peer: s.To, Topic: s.Topic, Reason: err.Error()})
 			} else {

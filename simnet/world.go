@@ -1067,11 +1067,11 @@ func (w *World) next() {
 		w.stats.FramesDelivered++
 		w.stats.Events++
 		w.cur = ev.frame
-		if ev.frame.Type == mq.TypeMsg && ev.frame.Want == mq.StageReceived && ev.frame.Epoch != "" && !w.opts.NoReceivedAcks {
+		if ev.frame.AsksReceived() && !w.opts.NoReceivedAcks {
 			// As the real 1.1.0 transport does: a received ack, when asked,
 			// goes back the moment the msg is decoded, before the node has
 			// stored anything.
-			w.transmit(p, &mq.Outgoing{To: src.id, Frame: mq.Frame{Type: mq.TypeAck, ID: ev.frame.ID, Seq: ev.frame.Seq, Stage: mq.StageReceived}})
+			w.transmit(p, &mq.Outgoing{To: src.id, Frame: mq.ReceivedAckFor(&ev.frame)})
 		}
 		p.node.Handle(w.vt(), ports.TransportEvent{Kind: ports.FrameReceived, From: src.id, Frame: ev.frame})
 		w.flush(p, StepFrame, int(ev.from), -1, &w.cur)

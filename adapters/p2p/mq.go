@@ -525,23 +525,19 @@ func (t *MQTransport) readLoop(p *peerState, st *stream11) {
 			t.log.Debug("p2p: mq: bad frame on 1.1.0 stream; resetting", "peer", p.pid, "err", err)
 			return
 		}
-		var early bool
 		if f.Type == mq.TypeMsg {
 			p.noteRoute(f.ID, st)
+		}
+		if t.answersReceived(&f) {
 			// Ours: tell the sender at once that the msg arrived (a transport
 			// ack, SPEC §2) when it asks (a caller waits for it); the node's
 			// final ack follows once the message is durably delivered.
-			early = f.Want == mq.StageReceived && f.Epoch != "" && !t.opts.NoReceivedAcks
-		}
-		if early {
-			// Queued before the node is told of the msg: the writer then
-			// sends it while nothing else competes (with the loop woken
-			// first, the ack waited behind the node's work: 78-81 -> 64-65
-			// us per round trip). If the node cannot take the msg the stream
-			// is reset and the sender retransmits: the received ack is early
-			// news only. Best effort: if the queue is full the final ack
-			// still comes.
-			p.q.push(outItem{f: mq.Frame{Type: mq.TypeAck, ID: f.ID, Seq: f.Seq, Stage: mq.StageReceived}, via: st})
+			// Queued before the node is told of the msg, so that the writer
+			// sends it while nothing else competes. If the node cannot take
+			// the msg the stream is reset and the sender retransmits: the
+			// received ack is early news only. Best effort: if the queue is
+			// full the final ack still comes.
+			p.q.push(outItem{f: mq.ReceivedAckFor(&f), via: st})
 		}
 		if !t.deliver(p.pid, f) {
 			if !t.closed.Load() {
@@ -550,6 +546,11 @@ func (t *MQTransport) readLoop(p *peerState, st *stream11) {
 			return
 		}
 	}
+}
+
+// answersReceived reports whether msg f gets the early received ack.
+func (t *MQTransport) answersReceived(f *mq.Frame) bool {
+	return f.AsksReceived() && !t.opts.NoReceivedAcks
 }
 
 // handle10 serves an inbound 1.0.0 stream: one msg line in, then the core's
@@ -588,14 +589,14 @@ func (t *MQTransport) handle10(s network.Stream) {
 		_ = s.Reset()
 		return
 	}
-	if f.Want == mq.StageReceived && f.Epoch != "" && !t.opts.NoReceivedAcks {
+	if t.answersReceived(&f) {
 		// Ours, asked by a Goop sender (Goop2 never asks): the transport
 		// ack at once — before the node is even told, so that it leaves
 		// first — and the node's final ack on the same stream once the
 		// message is stored. (If the node cannot take it, the stream is
 		// reset and the sender retransmits: a received ack is early news
 		// only.)
-		early := mq.Frame{Type: mq.TypeAck, ID: f.ID, Seq: f.Seq, Stage: mq.StageReceived}
+		early := mq.ReceivedAckFor(&f)
 		_ = s.SetWriteDeadline(time.Now().Add(t.opts.ReadTimeout))
 		if _, err := s.Write(mq.AppendFrame(nil, &early)); err != nil {
 			t.log.Debug("p2p: mq: 1.0.0 stream: writing received ack failed", "peer", from, "err", err)

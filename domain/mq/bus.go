@@ -240,6 +240,10 @@ type Bus struct {
 	seenQ   []string
 	seenAt  int
 	out     Ready
+	// validJSON is the last payload Send found valid JSON, until the next
+	// Drain: a group fan-out sends one payload (the same memory, which the
+	// bus keeps and nobody may modify) to every member, checked once.
+	validJSON []byte
 	// active lists destinations with unacked messages (in no order; a
 	// dest knows its place); dirty lists coalesce changes.
 	active       []*dest
@@ -339,17 +343,6 @@ func (b *Bus) Send(now time.Time, to PeerID, id, topic string, payload []byte, o
 // StageReceived asks the peer's transport for an early received ack, for a
 // sender that waits for it.
 func (b *Bus) SendWant(now time.Time, to PeerID, id, topic string, payload []byte, origin PeerID, want string) (Frame, error) {
-	return b.send(now, to, id, topic, payload, origin, want, false)
-}
-
-// SendChecked is Send for a payload the caller has found valid JSON
-// (json.Valid, or an empty payload): it is not checked again. A group
-// host fans one payload out to every member; checking it once is enough.
-func (b *Bus) SendChecked(now time.Time, to PeerID, id, topic string, payload []byte, origin PeerID) (Frame, error) {
-	return b.send(now, to, id, topic, payload, origin, "", true)
-}
-
-func (b *Bus) send(now time.Time, to PeerID, id, topic string, payload []byte, origin PeerID, want string, checked bool) (Frame, error) {
 	if want != "" && want != StageReceived {
 		return Frame{}, fmt.Errorf("%w: unknown want %q", ErrBadFrame, want)
 	}
@@ -366,7 +359,7 @@ func (b *Bus) send(now time.Time, to PeerID, id, topic string, payload []byte, o
 	if err := f.Validate(); err != nil {
 		return Frame{}, err
 	}
-	if !checked && !json.Valid(f.Payload) {
+	if !b.checkedJSON(f.Payload) {
 		return Frame{}, fmt.Errorf("%w: payload is not valid JSON", ErrBadFrame)
 	}
 	d := b.dest(to)
@@ -631,7 +624,21 @@ func (b *Bus) retransmit(now time.Time, to PeerID, d *dest) {
 
 // Drain returns the accumulated outputs and resets them. Cursor and sequence
 // changes are coalesced: one per peer per Ready, in peer order.
+// checkedJSON reports whether p is valid JSON, checking only a payload
+// other than the last one found valid since the last Drain (see validJSON).
+func (b *Bus) checkedJSON(p []byte) bool {
+	if len(p) > 0 && len(p) == len(b.validJSON) && &p[0] == &b.validJSON[0] {
+		return true
+	}
+	if !json.Valid(p) {
+		return false
+	}
+	b.validJSON = p
+	return true
+}
+
 func (b *Bus) Drain() Ready {
+	b.validJSON = nil // not kept past the step
 	slices.Sort(b.dirtyDests)
 	for _, p := range b.dirtyDests {
 		d := b.dests[p]

@@ -617,16 +617,24 @@ func TestSendWantIsCarriedByEveryTransmission(t *testing.T) {
 	require.ErrorIs(t, err, ErrBadFrame)
 }
 
-// TestSendCheckedSkipsTheJSONCheck: Send refuses a payload that is not JSON;
-// SendChecked takes the caller's word for it (a fan-out checks once).
-func TestSendCheckedSkipsTheJSONCheck(t *testing.T) {
+// TestFanOutChecksItsPayloadOnce: Send refuses a payload that is not JSON;
+// the same payload memory sent again within a step (a group fan-out) is not
+// checked again — shown here by breaking the contract and changing it — and
+// after Drain it is checked anew. The frame is still validated each time.
+func TestFanOutChecksItsPayloadOnce(t *testing.T) {
 	a := newPeer("A", Options{})
 	_, err := a.bus.Send(t0, "B", "id-1", "chat", []byte(`{"a":`), "")
 	require.ErrorIs(t, err, ErrBadFrame)
-	f, err := a.bus.SendChecked(t0, "B", "id-2", "chat", []byte(`{"a":1}`), "O")
+	payload := []byte(`{"a":1}`)
+	f, err := a.bus.Send(t0, "B", "id-2", "chat", payload, "O")
 	require.NoError(t, err)
 	assert.Equal(t, PeerID("O"), f.Origin)
-	_, err = a.bus.SendChecked(t0, "B", "id-3", "bad topic\x00", []byte(`1`), "")
+	_, err = a.bus.Send(t0, "C", "id-3", "bad topic\x00", payload, "")
 	require.ErrorIs(t, err, ErrBadFrame, "the frame is still validated")
-	require.Len(t, a.drain(), 1)
+	copy(payload, "{{{{{{") // not allowed of a caller: proves the check is skipped
+	_, err = a.bus.Send(t0, "D", "id-4", "chat", payload, "")
+	require.NoError(t, err, "the same memory is not checked again within the step")
+	require.Len(t, a.drain(), 2)
+	_, err = a.bus.Send(t0, "E", "id-5", "chat", payload, "")
+	require.ErrorIs(t, err, ErrBadFrame, "checked anew after Drain")
 }

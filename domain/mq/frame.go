@@ -76,6 +76,17 @@ func (f *Frame) IsMsg() bool { return f.Type == TypeMsg }
 // AckFor returns the ack frame that answers msg m.
 func AckFor(m *Frame) Frame { return Frame{Type: TypeAck, ID: m.ID, Seq: m.Seq} }
 
+// AsksReceived reports whether f is a msg from a Goop sender (it has an
+// epoch) that asks the receiving transport for the early received ack.
+func (f *Frame) AsksReceived() bool {
+	return f.Type == TypeMsg && f.Want == StageReceived && f.Epoch != ""
+}
+
+// ReceivedAckFor returns the early received ack that answers msg m.
+func ReceivedAckFor(m *Frame) Frame {
+	return Frame{Type: TypeAck, ID: m.ID, Seq: m.Seq, Stage: StageReceived}
+}
+
 // Validate checks a frame against the spec and our limits.
 func (f *Frame) Validate() error {
 	switch f.Type {

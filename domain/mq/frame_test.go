@@ -108,3 +108,16 @@ func FuzzDecodeFrame(f *testing.F) {
 		assert.Equal(t, fr.Topic, again.Topic)
 	})
 }
+
+func TestAsksReceived(t *testing.T) {
+	m := Frame{Type: TypeMsg, ID: "m", Seq: 7, Epoch: "e", Want: StageReceived}
+	assert.True(t, m.AsksReceived())
+	assert.Equal(t, Frame{Type: TypeAck, ID: "m", Seq: 7, Stage: StageReceived}, ReceivedAckFor(&m))
+	for name, f := range map[string]Frame{
+		"no want":           {Type: TypeMsg, ID: "m", Seq: 7, Epoch: "e"},
+		"no epoch (compat)": {Type: TypeMsg, ID: "m", Seq: 7, Want: StageReceived},
+		"an ack":            {Type: TypeAck, ID: "m", Seq: 7, Epoch: "e", Want: StageReceived},
+	} {
+		assert.False(t, f.AsksReceived(), name)
+	}
+}
