@@ -369,6 +369,14 @@ func (t *MQTransport) deliver(from mq.PeerID, f mq.Frame) bool {
 	return ok
 }
 
+// report hands an ack read from peer from to Events (logging when the
+// channel stayed full).
+func (t *MQTransport) report(from mq.PeerID, ack mq.Frame) {
+	if !t.deliver(from, ack) && !t.closed.Load() {
+		t.log.Debug("p2p: mq: events channel full; ack dropped", "peer", from)
+	}
+}
+
 // watchConns turns the host's connectedness changes (first connection up,
 // last connection down) into PeerConnected / PeerDisconnected events.
 func (t *MQTransport) watchConns() {

@@ -579,77 +579,71 @@ func (w *peerWriter) send10(s network.Stream, f *mq.Frame) bool {
 	// One ack line (Goop2's only kind), or — when f asked for it and the
 	// peer is a Goop node — a received ack first, then the final one.
 	lr := newLineReader(s, mq.MaxLineBytes, 512)
-	for n := 0; ; n++ {
-		_ = s.SetReadDeadline(time.Now().Add(t.opts.AckTimeout))
-		line, err := lr.next()
-		if err != nil {
-			_ = s.Reset()
-			if !p.isTorn() {
-				t.log.Debug("p2p: mq: 1.0.0 msg not acknowledged", "peer", p.pid, "id", f.ID, "err", err)
-			}
-			return !p.isTorn()
-		}
-		ack, err := mq.DecodeFrame(line)
-		switch {
-		case err != nil:
-		case ack.Type != mq.TypeAck || ack.ID != f.ID:
-			err = errors.New("reply is not the ack of the msg sent")
-		case ack.Stage == mq.StageReceived && (n > 0 || f.Want != mq.StageReceived):
-			err = errors.New("received ack not asked for")
-		}
-		if err != nil {
-			_ = s.Reset()
-			t.log.Debug("p2p: mq: bad ack on 1.0.0 stream", "peer", p.pid, "err", err)
-			return !p.isTorn()
-		}
-		final := ack.Stage == ""
-		if final {
-			_ = s.Close()
-		}
-		if !t.deliver(p.pid, ack) && !t.closed.Load() {
-			t.log.Debug("p2p: mq: events channel full; ack dropped", "peer", p.pid)
-		}
-		if final {
-			return !p.isTorn()
-		}
-		// The peer has the msg: its final ack is read on another goroutine
-		// so that the next msg need not wait for this one to be stored — up
-		// to maxFinish10 at once (each holds a stream the peer counts
-		// against its limits); past that the writer waits here.
-		if p.fin10.Add(1) <= maxFinish10 && t.track() {
-			go p.finish10(s, lr, f.ID)
-			return !p.isTorn()
-		}
-		p.fin10.Add(-1)
+	ack, ok := p.readAck10(s, lr, f.ID, f.Want == mq.StageReceived)
+	if !ok {
+		return !p.isTorn()
 	}
+	if ack.Stage == "" {
+		_ = s.Close()
+		t.report(p.pid, ack)
+		return !p.isTorn()
+	}
+	t.report(p.pid, ack)
+	// The peer has the msg: its final ack is read on another goroutine so
+	// that the next msg need not wait for this one to be stored — up to
+	// maxFinish10 at once (each holds a stream the peer counts against its
+	// limits); past that the writer waits here.
+	id := f.ID
+	if p.fin10.Add(1) <= maxFinish10 && t.track() {
+		go func() {
+			defer t.wg.Done()
+			defer p.fin10.Add(-1)
+			stop := context.AfterFunc(p.ctx, func() { _ = s.Reset() }) // teardown
+			defer stop()
+			p.finish10(s, lr, id)
+		}()
+		return !p.isTorn()
+	}
+	p.fin10.Add(-1)
+	p.finish10(s, lr, id)
+	return !p.isTorn()
 }
 
-// finish10 reads the final ack of msg id on 1.0.0 stream s, whose received
-// ack came already, and reports it. Teardown resets s.
-func (p *peerState) finish10(s network.Stream, lr *lineReader, id string) {
+// readAck10 reads the ack of msg id on 1.0.0 stream s; received allows an
+// early received ack (the msg asked for it). On failure it resets s and
+// reports false.
+func (p *peerState) readAck10(s network.Stream, lr *lineReader, id string, received bool) (mq.Frame, bool) {
 	t := p.t
-	defer t.wg.Done()
-	defer p.fin10.Add(-1)
-	stop := context.AfterFunc(p.ctx, func() { _ = s.Reset() })
-	defer stop()
 	_ = s.SetReadDeadline(time.Now().Add(t.opts.AckTimeout))
 	line, err := lr.next()
-	var ack mq.Frame
-	if err == nil {
-		ack, err = mq.DecodeFrame(line)
-	}
-	if err == nil && (ack.Type != mq.TypeAck || ack.ID != id || ack.Stage != "") {
-		err = errors.New("reply is not the final ack of the msg sent")
-	}
 	if err != nil {
 		_ = s.Reset()
 		if !p.isTorn() {
-			t.log.Debug("p2p: mq: 1.0.0 msg not finally acknowledged", "peer", p.pid, "id", id, "err", err)
+			t.log.Debug("p2p: mq: 1.0.0 msg not acknowledged", "peer", p.pid, "id", id, "err", err)
 		}
-		return
+		return mq.Frame{}, false
 	}
-	_ = s.Close()
-	if !t.deliver(p.pid, ack) && !t.closed.Load() {
-		t.log.Debug("p2p: mq: events channel full; ack dropped", "peer", p.pid)
+	ack, err := mq.DecodeFrame(line)
+	switch {
+	case err != nil:
+	case ack.Type != mq.TypeAck || ack.ID != id:
+		err = errors.New("reply is not the ack of the msg sent")
+	case ack.Stage == mq.StageReceived && !received:
+		err = errors.New("received ack not asked for")
+	}
+	if err != nil {
+		_ = s.Reset()
+		t.log.Debug("p2p: mq: bad ack on 1.0.0 stream", "peer", p.pid, "err", err)
+		return mq.Frame{}, false
+	}
+	return ack, true
+}
+
+// finish10 reads the final ack of msg id on 1.0.0 stream s, whose received
+// ack came already, closes s and reports the ack.
+func (p *peerState) finish10(s network.Stream, lr *lineReader, id string) {
+	if ack, ok := p.readAck10(s, lr, id, false); ok {
+		_ = s.Close()
+		p.t.report(p.pid, ack)
 	}
 }
