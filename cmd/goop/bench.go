@@ -31,6 +31,23 @@ import (
 	"github.com/goop-p2p/goop/simnet/simcli"
 )
 
+// intRange is the allowed range of an int flag.
+type intRange struct {
+	name   string
+	lo, hi int
+}
+
+// checkRanges returns a usage error naming the first int flag of c outside
+// its range.
+func checkRanges(c *cli.Context, rs ...intRange) error {
+	for _, r := range rs {
+		if v := c.Int(r.name); v < r.lo || v > r.hi {
+			return cli.Exit(fmt.Sprintf("--%s must be between %d and %d", r.name, r.lo, r.hi), exitUsage)
+		}
+	}
+	return nil
+}
+
 func benchCommand(g *globals, stdout io.Writer) *cli.Command {
 	return &cli.Command{
 		Name:  "bench",
@@ -55,14 +72,10 @@ func benchCommand(g *globals, stdout io.Writer) *cli.Command {
 			Action: func(c *cli.Context) error {
 				opts := benchOptions{Count: c.Int("count"), Messages: c.Int("messages"), PayloadBytes: c.Int("payload-bytes"),
 					Log: g.log, CPUProfile: c.String("cpuprofile")}
-				if opts.Count < 10 || opts.Count > 100_000 {
-					return cli.Exit("--count must be between 10 and 100000", exitUsage)
-				}
-				if opts.Messages < 10 || opts.Messages > 100_000 {
-					return cli.Exit("--messages must be between 10 and 100000 (the outbox holds at most 100000 per destination)", exitUsage)
-				}
-				if opts.PayloadBytes < 0 || opts.PayloadBytes > mq.MaxPayloadBytes-2 {
-					return cli.Exit(fmt.Sprintf("--payload-bytes must be between 0 and %d", mq.MaxPayloadBytes-2), exitUsage)
+				// --messages: the outbox holds at most 100,000 per destination.
+				if err := checkRanges(c, intRange{"count", 10, 100_000}, intRange{"messages", 10, 100_000},
+					intRange{"payload-bytes", 0, mq.MaxPayloadBytes - 2}); err != nil {
+					return err
 				}
 				if !c.Bool("no-child") {
 					exe, err := os.Executable()
@@ -87,8 +100,7 @@ func benchCommand(g *globals, stdout io.Writer) *cli.Command {
 
 type benchOptions struct {
 	Count int
-	// Messages is the number of messages of each throughput measure (0:
-	// Count).
+	// Messages is the number of messages of each throughput measure.
 	Messages     int
 	PayloadBytes int
 	// Exe is the goop binary to measure `goop peer` start-up with (empty: skip).
@@ -197,9 +209,6 @@ func benchMQ(ctx context.Context, o benchOptions) (*benchResult, error) {
 	}
 	defer os.RemoveAll(root)
 
-	if o.Messages <= 0 {
-		o.Messages = o.Count
-	}
 	res := &benchResult{GoVersion: runtime.Version(), CPUs: runtime.NumCPU(), Count: o.Count, Messages: o.Messages,
 		PayloadBytes: o.PayloadBytes}
 	start := func(name string, mqOpts p2p.MQOptions) (*node.Running, error) {

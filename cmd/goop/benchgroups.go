@@ -95,17 +95,9 @@ func benchGroupsCommand(g *globals, stdout io.Writer) *cli.Command {
 			if opts.Members, err = parseMemberCounts(c.String("members")); err != nil {
 				return cli.Exit(err.Error(), exitUsage)
 			}
-			if opts.Messages < 10 || opts.Messages > 100_000 {
-				return cli.Exit("--messages must be between 10 and 100000", exitUsage)
-			}
-			if opts.MinDeliveries < 0 || opts.MinDeliveries > 1_000_000 {
-				return cli.Exit("--min-deliveries must be between 0 and 1000000", exitUsage)
-			}
-			if opts.PayloadBytes < minGroupsPayload || opts.PayloadBytes > mq.MaxPayloadBytes {
-				return cli.Exit(fmt.Sprintf("--payload-bytes must be between %d and %d", minGroupsPayload, mq.MaxPayloadBytes), exitUsage)
-			}
-			if opts.SlowMS < 0 || opts.SlowMS > 10_000 {
-				return cli.Exit("--slow-ms must be between 0 and 10000", exitUsage)
+			if err := checkRanges(c, intRange{"messages", 10, 100_000}, intRange{"min-deliveries", 0, 1_000_000},
+				intRange{"payload-bytes", minGroupsPayload, mq.MaxPayloadBytes}, intRange{"slow-ms", 0, 10_000}); err != nil {
+				return err
 			}
 			if !slices.Contains([]string{"quic-v1", "tcp", "any"}, opts.Transport) {
 				return cli.Exit("--transport must be quic-v1, tcp or any", exitUsage)

@@ -89,11 +89,8 @@ func benchRendezvousCommand(g *globals, stdout io.Writer) *cli.Command {
 		},
 		Action: func(c *cli.Context) error {
 			n, pubs := c.Int("clients"), c.Int("publishes")
-			if n < 1 || n > rvMaxClients {
-				return cli.Exit(fmt.Sprintf("--clients must be between 1 and %d", rvMaxClients), exitUsage)
-			}
-			if pubs < 1 || pubs > 1000 {
-				return cli.Exit("--publishes must be between 1 and 1000", exitUsage)
+			if err := checkRanges(c, intRange{"clients", 1, rvMaxClients}, intRange{"publishes", 1, 1000}); err != nil {
+				return err
 			}
 			if u := c.String("fleet"); u != "" {
 				return runFleetChild(c.Context, u, n, pubs, c.Bool("spread"), os.Stdin, stdout)
