@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"unsafe"
 
 	"github.com/uptrace/bun"
 
@@ -166,7 +165,7 @@ func appendChunk(dst []byte, es []chunkEntry) []byte {
 			flags |= entNilPayload
 		}
 		if len(f.Payload) >= 64 {
-			k := payloadKey{unsafe.SliceData(f.Payload), len(f.Payload)}
+			k := payloadKey{&f.Payload[0], len(f.Payload)} // len >= 64
 			if j, ok := seen[k]; ok {
 				ref = j
 				flags |= entPayloadRef
