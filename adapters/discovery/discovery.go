@@ -28,6 +28,7 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/discovery/mdns"
 	ma "github.com/multiformats/go-multiaddr"
 
+	"github.com/goop-p2p/goop/adapters/p2p"
 	"github.com/goop-p2p/goop/domain/mq"
 	"github.com/goop-p2p/goop/domain/presence"
 	"github.com/goop-p2p/goop/ports"
@@ -371,7 +372,7 @@ func (a *Adapter) dial(ctx context.Context, ai peer.AddrInfo) {
 				// retry is our own decision and must not be refused by it.
 				tctx = network.WithForceDirectDial(tctx, "discovery retry")
 			}
-			err := a.h.Connect(tctx, ai)
+			err := p2p.Connect(tctx, a.h, ai)
 			tcancel()
 			if err == nil {
 				return

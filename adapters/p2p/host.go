@@ -228,8 +228,10 @@ func loadIdentity(path string) (crypto.PrivKey, error) {
 
 // ConnectPeers dials static peers given as full multiaddrs ending in
 // /p2p/<peer id>, in parallel, each with DefaultDialTimeout (or less if ctx
-// ends sooner). It connects every good one and returns a joined error naming
-// each address that could not be parsed or dialed; nil if all connected.
+// ends sooner), through Connect (a connection the peer drops right after
+// accepting it is dialed again). It connects every good one and returns a
+// joined error naming each address that could not be parsed or dialed; nil
+// if all connected.
 // Addresses of the same peer are tried together; the host's own id is skipped.
 func ConnectPeers(ctx context.Context, h host.Host, addrs []string) error {
 	var errs []error
@@ -265,7 +267,7 @@ func ConnectPeers(ctx context.Context, h host.Host, addrs []string) error {
 			defer func() { <-sem }()
 			dctx, cancel := context.WithTimeout(ctx, DefaultDialTimeout)
 			defer cancel()
-			if err := h.Connect(dctx, *ai); err != nil {
+			if err := Connect(dctx, h, *ai); err != nil {
 				mu.Lock()
 				errs = append(errs, fmt.Errorf("peer %s (%v): %w", ai.ID, ai.Addrs, err))
 				mu.Unlock()

@@ -15,6 +15,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 
+	"github.com/goop-p2p/goop/adapters/p2p"
 	"github.com/goop-p2p/goop/domain/mq"
 	"github.com/goop-p2p/goop/domain/presence"
 	"github.com/goop-p2p/goop/ports"
@@ -312,7 +313,7 @@ func (d *Discovery) dial(ctx context.Context, ai peer.AddrInfo) {
 		defer cancel()
 		stop := context.AfterFunc(ctx, cancel)
 		defer stop()
-		if err := h.Connect(dctx, ai); err != nil {
+		if err := p2p.Connect(dctx, h, ai); err != nil {
 			d.log.Debug("rendezvous: could not connect to a peer", "peer", ai.ID, "err", err)
 			return
 		}

@@ -521,18 +521,9 @@ func startGroupsBench(ctx context.Context, o groupsBenchOptions, maxN int) (_ *g
 		return nil, fmt.Errorf("bench groups: connect members to the host: %w", err)
 	}
 	for i, m := range b.members[:maxN] {
+		// p2p.ConnectPeers dials again a connection the host dropped
+		// right after accepting it (many handshakes at once).
 		conns := m.Host.Network().ConnsToPeer(b.host.PeerID)
-		// When many QUIC handshakes reach one host at once, libp2p now and
-		// then closes a connection a few ms after the dial reported it up
-		// (seen with 50-60 clients on 2 cores, about one run in six). The
-		// nodes would re-dial on their next send; the bench dials again at
-		// once, in turn, so that every size starts fully connected.
-		for try := 0; len(conns) == 0 && try < 3; try++ {
-			if err := p2p.ConnectPeers(ctx, m.Host, addrs); err != nil {
-				return nil, fmt.Errorf("bench groups: connect member %d to the host again: %w", i, err)
-			}
-			conns = m.Host.Network().ConnsToPeer(b.host.PeerID)
-		}
 		if len(conns) == 0 {
 			return nil, fmt.Errorf("bench groups: member %d is not connected to the host", i)
 		}

@@ -1,0 +1,183 @@
+package p2p
+
+import (
+	"context"
+	"crypto/rand"
+	"sync/atomic"
+	"testing"
+
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/control"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/event"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
+	ma "github.com/multiformats/go-multiaddr"
+	"github.com/stretchr/testify/require"
+)
+
+// dropGate is a connection gater that closes the first `refuse` inbound
+// connections right after their handshake — from the dialer's side just
+// like go-libp2p's QUIC listener dropping a connection with "queue full".
+type dropGate struct {
+	refuse   atomic.Int32
+	secured  atomic.Int32
+	onRefuse func()
+}
+
+func (g *dropGate) InterceptPeerDial(peer.ID) bool               { return true }
+func (g *dropGate) InterceptAddrDial(peer.ID, ma.Multiaddr) bool { return true }
+func (g *dropGate) InterceptAccept(network.ConnMultiaddrs) bool  { return true }
+func (g *dropGate) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) {
+	return true, 0
+}
+func (g *dropGate) InterceptSecured(d network.Direction, _ peer.ID, _ network.ConnMultiaddrs) bool {
+	if d != network.DirInbound {
+		return true
+	}
+	g.secured.Add(1)
+	if g.refuse.Add(-1) < 0 {
+		return true
+	}
+	if g.onRefuse != nil {
+		g.onRefuse()
+	}
+	return false
+}
+
+// newPlainQUICHost is a QUIC-only libp2p host on 127.0.0.1 built with
+// libp2p's defaults plus opts (a gater, a resource manager), unlike NewHost.
+func newPlainQUICHost(t *testing.T, opts ...libp2p.Option) host.Host {
+	t.Helper()
+	priv, _, err := crypto.GenerateEd25519Key(rand.Reader)
+	require.NoError(t, err)
+	h, err := libp2p.New(append([]libp2p.Option{libp2p.Identity(priv),
+		libp2p.ListenAddrStrings("/ip4/127.0.0.1/udp/0/quic-v1"), libp2p.Transport(libp2pquic.NewTransport)}, opts...)...)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = h.Close() })
+	return h
+}
+
+// newGatedQUICHost is a QUIC-only host on 127.0.0.1 behind gate.
+func newGatedQUICHost(t *testing.T, gate *dropGate) host.Host {
+	return newPlainQUICHost(t, libp2p.ConnectionGater(gate))
+}
+
+func newQUICHost(t *testing.T) host.Host {
+	t.Helper()
+	priv, _, err := crypto.GenerateEd25519Key(rand.Reader)
+	require.NoError(t, err)
+	h, err := NewHost(context.Background(), HostConfig{PrivKey: priv, ListenAddrs: []string{"/ip4/127.0.0.1/udp/0/quic-v1"}})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = h.Close() })
+	return h
+}
+
+func fullAddrs(h host.Host) []string {
+	var out []string
+	for _, a := range h.Addrs() {
+		out = append(out, a.String()+"/p2p/"+h.ID().String())
+	}
+	return out
+}
+
+func TestConnectRedialsDroppedConnection(t *testing.T) {
+	gate := &dropGate{}
+	gate.refuse.Store(3)
+	hub := newGatedQUICHost(t, gate)
+	c := newQUICHost(t)
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+
+	// The premise: libp2p's Connect reports success for a connection the
+	// peer closed right after its handshake.
+	sub, err := c.EventBus().Subscribe(new(event.EvtPeerConnectednessChanged))
+	require.NoError(t, err)
+	defer sub.Close()
+	require.NoError(t, c.Connect(ctx, peer.AddrInfo{ID: hub.ID(), Addrs: hub.Addrs()}))
+	for gone := false; !gone; {
+		select {
+		case e := <-sub.Out():
+			ev := e.(event.EvtPeerConnectednessChanged)
+			gone = ev.Peer == hub.ID() && ev.Connectedness == network.NotConnected
+		case <-ctx.Done():
+			t.Fatal("the dropped connection was never reported gone")
+		}
+	}
+	require.EqualValues(t, 1, gate.secured.Load())
+
+	// ConnectPeers (through Connect) dials again until one stays.
+	require.NoError(t, ConnectPeers(ctx, c, fullAddrs(hub)))
+	require.Equal(t, network.Connected, c.Network().Connectedness(hub.ID()))
+	require.EqualValues(t, 4, gate.secured.Load(), "two more drops, then the connection that stayed")
+}
+
+func TestConnectGivesUpOnAlwaysDropped(t *testing.T) {
+	gate := &dropGate{}
+	gate.refuse.Store(1 << 20)
+	hub := newGatedQUICHost(t, gate)
+	c := newQUICHost(t)
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	err := Connect(ctx, c, peer.AddrInfo{ID: hub.ID(), Addrs: hub.Addrs()})
+	require.ErrorIs(t, err, ErrDroppedAfterAccept)
+	require.ErrorContains(t, err, hub.ID().String())
+	require.EqualValues(t, connectTries, gate.secured.Load())
+	require.Equal(t, network.NotConnected, c.Network().Connectedness(hub.ID()))
+}
+
+// refusingRM is a resource manager that refuses the first `refuse` inbound
+// connections before their handshake: quic-go then answers
+// CONNECTION_REFUSED, as it does when too many handshakes are under way.
+type refusingRM struct {
+	network.ResourceManager
+	refuse atomic.Int32
+	opens  atomic.Int32
+}
+
+func (r *refusingRM) OpenConnection(dir network.Direction, useFD bool, a ma.Multiaddr) (network.ConnManagementScope, error) {
+	if dir == network.DirInbound {
+		r.opens.Add(1)
+		if r.refuse.Add(-1) >= 0 {
+			return nil, network.ErrResourceLimitExceeded
+		}
+	}
+	return r.ResourceManager.OpenConnection(dir, useFD, a)
+}
+
+func TestConnectRedialsRefusedHandshake(t *testing.T) {
+	rm := &refusingRM{ResourceManager: &network.NullResourceManager{}}
+	rm.refuse.Store(2)
+	hub := newPlainQUICHost(t, libp2p.ResourceManager(rm))
+	c := newQUICHost(t)
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	require.NoError(t, Connect(ctx, c, peer.AddrInfo{ID: hub.ID(), Addrs: hub.Addrs()}))
+	require.Equal(t, network.Connected, c.Network().Connectedness(hub.ID()))
+	// Two refused handshakes, then the one accepted (libp2p may make more
+	// than one attempt per dial).
+	require.GreaterOrEqual(t, rm.opens.Load(), int32(3))
+
+	// Refused every time: the last refusal is returned, naming the peer.
+	rm.refuse.Store(1 << 20)
+	rm.opens.Store(0)
+	d := newQUICHost(t)
+	err := Connect(ctx, d, peer.AddrInfo{ID: hub.ID(), Addrs: hub.Addrs()})
+	require.True(t, refusedHandshake(err), "err = %v", err)
+	require.ErrorContains(t, err, hub.ID().String())
+	require.GreaterOrEqual(t, rm.opens.Load(), int32(connectTries))
+}
+
+func TestConnectStopsWithContext(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	gate := &dropGate{onRefuse: cancel}
+	gate.refuse.Store(1 << 20)
+	hub := newGatedQUICHost(t, gate)
+	c := newQUICHost(t)
+	err := Connect(ctx, c, peer.AddrInfo{ID: hub.ID(), Addrs: hub.Addrs()})
+	require.ErrorIs(t, err, context.Canceled)
+	require.EqualValues(t, 1, gate.secured.Load(), "no dial after ctx ended")
+}
