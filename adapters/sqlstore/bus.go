@@ -170,7 +170,7 @@ func (s *Store) Apply(ctx context.Context, b ports.Batch) error {
 		if err != nil {
 			return fmt.Errorf("sqlstore: apply: %w", err)
 		}
-		p.out = stageOutbox(ix, p.puts, p.dels)
+		p.out = stageOutbox(ix, p.puts, p.putOrder, p.dels)
 	}
 	ob := p.out
 	kinds := p.hotKinds() | gp.hotKinds()
@@ -246,6 +246,7 @@ type busPlan struct {
 	epoch    string
 	setEpoch bool
 	puts     map[outKey]*mq.Frame
+	putOrder []outKey // puts' keys in the batch's order (may repeat)
 	dels     map[outKey]struct{}
 	nextSeq  map[mq.PeerID]int64
 	cursors  map[mq.PeerID]mq.Cursor
@@ -278,6 +279,7 @@ func planBus(cs []mq.Change) (*busPlan, error) {
 				p.puts = make(map[outKey]*mq.Frame, len(cs))
 			}
 			p.puts[k] = c.Frame
+			p.putOrder = append(p.putOrder, k)
 			delete(p.dels, k)
 		case mq.DeleteOutbox:
 			k := outKey{c.Peer, c.Seq}

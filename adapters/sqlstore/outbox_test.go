@@ -27,6 +27,39 @@ func outboxRows(t *testing.T, s *Store) (chunks, dead int) {
 	return int(c), int(d)
 }
 
+// TestOutboxLargeFanOutStoresPayloadsOnce: a host's batch of relays larger
+// than a chunk (each message to every member, one after the other, as the
+// group core puts them) stores each payload about once, not once per chunk
+// that holds some of its copies.
+func TestOutboxLargeFanOutStoresPayloadsOnce(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, newDB func(testing.TB) Config) {
+		ctx := context.Background()
+		s := mustOpen(t, newDB(t))
+		m := storetest.NewModel()
+		const msgs, peers, size = 1000, 9, 1024
+		var batch []mq.Change
+		for i := 0; i < msgs; i++ {
+			pl := []byte(fmt.Sprintf(`"%0*d"`, size-2, i))
+			for p := 0; p < peers; p++ {
+				batch = append(batch, storetest.Put(mq.PeerID(fmt.Sprintf("member-%d", p)), &mq.Frame{Type: mq.TypeMsg,
+					ID: fmt.Sprintf("m%d-%d", i, p), Seq: int64(i + 1), Topic: "group:g:msg", Payload: pl, Origin: "sender"}))
+			}
+		}
+		require.NoError(t, s.Apply(ctx, ports.Batch{Bus: batch}))
+		m.Apply(batch)
+		chunks, _ := outboxRows(t, s)
+		require.Greater(t, chunks, 1, "the batch spans chunks")
+		var total int64
+		require.NoError(t, s.DB().NewSelect().Model((*outboxChunkRow)(nil)).
+			ColumnExpr("COALESCE(SUM(LENGTH(frames)), 0)").Scan(ctx, &total))
+		// Each payload once (chunks are cut between two messages' copies at
+		// most chunks-1 times) plus ~40 bytes of id, seq and flags per entry.
+		assert.Less(t, total, int64((msgs+chunks)*size+msgs*peers*40),
+			"%d bytes in %d chunks for %d messages of %d bytes to %d peers", total, chunks, msgs, size, peers)
+		storetest.RequireState(t, m, s)
+	})
+}
+
 // TestOutboxIsChunked checks the storage of the outbox: a batch's messages
 // are one row, a payload shared by many messages is stored once, messages
 // that died are remembered across a reopen, and a chunk whose messages all
