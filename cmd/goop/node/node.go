@@ -68,6 +68,11 @@ type Options struct {
 	// rendezvous (presence.rendezvous_wan, rendezvous_host) still connects
 	// to the peers it tells of.
 	NoAutoConnect bool
+	// NoPresence: the node does not announce its presence (it still hears
+	// others' and keeps its peer table). For benches that run many nodes on
+	// one machine: their announcements, due at the same moments, would be
+	// that many times one node's discovery traffic on the same cores.
+	NoPresence bool
 }
 
 // Running is a started node. Its fields are set by Start and read-only.
@@ -256,6 +261,7 @@ func Start(ctx context.Context, dir string, opts Options) (_ *Running, err error
 	r.rdv, r.RendezvousURL = rdv, rdv.url
 	undo = append(undo, func() { _ = rdv.close() })
 	pcfg, prof := presenceOptions(cfg, disc.Addrs())
+	pcfg.Announce = !opts.NoPresence
 	self := mq.PeerID(h.ID().String())
 	nd := app.NewNode(self, app.State{Bus: snap, Groups: gsnap, Peers: peers}, system.Rand{},
 		app.NodeOptions{Bus: opts.Bus, Groups: opts.Groups, Label: cfg.Profile.Label, Presence: pcfg, Profile: prof})

@@ -382,3 +382,25 @@ func waitGoroutines(t *testing.T, base int) {
 		}
 	}
 }
+
+// TestNoPresence: a node started with NoPresence runs a presence core that
+// does not announce (the core's own tests show such a core publishes
+// nothing); a default node announces.
+func TestNoPresence(t *testing.T) {
+	announces := func(r *Running) bool {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+		defer cancel()
+		var on bool
+		require.NoError(t, r.Runtime.Do(ctx, func(now time.Time, n *app.Node) { on = n.Presence(now).Config().Announce }))
+		return on
+	}
+	assert.True(t, announces(startPeer(t, t.TempDir(), nil)))
+
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	r, err := Start(ctx, t.TempDir(), Options{ListenIP: "127.0.0.1", NoPresence: true, Init: InitOptions{Configure: loopbackConfig}})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = r.Close() })
+	assert.False(t, announces(r))
+}
