@@ -608,8 +608,12 @@ func (b *groupsBench) startNodes(ctx context.Context, slots int) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	// Each delivery publishes two events (the bus message and the group msg).
-	buf := min(4*b.o.Messages+4096, 1<<16)
+	// Each delivery publishes two events (the bus message and the group
+	// msg), and a node publishes a stored batch's events at once: thousands
+	// while pipelined, whatever --messages is (a throughput measure sends
+	// at least --min-deliveries/N messages). A subscription that overflows
+	// is closed and the run fails.
+	buf := min(max(4*b.o.Messages+4096, 16384), 1<<16)
 	b.subs = make([]*app.Subscription, slots)
 	for i, m := range b.members {
 		b.subs[i] = m.Runtime.Subscribe(buf)
