@@ -323,7 +323,9 @@ func (r *Runtime) flush(ctx context.Context, pending []command) error {
 		rd.Frames = append(rd.EarlyFrames, rd.Frames...)
 	}
 	rd.EarlyFrames = nil
-	var later []Event
+	// The events Ready handed over are filtered in place: those that wait
+	// for the batch keep their order in the same array.
+	later := rd.Events[:0]
 	for _, ev := range rd.Events {
 		if ev.Kind == EventDelivered || ev.Kind == EventReceived {
 			r.publish([]Event{ev})
@@ -331,6 +333,8 @@ func (r *Runtime) flush(ctx context.Context, pending []command) error {
 		}
 		later = append(later, ev)
 	}
+	clear(rd.Events[len(later):])
+	rd.Events = nil
 	j := job{rd: rd, events: later, cmds: pending}
 	if r.inflight.Load() == 0 && rd.Batch.Empty() {
 		r.complete(ctx, j)
