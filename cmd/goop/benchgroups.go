@@ -612,8 +612,9 @@ func (b *groupsBench) startNodes(ctx context.Context, slots int) error {
 	// msg), and a node publishes a stored batch's events at once: thousands
 	// while pipelined, whatever --messages is (a throughput measure sends
 	// at least --min-deliveries/N messages). A subscription that overflows
-	// is closed and the run fails.
-	buf := min(max(4*b.o.Messages+4096, 16384), 1<<16)
+	// is closed and the run fails. Not much more: 51 buffers of 16,384
+	// events (4 MB each) cost a quarter of the N=10 throughput measure.
+	buf := min(max(4*b.o.Messages+4096, 8192), 1<<16)
 	b.subs = make([]*app.Subscription, slots)
 	for i, m := range b.members {
 		b.subs[i] = m.Runtime.Subscribe(buf)
