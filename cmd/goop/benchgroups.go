@@ -76,8 +76,8 @@ func benchGroupsCommand(g *globals, stdout io.Writer) *cli.Command {
 			"    delays every chunk by --slow-ms in each direction (a delay line: latency, not a\n" +
 			"    bandwidth cap). The others' latency and throughput are measured with the proxy\n" +
 			"    at 0 ms and at --slow-ms (the slow member's link is TCP; the others use\n" +
-			"    --transport); the latency in alternating blocks of up to 50 messages, so that the\n" +
-			"    machine's drift weighs on both alike.\n" +
+			"    --transport); the latency with --slow-messages at each delay, in alternating blocks\n" +
+			"    of up to 50 messages, so that the machine's drift weighs on both alike.\n" +
 			"The nodes do not announce their presence: on one machine, the announcements of 51\n" +
 			"nodes (all at start, then every 5 s, all at once) are 51 times one node's discovery\n" +
 			"traffic on the same cores, and they landed in the latency measures' tails.",
@@ -88,18 +88,20 @@ func benchGroupsCommand(g *globals, stdout io.Writer) *cli.Command {
 			&cli.IntFlag{Name: "min-deliveries", Value: 100_000, Usage: "a throughput measure sends enough messages for at least this many deliveries"},
 			&cli.IntFlag{Name: "payload-bytes", Value: 1024, Usage: "size of each message's JSON payload"},
 			&cli.IntFlag{Name: "slow-ms", Value: 100, Usage: "delay of the slow member's link each way (0: skip the slow member measure)"},
+			&cli.IntFlag{Name: "slow-messages", Value: 2000, Usage: "messages at each delay of the slow member's latency measure (a ratio of two p99s needs more samples than a p99)"},
 			&cli.StringFlag{Name: "transport", Value: "quic-v1", Usage: "members reach the host over `T`: quic-v1, tcp or any (libp2p's choice)"},
 			&cli.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile of the measures (not the start-up) to `FILE`"},
 		},
 		Action: func(c *cli.Context) error {
 			opts := groupsBenchOptions{Messages: c.Int("messages"), MinDeliveries: c.Int("min-deliveries"), PayloadBytes: c.Int("payload-bytes"),
-				SlowMS: c.Int("slow-ms"), Transport: c.String("transport"), CPUProfile: c.String("cpuprofile"), Log: g.log}
+				SlowMS: c.Int("slow-ms"), SlowMessages: c.Int("slow-messages"), Transport: c.String("transport"), CPUProfile: c.String("cpuprofile"), Log: g.log}
 			var err error
 			if opts.Members, err = parseMemberCounts(c.String("members")); err != nil {
 				return cli.Exit(err.Error(), exitUsage)
 			}
 			if err := checkRanges(c, intRange{"messages", 10, 100_000}, intRange{"min-deliveries", 0, 1_000_000},
-				intRange{"payload-bytes", minGroupsPayload, mq.MaxPayloadBytes}, intRange{"slow-ms", 0, 10_000}); err != nil {
+				intRange{"payload-bytes", minGroupsPayload, mq.MaxPayloadBytes}, intRange{"slow-ms", 0, 10_000},
+				intRange{"slow-messages", 10, 100_000}); err != nil {
 				return err
 			}
 			if !slices.Contains([]string{"quic-v1", "tcp", "any"}, opts.Transport) {
@@ -144,6 +146,9 @@ type groupsBenchOptions struct {
 	PayloadBytes  int
 	// SlowMS is the slow member's delay each way; 0 skips that measure.
 	SlowMS int
+	// SlowMessages is how many messages the slow member's latency measure
+	// sends at each delay (needed when SlowMS > 0).
+	SlowMessages int
 	// Transport is how members reach the host: quic-v1, tcp, or any (or
 	// empty: libp2p's choice).
 	Transport string
@@ -446,6 +451,9 @@ func benchGroups(ctx context.Context, o groupsBenchOptions) (_ *groupsBenchResul
 	defer cancel()
 	if len(o.Members) == 0 || o.Messages < 1 || o.PayloadBytes < minGroupsPayload {
 		return nil, errors.New("bench groups: need group sizes, messages and a payload of at least 32 bytes")
+	}
+	if o.SlowMS > 0 && o.SlowMessages < 1 {
+		return nil, errors.New("bench groups: the slow member measure needs SlowMessages")
 	}
 	t0 := time.Now()
 	b, err := startGroupsBench(ctx, o, slices.Max(o.Members))
@@ -778,11 +786,12 @@ func (b *groupsBench) runSize(ctx context.Context, n int) (*groupsRun, error) {
 	// of the machine (other processes, frequency) then weighs on both alike
 	// instead of on whichever ran second.
 	var base, slowed, own []time.Duration
-	block := max(1, min(groupsSlowBlock, b.o.Messages/4)) // at least 4 blocks each
-	for k, nBase, nSlowed := 0, 0, 0; nBase < b.o.Messages || nSlowed < b.o.Messages; k++ {
-		d, left := time.Duration(0), b.o.Messages-nBase
+	total := b.o.SlowMessages
+	block := max(1, min(groupsSlowBlock, total/4)) // at least 4 blocks each
+	for k, nBase, nSlowed := 0, 0, 0; nBase < total || nSlowed < total; k++ {
+		d, left := time.Duration(0), total-nBase
 		if k%2 == 1 {
-			d, left = delay, b.o.Messages-nSlowed
+			d, left = delay, total-nSlowed
 		}
 		if left <= 0 {
 			continue

@@ -26,7 +26,7 @@ func TestBenchGroupsTinyRun(t *testing.T) {
 	}
 	const members, messages = 3, 10
 	code, out, errOut := runGoop(t, "bench", "groups", "--json", "--members", "3", "--messages", "10",
-		"--min-deliveries", "60", "--payload-bytes", "256", "--slow-ms", "5")
+		"--min-deliveries", "60", "--payload-bytes", "256", "--slow-ms", "5", "--slow-messages", "12")
 	require.Equal(t, 0, code, errOut)
 
 	var res groupsBenchResult
@@ -51,9 +51,10 @@ func TestBenchGroupsTinyRun(t *testing.T) {
 
 	require.NotNil(t, run.Slow)
 	assert.Equal(t, 5, run.Slow.DelayMS)
-	assert.Equal(t, messages*(members-1), run.Slow.OthersBaseline.N)
-	assert.Equal(t, messages*(members-1), run.Slow.OthersSlowed.N)
-	assert.Equal(t, messages, run.Slow.SlowMember.N, "the slow member got every message")
+	const slowMessages = 12
+	assert.Equal(t, slowMessages*(members-1), run.Slow.OthersBaseline.N)
+	assert.Equal(t, slowMessages*(members-1), run.Slow.OthersSlowed.N)
+	assert.Equal(t, slowMessages, run.Slow.SlowMember.N, "the slow member got every message")
 	assert.Positive(t, run.Slow.OthersP99Ratio)
 	assert.Positive(t, run.Slow.OthersDeliveriesPerSecBaseline)
 	assert.Positive(t, run.Slow.OthersDeliveriesPerSecSlowed)
@@ -78,6 +79,7 @@ func TestBenchGroupsUsageErrors(t *testing.T) {
 		{"one member", []string{"--members", "1"}, "--members"},
 		{"not a number", []string{"--members", "10,x"}, "--members"},
 		{"too many members", []string{"--members", "100000"}, "--members"},
+		{"too few slow messages", []string{"--slow-messages", "9"}, "--slow-messages"},
 		{"few messages", []string{"--messages", "5"}, "--messages must be between"},
 		{"tiny payload", []string{"--payload-bytes", "8"}, "--payload-bytes must be between"},
 		{"negative min deliveries", []string{"--min-deliveries", "-1"}, "--min-deliveries must be between"},
