@@ -346,12 +346,12 @@ func checkText(ss ...string) error {
 	return nil
 }
 
-// hotKinds is the set (1<<kind) of hot statement families p needs.
 // onlyOutbox reports whether p changes nothing but the outbox.
 func (p *busPlan) onlyOutbox() bool {
 	return p.one == nil && !p.setEpoch && len(p.nextSeq) == 0 && len(p.cursors) == 0
 }
 
+// hotKinds is the set (1<<kind) of hot statement families p needs.
 func (p *busPlan) hotKinds() uint {
 	if p.one != nil {
 		switch p.one.Kind {

@@ -343,7 +343,7 @@ func (b *Bus) Send(now time.Time, to PeerID, id, topic string, payload []byte, o
 // StageReceived asks the peer's transport for an early received ack, for a
 // sender that waits for it.
 func (b *Bus) SendWant(now time.Time, to PeerID, id, topic string, payload []byte, origin PeerID, want string) (Frame, error) {
-	if want != "" && want != StageReceived {
+	if !knownStage(want) {
 		return Frame{}, fmt.Errorf("%w: unknown want %q", ErrBadFrame, want)
 	}
 	if to == "" || len(to) > MaxPeerIDBytes {
@@ -622,8 +622,6 @@ func (b *Bus) retransmit(now time.Time, to PeerID, d *dest) {
 	d.due = now.Add(d.rto)
 }
 
-// Drain returns the accumulated outputs and resets them. Cursor and sequence
-// changes are coalesced: one per peer per Ready, in peer order.
 // checkedJSON reports whether p is valid JSON, checking only a payload
 // other than the last one found valid since the last Drain (see validJSON).
 func (b *Bus) checkedJSON(p []byte) bool {
@@ -637,6 +635,8 @@ func (b *Bus) checkedJSON(p []byte) bool {
 	return true
 }
 
+// Drain returns the accumulated outputs and resets them. Cursor and sequence
+// changes are coalesced: one per peer per Ready, in peer order.
 func (b *Bus) Drain() Ready {
 	b.validJSON = nil // not kept past the step
 	slices.Sort(b.dirtyDests)

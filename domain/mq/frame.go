@@ -70,6 +70,10 @@ type Frame struct {
 // StageReceived is the Stage of an early transport ack.
 const StageReceived = "received"
 
+// knownStage reports whether s may be an ack's Stage or a msg's Want: none,
+// or StageReceived.
+func knownStage(s string) bool { return s == "" || s == StageReceived }
+
 // IsMsg reports whether f is a msg frame.
 func (f *Frame) IsMsg() bool { return f.Type == TypeMsg }
 
@@ -103,7 +107,7 @@ func (f *Frame) Validate() error {
 		return fmt.Errorf("%w: id has control characters or is not UTF-8", ErrBadFrame)
 	}
 	if f.Type == TypeAck {
-		if f.Stage != "" && f.Stage != StageReceived {
+		if !knownStage(f.Stage) {
 			return fmt.Errorf("%w: unknown ack stage %q", ErrBadFrame, truncate(f.Stage, 32))
 		}
 		return nil
@@ -123,7 +127,7 @@ func (f *Frame) Validate() error {
 	if f.Seq < 0 || f.Floor < 0 {
 		return fmt.Errorf("%w: negative seq or floor", ErrBadFrame)
 	}
-	if f.Want != "" && f.Want != StageReceived {
+	if !knownStage(f.Want) {
 		return fmt.Errorf("%w: unknown want %q", ErrBadFrame, truncate(f.Want, 32))
 	}
 	return nil

@@ -260,8 +260,7 @@ func Start(ctx context.Context, dir string, opts Options) (_ *Running, err error
 	}
 	r.rdv, r.RendezvousURL = rdv, rdv.url
 	undo = append(undo, func() { _ = rdv.close() })
-	pcfg, prof := presenceOptions(cfg, disc.Addrs())
-	pcfg.Announce = !opts.NoPresence
+	pcfg, prof := presenceOptions(cfg, disc.Addrs(), !opts.NoPresence)
 	self := mq.PeerID(h.ID().String())
 	nd := app.NewNode(self, app.State{Bus: snap, Groups: gsnap, Peers: peers}, system.Rand{},
 		app.NodeOptions{Bus: opts.Bus, Groups: opts.Groups, Label: cfg.Profile.Label, Presence: pcfg, Profile: prof})

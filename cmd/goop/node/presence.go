@@ -10,13 +10,14 @@ import (
 )
 
 // presenceOptions turns the config's presence settings into the node's:
-// it announces itself (online, heartbeats every presence.heartbeat_seconds,
-// offline at shutdown), marks peers offline after presence.ttl_seconds, and
+// it announces itself unless !announce (online, heartbeats every
+// presence.heartbeat_seconds, offline at shutdown), marks peers offline
+// after presence.ttl_seconds, and
 // records the static peers (p2p.peers) as such. addrs are the host's
 // current addresses.
-func presenceOptions(cfg app.Config, addrs []string) (presence.Config, presence.Profile) {
+func presenceOptions(cfg app.Config, addrs []string, announce bool) (presence.Config, presence.Profile) {
 	pc := presence.DefaultConfig()
-	pc.Announce = true
+	pc.Announce = announce
 	pc.Heartbeat = time.Duration(cfg.Presence.HeartbeatSeconds) * time.Second
 	pc.TTL = time.Duration(cfg.Presence.TTLSeconds) * time.Second
 	for _, a := range cfg.P2P.Peers {
