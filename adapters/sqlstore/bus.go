@@ -165,12 +165,12 @@ func (s *Store) Apply(ctx context.Context, b ports.Batch) error {
 	if b.Empty() {
 		return nil
 	}
-	if len(p.puts) > 0 || len(p.dels) > 0 {
+	if len(p.putAt) > 0 || len(p.dels) > 0 {
 		ix, err := s.outboxIndex(ctx)
 		if err != nil {
 			return fmt.Errorf("sqlstore: apply: %w", err)
 		}
-		p.out = stageOutbox(ix, p.puts, p.putOrder, p.dels)
+		p.out = stageOutbox(ix, p.puts, p.dels)
 	}
 	ob := p.out
 	kinds := p.hotKinds() | gp.hotKinds()
@@ -245,11 +245,13 @@ type busPlan struct {
 
 	epoch    string
 	setEpoch bool
-	puts     map[outKey]*mq.Frame
-	putOrder []outKey // puts' keys in the batch's order (may repeat)
-	dels     map[outKey]struct{}
-	nextSeq  map[mq.PeerID]int64
-	cursors  map[mq.PeerID]mq.Cursor
+	// puts are the messages put, in the batch's order (f nil: deleted
+	// later in the batch); putAt indexes the live ones by key.
+	puts    []chunkEntry
+	putAt   map[outKey]int
+	dels    map[outKey]struct{}
+	nextSeq map[mq.PeerID]int64
+	cursors map[mq.PeerID]mq.Cursor
 }
 
 // planBus validates cs and folds it, in order, into its net effect. A
@@ -275,11 +277,15 @@ func planBus(cs []mq.Change) (*busPlan, error) {
 			p.epoch, p.setEpoch = c.Epoch, true
 		case mq.PutOutbox:
 			k := outKey{c.Peer, c.Seq}
-			if p.puts == nil {
-				p.puts = make(map[outKey]*mq.Frame, len(cs))
+			if i, ok := p.putAt[k]; ok {
+				p.puts[i].f = c.Frame
+			} else {
+				if p.putAt == nil {
+					p.putAt = make(map[outKey]int, len(cs))
+				}
+				p.putAt[k] = len(p.puts)
+				p.puts = append(p.puts, chunkEntry{peer: c.Peer, f: c.Frame})
 			}
-			p.puts[k] = c.Frame
-			p.putOrder = append(p.putOrder, k)
 			delete(p.dels, k)
 		case mq.DeleteOutbox:
 			k := outKey{c.Peer, c.Seq}
@@ -287,7 +293,10 @@ func planBus(cs []mq.Change) (*busPlan, error) {
 				p.dels = make(map[outKey]struct{}, len(cs))
 			}
 			p.dels[k] = struct{}{}
-			delete(p.puts, k)
+			if i, ok := p.putAt[k]; ok {
+				p.puts[i].f = nil
+				delete(p.putAt, k)
+			}
 		case mq.SetNextSeq:
 			if p.nextSeq == nil {
 				p.nextSeq = map[mq.PeerID]int64{}

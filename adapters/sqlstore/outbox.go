@@ -100,6 +100,8 @@ type chunkEntry struct {
 	f    *mq.Frame
 }
 
+func (e chunkEntry) key() outKey { return outKey{e.peer, e.f.Seq} }
+
 // chunkEnd returns the end of the chunk that starts at es[start]: at most
 // maxChunkEntries messages and about maxChunkBytes (at least one message).
 func chunkEnd(es []chunkEntry, start int) int {
@@ -443,53 +445,38 @@ type newChunk struct {
 	keys   []outKey
 }
 
-// stageOutbox plans the outbox changes of a batch: dels die, puts replace
-// any live message of the same key and go to new chunks. The chunks are
-// cut from the puts in the batch's order (order: puts' keys as they came,
-// possibly repeated), which keeps the copies of a fan-out (one payload to
+// stageOutbox plans the outbox changes of a batch: dels die, puts (in the
+// batch's order; f nil: deleted later in the batch) replace any live message
+// of the same key and go to new chunks. The chunks are cut from the puts in
+// the batch's order, which keeps the copies of a fan-out (one payload to
 // many peers, put one after the other) in the same chunk, where the payload
 // is stored once; cut from the puts sorted by peer, a batch of thousands of
 // relays spread each payload over chunks and stored it once per peer.
-func stageOutbox(ix *outboxIndex, puts map[outKey]*mq.Frame, order []outKey, dels map[outKey]struct{}) *outboxStage {
+func stageOutbox(ix *outboxIndex, puts []chunkEntry, dels map[outKey]struct{}) *outboxStage {
 	s := &outboxStage{ix: ix, nextID: ix.nextID}
 	for k := range dels {
 		s.kill(k)
 	}
-	if len(puts) > 0 {
-		keys := make([]outKey, 0, len(puts))
-		var dup map[outKey]bool // only when a key was put twice
-		if len(order) != len(puts) {
-			dup = make(map[outKey]bool, len(puts))
+	es := make([]chunkEntry, 0, len(puts))
+	for _, e := range puts {
+		if e.f != nil {
+			s.kill(e.key())
+			es = append(es, e)
 		}
-		for _, k := range order {
-			if _, ok := puts[k]; !ok || dup[k] {
-				continue // put, then deleted in the batch; or put again
-			}
-			if dup != nil {
-				dup[k] = true
-			}
-			s.kill(k)
-			keys = append(keys, k)
+	}
+	for start := 0; start < len(es); {
+		end := chunkEnd(es, start)
+		// Within the chunk, by peer then seq: a peer's id is then written
+		// once (the payloads are shared whatever the order).
+		part := es[start:end]
+		slices.SortFunc(part, func(a, b chunkEntry) int { return compareKeys(a.key(), b.key()) })
+		keys := make([]outKey, len(part))
+		for i, e := range part {
+			keys[i] = e.key()
 		}
-		es := make([]chunkEntry, len(keys))
-		for i, k := range keys {
-			es[i] = chunkEntry{peer: k.peer, f: puts[k]}
-		}
-		for start := 0; start < len(es); {
-			end := chunkEnd(es, start)
-			// Within the chunk, by peer then seq: a peer's id is then
-			// written once (the payloads are shared whatever the order).
-			part := keys[start:end]
-			slices.SortFunc(part, compareKeys)
-			for i, k := range part {
-				es[start+i] = chunkEntry{peer: k.peer, f: puts[k]}
-			}
-			s.newChunks = append(s.newChunks, newChunk{
-				id: s.nextID, n: end - start, frames: appendChunk(nil, es[start:end]), keys: part,
-			})
-			s.nextID++
-			start = end
-		}
+		s.newChunks = append(s.newChunks, newChunk{id: s.nextID, n: len(part), frames: appendChunk(nil, part), keys: keys})
+		s.nextID++
+		start = end
 	}
 	for _, id := range slices.Sorted(maps.Keys(s.touched)) {
 		c := s.touched[id]
