@@ -55,14 +55,14 @@ func benchCommand(g *globals, stdout io.Writer) *cli.Command {
 		Subcommands: []*cli.Command{{
 			Name:  "mq",
 			Usage: "measure the message bus between real nodes on 127.0.0.1",
-			Description: "Starts three nodes in this process (temporary folders, SQLite stores; one speaks\n" +
-				"only /goop/mq/1.0.0) and measures in the same run: the raw libp2p stream echo\n" +
-				"round trip (baseline), the MQ 1.1.0 and 1.0.0 round trips (send until the peer's\n" +
-				"transport ack, SPEC §2), the 1.1.0 send until the peer stored and delivered the\n" +
-				"message, one-way messages per second with 1 and 8 concurrent senders, and the\n" +
-				"start-up time (to a healthy viewer) and memory of 'goop peer' run as a child\n" +
-				"process. The four round-trip measures take turns in blocks of 250, so that the\n" +
-				"machine's drift weighs on the baseline and the bus alike.",
+			Description: fmt.Sprintf("Starts three nodes in this process (temporary folders, SQLite stores; one speaks\n"+
+				"only /goop/mq/1.0.0) and measures in the same run: the raw libp2p stream echo\n"+
+				"round trip (baseline), the MQ 1.1.0 and 1.0.0 round trips (send until the peer's\n"+
+				"transport ack, SPEC §2), the 1.1.0 send until the peer stored and delivered the\n"+
+				"message, one-way messages per second with 1 and 8 concurrent senders, and the\n"+
+				"start-up time (to a healthy viewer) and memory of 'goop peer' run as a child\n"+
+				"process. The four round-trip measures take turns in blocks of %d, so that the\n"+
+				"machine's drift weighs on the baseline and the bus alike.", latencyBlock),
 			Flags: []cli.Flag{
 				&cli.BoolFlag{Name: "json", Usage: "print the results as one JSON object"},
 				&cli.IntFlag{Name: "count", Value: 1000, Usage: "round trips per latency measure"},
@@ -264,7 +264,7 @@ func benchMQ(ctx context.Context, o benchOptions) (*benchResult, error) {
 		to  *node.Running
 		ver string
 	}{{b, "1.1.0"}, {c, "1.0.0"}} {
-		if _, err := roundTrips(ctx, a, tc.to, min(50, o.Count), payload); err != nil {
+		if _, err := roundTrips(ctx, a, tc.to, min(50, o.Count), payload, true); err != nil {
 			return nil, fmt.Errorf("bench: MQ %s warm-up: %w", tc.ver, err)
 		}
 	}
@@ -292,7 +292,7 @@ func benchMQ(ctx context.Context, o benchOptions) (*benchResult, error) {
 			what  string
 		}{{b, true, &mq11, "MQ 1.1.0 round trips"}, {c, true, &mq10, "MQ 1.0.0 round trips"},
 			{b, false, &stored, "MQ 1.1.0 stored round trips"}} {
-			ds, err := roundTripsWith(ctx, a, tc.to, k, payload, tc.early)
+			ds, err := roundTrips(ctx, a, tc.to, k, payload, tc.early)
 			if err != nil {
 				return nil, fmt.Errorf("bench: %s: %w", tc.what, err)
 			}
@@ -341,13 +341,9 @@ func benchPayload(n int) []byte {
 }
 
 // roundTrips sends n messages from a to b one after the other, each waiting
-// for b's ack (the first one: the transport ack), and returns each round trip.
-func roundTrips(ctx context.Context, a, b *node.Running, n int, payload []byte) ([]time.Duration, error) {
-	return roundTripsWith(ctx, a, b, n, payload, true)
-}
-
-// roundTripsWith waits for the transport ack (early) or for the final ack.
-func roundTripsWith(ctx context.Context, a, b *node.Running, n int, payload []byte, early bool) ([]time.Duration, error) {
+// for b's transport ack (early) or its final ack, and returns each round
+// trip.
+func roundTrips(ctx context.Context, a, b *node.Running, n int, payload []byte, early bool) ([]time.Duration, error) {
 	to := mq.PeerID(b.PeerID.String())
 	out := make([]time.Duration, 0, n)
 	for i := 0; i < n; i++ {

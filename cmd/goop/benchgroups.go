@@ -61,26 +61,27 @@ func benchGroupsCommand(g *globals, stdout io.Writer) *cli.Command {
 	return &cli.Command{
 		Name:  "groups",
 		Usage: "measure host-relayed group fan-out between real nodes on 127.0.0.1",
-		Description: "Starts a host node and max(--members) member nodes (plus one more for the slow\n" +
-			"member measure) in this process (temporary folders, SQLite stores, libp2p on\n" +
-			"127.0.0.1). For each N in --members the host creates an open, persistent realtime\n" +
-			"group that N members join, and measures, with JSON payloads of --payload-bytes:\n" +
-			"  - latency: messages sent one after the other, each waiting for all its\n" +
-			"    deliveries; one sample per (message, receiving member): from before the\n" +
-			"    sender's Runtime.Do until the receiver's runtime published the group msg event.\n" +
-			"    Once with a member sending (member -> host -> N-1 others), once with the host.\n" +
-			"  - throughput: --messages sent pipelined (4 goroutines, 16 sends per Runtime.Do),\n" +
-			"    or more for at least --min-deliveries deliveries, after a warm-up of 200;\n" +
-			"    deliveries per second at all receivers until the last one arrived.\n" +
-			"  - slow member: one more member joins through a TCP proxy on 127.0.0.1 that\n" +
-			"    delays every chunk by --slow-ms in each direction (a delay line: latency, not a\n" +
-			"    bandwidth cap). The others' latency and throughput are measured with the proxy\n" +
-			"    at 0 ms and at --slow-ms (the slow member's link is TCP; the others use\n" +
-			"    --transport); the latency with --slow-messages at each delay, in alternating blocks\n" +
-			"    of up to 50 messages, so that the machine's drift weighs on both alike.\n" +
-			"The nodes do not announce their presence: on one machine, the announcements of 51\n" +
-			"nodes (all at start, then every 5 s, all at once) are 51 times one node's discovery\n" +
+		Description: fmt.Sprintf("Starts a host node and max(--members) member nodes (plus one more for the slow\n"+
+			"member measure) in this process (temporary folders, SQLite stores, libp2p on\n"+
+			"127.0.0.1). For each N in --members the host creates an open, persistent realtime\n"+
+			"group that N members join, and measures, with JSON payloads of --payload-bytes:\n"+
+			"  - latency: messages sent one after the other, each waiting for all its\n"+
+			"    deliveries; one sample per (message, receiving member): from before the\n"+
+			"    sender's Runtime.Do until the receiver's runtime published the group msg event.\n"+
+			"    Once with a member sending (member -> host -> N-1 others), once with the host.\n"+
+			"  - throughput: --messages sent pipelined (%d goroutines, %d sends per Runtime.Do),\n"+
+			"    or more for at least --min-deliveries deliveries, after a warm-up of %d;\n"+
+			"    deliveries per second at all receivers until the last one arrived.\n"+
+			"  - slow member: one more member joins through a TCP proxy on 127.0.0.1 that\n"+
+			"    delays every chunk by --slow-ms in each direction (a delay line: latency, not a\n"+
+			"    bandwidth cap). The others' latency and throughput are measured with the proxy\n"+
+			"    at 0 ms and at --slow-ms (the slow member's link is TCP; the others use\n"+
+			"    --transport); the latency with --slow-messages at each delay, in alternating blocks\n"+
+			"    of up to %d messages, so that the machine's drift weighs on both alike.\n"+
+			"The nodes do not announce their presence: on one machine, the announcements of 51\n"+
+			"nodes (all at start, then every 5 s, all at once) are 51 times one node's discovery\n"+
 			"traffic on the same cores, and they landed in the latency measures' tails.",
+			groupsSenders, groupsSendBatch, groupsTputWarmup, groupsSlowBlock),
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "json", Usage: "print the results as one JSON object"},
 			&cli.StringFlag{Name: "members", Value: "10,50", Usage: "comma-separated group sizes N (members besides the host)"},
@@ -788,27 +789,21 @@ func (b *groupsBench) runSize(ctx context.Context, n int) (*groupsRun, error) {
 	var base, slowed, own []time.Duration
 	total := b.o.SlowMessages
 	block := max(1, min(groupsSlowBlock, total/4)) // at least 4 blocks each
-	for k, nBase, nSlowed := 0, 0, 0; nBase < total || nSlowed < total; k++ {
-		d, left := time.Duration(0), total-nBase
-		if k%2 == 1 {
-			d, left = delay, total-nSlowed
+	for done := 0; done < total; {
+		n := min(block, total-done)
+		for _, d := range []time.Duration{0, delay} {
+			proxy.SetDelay(d)
+			if m, err = b.latency(ctx, sender, hostID, gid, others, slow, n); err != nil {
+				return nil, fmt.Errorf("slow member at %s: latency: %w", d, err)
+			}
+			if d == 0 {
+				base = append(base, m.samples(others)...)
+			} else {
+				slowed = append(slowed, m.samples(others)...)
+				own = append(own, m.samples(slow)...)
+			}
 		}
-		if left <= 0 {
-			continue
-		}
-		n := min(block, left)
-		proxy.SetDelay(d)
-		if m, err = b.latency(ctx, sender, hostID, gid, others, slow, n); err != nil {
-			return nil, fmt.Errorf("slow member at %s: latency: %w", d, err)
-		}
-		if d == 0 {
-			base = append(base, m.samples(others)...)
-			nBase += n
-		} else {
-			slowed = append(slowed, m.samples(others)...)
-			own = append(own, m.samples(slow)...)
-			nSlowed += n
-		}
+		done += n
 	}
 	s.OthersBaseline, s.OthersSlowed, s.SlowMember = summarize(base), summarize(slowed), summarize(own)
 	proxy.SetDelay(0)
