@@ -27,6 +27,20 @@ func outboxRows(t *testing.T, s *Store) (chunks, dead int) {
 	return int(c), int(d)
 }
 
+// fanOut is a host's batch of relays: each payload, in turn, put for every
+// one of peers peers (peer-00, peer-01, ...; message i has seq i+1), all
+// copies sharing the payload's memory as the group core's do.
+func fanOut(payloads [][]byte, peers int) []mq.Change {
+	var batch []mq.Change
+	for i, pl := range payloads {
+		for p := 0; p < peers; p++ {
+			batch = append(batch, storetest.Put(mq.PeerID(fmt.Sprintf("peer-%02d", p)), &mq.Frame{Type: mq.TypeMsg,
+				ID: fmt.Sprintf("m%d-%d", p, i), Seq: int64(i + 1), Topic: "group:g:msg", Payload: pl, Origin: "origin-peer"}))
+		}
+	}
+	return batch
+}
+
 // TestOutboxLargeFanOutStoresPayloadsOnce: a host's batch of relays larger
 // than a chunk (each message to every member, one after the other, as the
 // group core puts them) stores each payload about once, not once per chunk
@@ -37,14 +51,11 @@ func TestOutboxLargeFanOutStoresPayloadsOnce(t *testing.T) {
 		s := mustOpen(t, newDB(t))
 		m := storetest.NewModel()
 		const msgs, peers, size = 1000, 9, 1024
-		var batch []mq.Change
-		for i := 0; i < msgs; i++ {
-			pl := []byte(fmt.Sprintf(`"%0*d"`, size-2, i))
-			for p := 0; p < peers; p++ {
-				batch = append(batch, storetest.Put(mq.PeerID(fmt.Sprintf("member-%d", p)), &mq.Frame{Type: mq.TypeMsg,
-					ID: fmt.Sprintf("m%d-%d", i, p), Seq: int64(i + 1), Topic: "group:g:msg", Payload: pl, Origin: "sender"}))
-			}
+		payloads := make([][]byte, msgs)
+		for i := range payloads {
+			payloads[i] = []byte(fmt.Sprintf(`"%0*d"`, size-2, i))
 		}
+		batch := fanOut(payloads, peers)
 		require.NoError(t, s.Apply(ctx, ports.Batch{Bus: batch}))
 		m.Apply(batch)
 		chunks, _ := outboxRows(t, s)
@@ -82,15 +93,7 @@ func TestOutboxIsChunked(t *testing.T) {
 		for i := range payloads {
 			payloads[i] = []byte(`"` + strings.Repeat(string(rune('a'+i)), 1022) + `"`)
 		}
-		var batch []mq.Change
-		for p := 0; p < 50; p++ {
-			peer := mq.PeerID(fmt.Sprintf("peer-%02d", p))
-			for i, pl := range payloads {
-				batch = append(batch, storetest.Put(peer, &mq.Frame{Type: mq.TypeMsg, ID: fmt.Sprintf("m%d-%d", p, i),
-					Seq: int64(i + 1), Topic: "group:g:msg", Payload: pl, Origin: "origin-peer"}))
-			}
-		}
-		apply(batch...)
+		apply(fanOut(payloads, 50)...)
 		chunks, dead := outboxRows(t, s)
 		assert.Equal(t, 1, chunks, "one batch, one row")
 		assert.Zero(t, dead)
