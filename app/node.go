@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -342,9 +343,15 @@ func appendOrTake[T any](a, b []T) []T {
 // route turns bus outputs into events, feeding group topics to the group core.
 func (n *Node) route(br mq.Ready) {
 	if n.events == nil {
-		// A delivery is an event, and on a group topic (most of them under
-		// load) its group event follows: room for both.
-		if k := 2*len(br.Deliveries) + len(br.Results); k > 0 {
+		// A delivery is an event, and on a group topic its group event
+		// usually follows: room for both.
+		k := len(br.Deliveries) + len(br.Results)
+		for i := range br.Deliveries {
+			if strings.HasPrefix(br.Deliveries[i].Msg.Topic, group.TopicPrefix) {
+				k++
+			}
+		}
+		if k > 0 {
 			n.events = make([]Event, 0, k)
 		}
 	}

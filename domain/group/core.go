@@ -913,7 +913,7 @@ func (c *Core) Receive(now time.Time, from PeerID, topic string, payload []byte,
 	}
 	id, typ, ok := ParseTopic(topic)
 	if !ok {
-		return strings.HasPrefix(topic, "group:")
+		return strings.HasPrefix(topic, TopicPrefix)
 	}
 	if h := c.hosted[id]; h != nil {
 		c.hostReceive(now, h, from, typ, payload)

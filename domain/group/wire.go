@@ -111,11 +111,14 @@ const (
 )
 
 // Topic returns the bus topic of a group message type.
-func Topic(groupID, typ string) string { return "group:" + groupID + ":" + typ }
+func Topic(groupID, typ string) string { return TopicPrefix + groupID + ":" + typ }
+
+// TopicPrefix starts every group protocol topic.
+const TopicPrefix = "group:"
 
 // ParseTopic splits group:{id}:{type}. ok is false for other topics.
 func ParseTopic(topic string) (groupID, typ string, ok bool) {
-	rest, found := strings.CutPrefix(topic, "group:")
+	rest, found := strings.CutPrefix(topic, TopicPrefix)
 	if !found {
 		return "", "", false
 	}
