@@ -178,6 +178,8 @@ func TestRelayOutboxRowsLinger(t *testing.T) {
 	// refused).
 	waitGroupEvent(t, subA, group.EvJoined)
 	waitGroupEvent(t, subB, group.EvJoined)
+	subH := h.rt.Subscribe(256)
+	defer subH.Close()
 	for i := range 3 {
 		require.NoError(t, a.rt.Do(ctx, func(now time.Time, n *app.Node) {
 			err = n.Group(now).SendToGroup(now, "H", id, group.TypeMsg, []byte(fmt.Sprintf(`{"move":%d}`, i)))
@@ -188,6 +190,19 @@ func TestRelayOutboxRowsLinger(t *testing.T) {
 	hist, err := hostStore.GroupHistory(ctx, id, 0)
 	require.NoError(t, err)
 	assert.Len(t, hist, 3, "history rows are stored before the relay leaves")
+	// B's acks are on their way back when B hears the message: the host
+	// must have them before it shuts down, or the rows are rightly stored.
+	for acked := 0; acked < 3; {
+		select {
+		case ev, ok := <-subH.C:
+			require.True(t, ok, "subscription closed")
+			if ev.Kind == app.EventDelivered && ev.Peer == "B" && ev.Topic == "group:"+id+":msg" {
+				acked++
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("the host heard %d of B's 3 acks", acked)
+		}
+	}
 	h.shutdown(t) // the lingering rows are stored at shutdown
 
 	hostStore.mu.Lock()
