@@ -23,6 +23,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
+	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 )
@@ -54,9 +55,10 @@ type HostConfig struct {
 }
 
 // NewHost starts a libp2p host with TCP and QUIC v1 transports, the default
-// security (Noise, TLS) and muxer (yamux), and a connection manager sized for
-// groups. The caller owns the host and must Close it; ctx is only used for
-// the construction itself.
+// security (Noise, TLS) and muxer (yamux), a connection manager sized for
+// groups, and LANDialRanker (TCP first on the local network). The caller
+// owns the host and must Close it; ctx is only used for the construction
+// itself.
 func NewHost(ctx context.Context, cfg HostConfig) (host.Host, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("p2p: new host: %w", err)
@@ -94,6 +96,7 @@ func NewHost(ctx context.Context, cfg HostConfig) (host.Host, error) {
 		libp2p.Transport(tcp.NewTCPTransport),
 		libp2p.Transport(libp2pquic.NewTransport),
 		libp2p.ConnectionManager(cm),
+		libp2p.SwarmOpts(swarm.WithDialRanker(LANDialRanker)),
 	}
 	var rm network.ResourceManager
 	if !cfg.EnableMetrics {

@@ -90,7 +90,7 @@ func benchGroupsCommand(g *globals, stdout io.Writer) *cli.Command {
 			&cli.IntFlag{Name: "payload-bytes", Value: 1024, Usage: "size of each message's JSON payload"},
 			&cli.IntFlag{Name: "slow-ms", Value: 100, Usage: "delay of the slow member's link each way (0: skip the slow member measure)"},
 			&cli.IntFlag{Name: "slow-messages", Value: 2000, Usage: "messages at each delay of the slow member's latency measure (a ratio of two p99s needs more samples than a p99)"},
-			&cli.StringFlag{Name: "transport", Value: "quic-v1", Usage: "members reach the host over `T`: quic-v1, tcp or any (libp2p's choice)"},
+			&cli.StringFlag{Name: "transport", Value: "any", Usage: "members reach the host over `T`: any (the node's choice: TCP on loopback, p2p.LANDialRanker), tcp or quic-v1"},
 			&cli.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile of the measures (not the start-up) to `FILE`"},
 		},
 		Action: func(c *cli.Context) error {

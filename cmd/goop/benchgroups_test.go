@@ -206,7 +206,7 @@ func BenchmarkGroupFanout(b *testing.B) {
 	for _, n := range []int{10, 50} {
 		b.Run("N="+strconv.Itoa(n), func(b *testing.B) {
 			ctx := context.Background()
-			gb, err := startGroupsBench(ctx, groupsBenchOptions{Messages: 10_000, PayloadBytes: 1024, Transport: "quic-v1"}, n)
+			gb, err := startGroupsBench(ctx, groupsBenchOptions{Messages: 10_000, PayloadBytes: 1024, Transport: "any"}, n)
 			require.NoError(b, err)
 			defer func() { assert.NoError(b, gb.Close()) }()
 			gid, err := gb.createGroup(ctx, "bench")

@@ -1,0 +1,130 @@
+package p2p
+
+import (
+	"context"
+	"crypto/rand"
+	"net"
+	"strings"
+	"testing"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/net/swarm"
+	ma "github.com/multiformats/go-multiaddr"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestLANDialRankerOrder(t *testing.T) {
+	mas := func(ss ...string) []ma.Multiaddr {
+		out := make([]ma.Multiaddr, len(ss))
+		for i, s := range ss {
+			out[i] = ma.StringCast(s)
+		}
+		return out
+	}
+	type ranked struct {
+		addr  string
+		delay string
+	}
+	rank := func(addrs []ma.Multiaddr) []ranked {
+		var out []ranked
+		for _, ad := range LANDialRanker(addrs) {
+			out = append(out, ranked{ad.Addr.String(), ad.Delay.String()})
+		}
+		return out
+	}
+	t.Run("local TCP before local QUIC", func(t *testing.T) {
+		got := rank(mas("/ip4/127.0.0.1/udp/4001/quic-v1", "/ip4/127.0.0.1/tcp/4001"))
+		assert.Equal(t, []ranked{{"/ip4/127.0.0.1/tcp/4001", "0s"}, {"/ip4/127.0.0.1/udp/4001/quic-v1", "250ms"}}, got)
+	})
+	t.Run("lowest local TCP port first, other TCP and all else after", func(t *testing.T) {
+		got := rank(mas("/ip4/192.168.1.20/tcp/5001", "/ip4/192.168.1.20/udp/4001/quic-v1",
+			"/ip4/192.168.1.20/tcp/4001", "/ip4/203.0.113.7/udp/4001/quic-v1", "/ip4/10.0.0.3/tcp/4001/ws"))
+		require.Len(t, got, 5)
+		assert.Equal(t, ranked{"/ip4/192.168.1.20/tcp/4001", "0s"}, got[0])
+		assert.Equal(t, ranked{"/ip4/192.168.1.20/tcp/5001", swarm.PrivateTCPDelay.String()}, got[1])
+		for _, r := range got[2:] {
+			assert.NotContains(t, []string{"0s", swarm.PrivateTCPDelay.String()}, r.delay, "%s waits for the local TCP dials", r.addr)
+		}
+		assert.Equal(t, "/ip4/192.168.1.20/udp/4001/quic-v1", got[2].addr, "then libp2p's order: local QUIC first")
+	})
+	t.Run("no local TCP: libp2p's order", func(t *testing.T) {
+		addrs := mas("/ip4/203.0.113.7/tcp/4001", "/ip4/203.0.113.7/udp/4001/quic-v1", "/ip4/127.0.0.1/udp/4001/quic-v1")
+		var want []ranked
+		for _, ad := range swarm.DefaultDialRanker(mas("/ip4/203.0.113.7/tcp/4001", "/ip4/203.0.113.7/udp/4001/quic-v1", "/ip4/127.0.0.1/udp/4001/quic-v1")) {
+			want = append(want, ranked{ad.Addr.String(), ad.Delay.String()})
+		}
+		assert.Equal(t, want, rank(addrs))
+		assert.Equal(t, "/ip4/127.0.0.1/udp/4001/quic-v1", want[0].addr)
+	})
+	t.Run("public TCP is not preferred", func(t *testing.T) {
+		got := rank(mas("/ip4/203.0.113.7/tcp/4001", "/ip4/203.0.113.7/udp/4001/quic-v1"))
+		assert.Equal(t, "/ip4/203.0.113.7/udp/4001/quic-v1", got[0].addr)
+	})
+	t.Run("nothing", func(t *testing.T) {
+		assert.Empty(t, rank(nil))
+	})
+}
+
+// newDualHost is a NewHost on 127.0.0.1 with TCP and QUIC.
+func newDualHost(t *testing.T) host.Host {
+	t.Helper()
+	priv, _, err := crypto.GenerateEd25519Key(rand.Reader)
+	require.NoError(t, err)
+	h, err := NewHost(context.Background(), HostConfig{PrivKey: priv, ListenAddrs: ListenAddrs("127.0.0.1", 0)})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = h.Close() })
+	return h
+}
+
+// TestHostsOnLANConnectOverTCP: given both of a local peer's addresses,
+// NewHost's hosts end up with one connection, over TCP.
+func TestHostsOnLANConnectOverTCP(t *testing.T) {
+	a, b := newDualHost(t), newDualHost(t)
+	var kinds []string
+	for _, ad := range b.Addrs() {
+		kinds = append(kinds, transportOf(ad))
+	}
+	require.ElementsMatch(t, []string{"tcp", "quic-v1"}, kinds, "b offers both")
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	require.NoError(t, a.Connect(ctx, peer.AddrInfo{ID: b.ID(), Addrs: b.Addrs()}))
+	conns := a.Network().ConnsToPeer(b.ID())
+	require.Len(t, conns, 1, "one connection, no QUIC twin")
+	assert.Equal(t, "tcp", transportOf(conns[0].RemoteMultiaddr()))
+}
+
+// TestLANFallsBackToQUIC: a local peer whose TCP address refuses is reached
+// over QUIC.
+func TestLANFallsBackToQUIC(t *testing.T) {
+	a, b := newDualHost(t), newDualHost(t)
+	// A TCP port on 127.0.0.1 that nothing listens on.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	closed := ma.StringCast("/ip4/127.0.0.1/tcp/" + strings.TrimPrefix(l.Addr().String(), "127.0.0.1:"))
+	require.NoError(t, l.Close())
+	addrs := []ma.Multiaddr{closed}
+	for _, ad := range b.Addrs() {
+		if transportOf(ad) == "quic-v1" {
+			addrs = append(addrs, ad)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	require.NoError(t, a.Connect(ctx, peer.AddrInfo{ID: b.ID(), Addrs: addrs}))
+	conns := a.Network().ConnsToPeer(b.ID())
+	require.Len(t, conns, 1)
+	assert.Equal(t, "quic-v1", transportOf(conns[0].RemoteMultiaddr()))
+}
+
+func transportOf(a ma.Multiaddr) string {
+	switch {
+	case strings.Contains(a.String(), "/quic-v1"):
+		return "quic-v1"
+	case strings.Contains(a.String(), "/tcp/"):
+		return "tcp"
+	}
+	return a.String()
+}
