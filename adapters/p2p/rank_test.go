@@ -6,6 +6,7 @@ import (
 	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
@@ -26,35 +27,47 @@ func TestLANDialRankerOrder(t *testing.T) {
 	}
 	type ranked struct {
 		addr  string
-		delay string
+		delay time.Duration
 	}
 	rank := func(addrs []ma.Multiaddr) []ranked {
 		var out []ranked
 		for _, ad := range LANDialRanker(addrs) {
-			out = append(out, ranked{ad.Addr.String(), ad.Delay.String()})
+			out = append(out, ranked{ad.Addr.String(), ad.Delay})
 		}
 		return out
 	}
 	t.Run("local TCP before local QUIC", func(t *testing.T) {
 		got := rank(mas("/ip4/127.0.0.1/udp/4001/quic-v1", "/ip4/127.0.0.1/tcp/4001"))
-		assert.Equal(t, []ranked{{"/ip4/127.0.0.1/tcp/4001", "0s"}, {"/ip4/127.0.0.1/udp/4001/quic-v1", "250ms"}}, got)
+		assert.Equal(t, []ranked{{"/ip4/127.0.0.1/tcp/4001", 0}, {"/ip4/127.0.0.1/udp/4001/quic-v1", 250 * time.Millisecond}}, got)
 	})
-	t.Run("lowest local TCP port first, other TCP and all else after", func(t *testing.T) {
+	t.Run("lowest local TCP port first, other local addresses after", func(t *testing.T) {
 		got := rank(mas("/ip4/192.168.1.20/tcp/5001", "/ip4/192.168.1.20/udp/4001/quic-v1",
-			"/ip4/192.168.1.20/tcp/4001", "/ip4/203.0.113.7/udp/4001/quic-v1", "/ip4/10.0.0.3/tcp/4001/ws"))
-		require.Len(t, got, 5)
-		assert.Equal(t, ranked{"/ip4/192.168.1.20/tcp/4001", "0s"}, got[0])
-		assert.Equal(t, ranked{"/ip4/192.168.1.20/tcp/5001", swarm.PrivateTCPDelay.String()}, got[1])
-		for _, r := range got[2:] {
-			assert.NotContains(t, []string{"0s", swarm.PrivateTCPDelay.String()}, r.delay, "%s waits for the local TCP dials", r.addr)
+			"/ip4/192.168.1.20/tcp/4001/p2p/12D3KooWQpF4hqpN3Nr9Y9QbjTiZGSM614b79Awpo78nhyvB1Qj6", "/ip4/10.0.0.3/tcp/4001/ws"))
+		require.Len(t, got, 4)
+		assert.Equal(t, ranked{"/ip4/192.168.1.20/tcp/4001/p2p/12D3KooWQpF4hqpN3Nr9Y9QbjTiZGSM614b79Awpo78nhyvB1Qj6", 0}, got[0])
+		assert.Equal(t, ranked{"/ip4/192.168.1.20/tcp/5001", swarm.PrivateTCPDelay}, got[1])
+		assert.Equal(t, ranked{"/ip4/192.168.1.20/udp/4001/quic-v1", LANFallbackDelay}, got[2], "then libp2p's order, later: local QUIC first")
+		assert.Equal(t, "/ip4/10.0.0.3/tcp/4001/ws", got[3].addr)
+		assert.Greater(t, got[3].delay, LANFallbackDelay)
+	})
+	t.Run("public and relay addresses keep libp2p's schedule", func(t *testing.T) {
+		public := []string{"/ip4/203.0.113.7/udp/4001/quic-v1", "/ip4/203.0.113.7/tcp/4001",
+			"/ip4/192.168.1.9/tcp/4001/p2p/12D3KooWQpF4hqpN3Nr9Y9QbjTiZGSM614b79Awpo78nhyvB1Qj6/p2p-circuit"}
+		var want []ranked
+		for _, ad := range swarm.DefaultDialRanker(mas(public...)) {
+			want = append(want, ranked{ad.Addr.String(), ad.Delay})
 		}
-		assert.Equal(t, "/ip4/192.168.1.20/udp/4001/quic-v1", got[2].addr, "then libp2p's order: local QUIC first")
+		got := rank(mas(append([]string{"/ip4/192.168.1.20/tcp/4001", "/ip4/192.168.1.20/udp/4001/quic-v1"}, public...)...))
+		require.Len(t, got, 5)
+		assert.Equal(t, []ranked{{"/ip4/192.168.1.20/tcp/4001", 0}, {"/ip4/192.168.1.20/udp/4001/quic-v1", LANFallbackDelay}}, got[:2])
+		assert.Equal(t, want, got[2:], "dialed alongside the local ones, not after them")
+		assert.Equal(t, ranked{"/ip4/203.0.113.7/udp/4001/quic-v1", 0}, want[0])
 	})
 	t.Run("no local TCP: libp2p's order", func(t *testing.T) {
 		addrs := mas("/ip4/203.0.113.7/tcp/4001", "/ip4/203.0.113.7/udp/4001/quic-v1", "/ip4/127.0.0.1/udp/4001/quic-v1")
 		var want []ranked
 		for _, ad := range swarm.DefaultDialRanker(mas("/ip4/203.0.113.7/tcp/4001", "/ip4/203.0.113.7/udp/4001/quic-v1", "/ip4/127.0.0.1/udp/4001/quic-v1")) {
-			want = append(want, ranked{ad.Addr.String(), ad.Delay.String()})
+			want = append(want, ranked{ad.Addr.String(), ad.Delay})
 		}
 		assert.Equal(t, want, rank(addrs))
 		assert.Equal(t, "/ip4/127.0.0.1/udp/4001/quic-v1", want[0].addr)
