@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -137,6 +138,18 @@ func ListenAddrs(ip string, port int) []string {
 		"/" + proto + "/" + ip + "/tcp/" + p,
 		"/" + proto + "/" + ip + "/udp/" + p + "/quic-v1",
 	}
+}
+
+// TransportName names the transport of a multiaddr (as a string): "quic-v1",
+// "tcp", or the address itself when it is neither.
+func TransportName(addr string) string {
+	switch {
+	case strings.Contains(addr, "/quic-v1"):
+		return "quic-v1"
+	case strings.Contains(addr, "/tcp/"):
+		return "tcp"
+	}
+	return addr
 }
 
 // LoadOrCreateIdentity returns the Ed25519 key stored at path (libp2p's

@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"strings"
 	"testing"
 	"time"
 
@@ -140,7 +139,7 @@ func TestQUIC(t *testing.T) {
 	a, b := mk(), mk()
 	var quic []string
 	for _, ad := range b.h.Addrs() {
-		if strings.Contains(ad.String(), "/quic-v1") {
+		if TransportName(ad.String()) == "quic-v1" {
 			quic = append(quic, ad.String()+"/p2p/"+b.h.ID().String())
 		}
 	}

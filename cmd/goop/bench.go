@@ -247,7 +247,7 @@ func benchMQ(ctx context.Context, o benchOptions) (*benchResult, error) {
 		return nil, fmt.Errorf("bench: connect: %w", err)
 	}
 	if conns := a.Host.Network().ConnsToPeer(b.PeerID); len(conns) > 0 {
-		res.Transport = transportName(conns[0].RemoteMultiaddr().String())
+		res.Transport = p2p.TransportName(conns[0].RemoteMultiaddr().String())
 	}
 
 	payload := benchPayload(o.PayloadBytes)
@@ -320,16 +320,6 @@ func benchMQ(ctx context.Context, o benchOptions) (*benchResult, error) {
 		res.PeerStartupMS, res.PeerRSSKiB = ms, rss
 	}
 	return res, nil
-}
-
-func transportName(addr string) string {
-	switch {
-	case strings.Contains(addr, "/quic-v1"):
-		return "quic-v1"
-	case strings.Contains(addr, "/tcp/"):
-		return "tcp"
-	}
-	return addr
 }
 
 // benchPayload is a JSON string of n bytes in total (n >= 2), or null.

@@ -151,7 +151,7 @@ type groupsBenchOptions struct {
 	// sends at each delay (needed when SlowMS > 0).
 	SlowMessages int
 	// Transport is how members reach the host: quic-v1, tcp, or any (or
-	// empty: libp2p's choice).
+	// empty: the node's own choice, see p2p.LANDialRanker).
 	Transport string
 	// CPUProfile, if set, receives a CPU profile of the measures.
 	CPUProfile string
@@ -512,7 +512,7 @@ func startGroupsBench(ctx context.Context, o groupsBenchOptions, maxN int) (_ *g
 	// Members reach the host directly; the slow member through its proxy.
 	var addrs []string
 	for _, a := range b.host.Addrs() {
-		if o.Transport == "" || o.Transport == "any" || transportName(a) == o.Transport {
+		if o.Transport == "" || o.Transport == "any" || p2p.TransportName(a) == o.Transport {
 			addrs = append(addrs, a)
 		}
 	}
@@ -540,7 +540,7 @@ func startGroupsBench(ctx context.Context, o groupsBenchOptions, maxN int) (_ *g
 			return nil, fmt.Errorf("bench groups: member %d is not connected to the host", i)
 		}
 		for _, c := range conns {
-			got := transportName(c.RemoteMultiaddr().String())
+			got := p2p.TransportName(c.RemoteMultiaddr().String())
 			switch {
 			case b.transport == "":
 				b.transport = got

@@ -12,9 +12,8 @@ import (
 // presenceOptions turns the config's presence settings into the node's:
 // it announces itself unless !announce (online, heartbeats every
 // presence.heartbeat_seconds, offline at shutdown), marks peers offline
-// after presence.ttl_seconds, and
-// records the static peers (p2p.peers) as such. addrs are the host's
-// current addresses.
+// after presence.ttl_seconds, and records the static peers (p2p.peers) as
+// such. addrs are the host's current addresses.
 func presenceOptions(cfg app.Config, addrs []string, announce bool) (presence.Config, presence.Profile) {
 	pc := presence.DefaultConfig()
 	pc.Announce = announce
