@@ -12,7 +12,9 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/stretchr/testify/require"
 
 	"github.com/goop-p2p/goop/domain/mq"
@@ -106,4 +108,18 @@ func ackAll(tr ports.Transport, out chan<- ports.TransportEvent) {
 			}
 		}
 	}()
+}
+
+// rawStream opens a stream from h to peer id for protocol proto, as a raw
+// client would, with waitFor as its deadline; it is closed when the test
+// ends.
+func rawStream(t *testing.T, h host.Host, id peer.ID, proto protocol.ID) network.Stream {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	s, err := h.NewStream(ctx, id, proto)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Close() })
+	require.NoError(t, s.SetDeadline(time.Now().Add(waitFor)))
+	return s
 }

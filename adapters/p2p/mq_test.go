@@ -53,14 +53,9 @@ func TestCompatClient10(t *testing.T) {
 	connect(t, hc, hs)
 	tr := newTransport(t, hs, MQOptions{})
 
-	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-	defer cancel()
-	s, err := hc.NewStream(ctx, hs.ID(), "/goop/mq/1.0.0")
-	require.NoError(t, err)
-	defer s.Close()
-	require.NoError(t, s.SetDeadline(time.Now().Add(waitFor)))
+	s := rawStream(t, hc, hs.ID(), "/goop/mq/1.0.0")
 	const id = "5f0c2b1e-8a7d-4c3b-9e2f-1a2b3c4d5e6f"
-	_, err = io.WriteString(s, `{"type":"msg","id":"`+id+`","seq":3,"topic":"group:0123456789abcdef:msg","payload":{"text":"hi"}}`+"\n")
+	_, err := io.WriteString(s, `{"type":"msg","id":"`+id+`","seq":3,"topic":"group:0123456789abcdef:msg","payload":{"text":"hi"}}`+"\n")
 	require.NoError(t, err)
 
 	ev := nextEvent(t, tr, isFrame) // the test is the bus core
@@ -167,18 +162,13 @@ func TestMQ11RawClient(t *testing.T) {
 	tr := newTransport(t, hs, MQOptions{})
 	ackAll(tr, nil)
 
-	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-	defer cancel()
-	s, err := hc.NewStream(ctx, hs.ID(), ProtocolMQ11)
-	require.NoError(t, err)
-	defer s.Close()
-	require.NoError(t, s.SetDeadline(time.Now().Add(waitFor)))
+	s := rawStream(t, hc, hs.ID(), ProtocolMQ11)
 	var buf []byte
 	for i := int64(1); i <= 3; i++ {
 		f := testMsg(fmt.Sprintf("raw-%d", i), i)
 		buf = mq.AppendFrame(buf, &f)
 	}
-	_, err = s.Write(buf)
+	_, err := s.Write(buf)
 	require.NoError(t, err)
 	r := bufio.NewReader(s)
 	for i := 1; i <= 3; i++ {
@@ -212,18 +202,14 @@ func TestBadInput(t *testing.T) {
 	for _, proto := range []protocol.ID{ProtocolMQ10, ProtocolMQ11} {
 		for _, c := range cases {
 			t.Run(string(proto)+"/"+c.name, func(t *testing.T) {
-				ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-				defer cancel()
-				s, err := hc.NewStream(ctx, hs.ID(), proto)
-				require.NoError(t, err)
-				require.NoError(t, s.SetDeadline(time.Now().Add(waitFor)))
+				s := rawStream(t, hc, hs.ID(), proto)
 				go func() { // a big write blocks until the server reads or resets
 					_, _ = s.Write(c.data)
 					if c.closeWrite {
 						_ = s.CloseWrite()
 					}
 				}()
-				_, err = io.ReadAll(s)
+				_, err := io.ReadAll(s)
 				require.Error(t, err, "the stream must be reset, not closed")
 				assert.ErrorIs(t, err, network.ErrReset)
 			})
@@ -242,13 +228,9 @@ func TestBadInput(t *testing.T) {
 		assert.Equal(t, mq.TypeAck, ev.Frame.Type, "msg %d acknowledged", i)
 	}
 	// and 1.0.0 from a compat client
-	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-	defer cancel()
-	s, err := hc.NewStream(ctx, hs.ID(), ProtocolMQ10)
-	require.NoError(t, err)
-	require.NoError(t, s.SetDeadline(time.Now().Add(waitFor)))
+	s := rawStream(t, hc, hs.ID(), ProtocolMQ10)
 	good := testMsg("good-10", 3)
-	_, err = s.Write(mq.AppendFrame(nil, &good))
+	_, err := s.Write(mq.AppendFrame(nil, &good))
 	require.NoError(t, err)
 	line, err := bufio.NewReader(s).ReadString('\n')
 	require.NoError(t, err)
@@ -489,17 +471,13 @@ func TestEventsFullResetsStream(t *testing.T) {
 	connect(t, hc, hs)
 	tr := newTransport(t, hs, MQOptions{EventBuffer: 1, ReadTimeout: 200 * time.Millisecond})
 	// Fill the single slot (the PeerConnected event may already hold it).
-	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-	defer cancel()
-	s, err := hc.NewStream(ctx, hs.ID(), ProtocolMQ11)
-	require.NoError(t, err)
-	require.NoError(t, s.SetDeadline(time.Now().Add(waitFor)))
+	s := rawStream(t, hc, hs.ID(), ProtocolMQ11)
 	var buf []byte
 	for i := int64(1); i <= 3; i++ {
 		f := testMsg(fmt.Sprintf("full-%d", i), i)
 		buf = mq.AppendFrame(buf, &f)
 	}
-	_, err = s.Write(buf)
+	_, err := s.Write(buf)
 	require.NoError(t, err)
 	_, err = io.ReadAll(s)
 	assert.ErrorIs(t, err, network.ErrReset)
@@ -519,13 +497,9 @@ func TestCompat10NoAck(t *testing.T) {
 	hs, hc := newTestHost(t), newTestHost(t)
 	connect(t, hc, hs)
 	tr := newTransport(t, hs, MQOptions{ReadTimeout: 200 * time.Millisecond})
-	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-	defer cancel()
-	s, err := hc.NewStream(ctx, hs.ID(), ProtocolMQ10)
-	require.NoError(t, err)
-	require.NoError(t, s.SetDeadline(time.Now().Add(waitFor)))
+	s := rawStream(t, hc, hs.ID(), ProtocolMQ10)
 	f := testMsg("never-acked", 1)
-	_, err = s.Write(mq.AppendFrame(nil, &f))
+	_, err := s.Write(mq.AppendFrame(nil, &f))
 	require.NoError(t, err)
 	ev := nextEvent(t, tr, isFrame)
 	require.Equal(t, "never-acked", ev.Frame.ID)
@@ -605,13 +579,8 @@ func TestReceivedAckOn10(t *testing.T) {
 	tb := newTransport(t, hb, MQOptions{Only10: true})
 
 	// Raw client: the two lines, the received one before the core acks.
-	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-	defer cancel()
-	s, err := hc.NewStream(ctx, hb.ID(), ProtocolMQ10)
-	require.NoError(t, err)
-	defer s.Close()
-	require.NoError(t, s.SetDeadline(time.Now().Add(waitFor)))
-	_, err = io.WriteString(s, `{"type":"msg","id":"w1","seq":4,"topic":"chat","payload":1,"epoch":"e","want":"received"}`+"\n")
+	s := rawStream(t, hc, hb.ID(), ProtocolMQ10)
+	_, err := io.WriteString(s, `{"type":"msg","id":"w1","seq":4,"topic":"chat","payload":1,"epoch":"e","want":"received"}`+"\n")
 	require.NoError(t, err)
 	r := bufio.NewReader(s)
 	line, err := r.ReadString('\n')
