@@ -491,8 +491,21 @@ func (t *MQTransport) mark10(p *peerState) {
 	t.log.Debug("p2p: mq: peer speaks only /goop/mq/1.0.0", "peer", p.pid)
 }
 
+// unmark10 forgets that peer p answered only 1.0.0: it opened a 1.1.0 stream
+// to us (it was upgraded, or its bus came up after our first contact).
+func (t *MQTransport) unmark10(p *peerState) {
+	if p.until10.Swap(0) == 0 {
+		return
+	}
+	t.mu.Lock()
+	delete(t.only10, p.id)
+	t.mu.Unlock()
+	t.log.Debug("p2p: mq: peer speaks /goop/mq/1.1.0 again", "peer", p.pid)
+}
+
 // handle11 serves an inbound 1.1.0 stream: it joins the peer's streams (the
-// writer may use it too) and is read here until it ends.
+// writer may use it too) and is read here until it ends. A peer taken for
+// 1.0.0-only is one no more.
 func (t *MQTransport) handle11(s network.Stream) {
 	if !t.track() {
 		_ = s.Reset()
@@ -511,6 +524,7 @@ func (t *MQTransport) handle11(s network.Stream) {
 		_ = s.Reset()
 		return
 	}
+	t.unmark10(p)
 	t.readLoop(p, st)
 }
 

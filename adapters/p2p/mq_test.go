@@ -660,3 +660,58 @@ func TestFinish10IsBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestPeerSeenOn11IsNo10Peer: a peer we marked as 1.0.0-only (it answered
+// 1.0.0 alone, or identify did not list 1.1.0 when we had to route an ack)
+// and that then opens a 1.1.0 stream to us speaks 1.1.0 after all — it was
+// upgraded, or its bus came up after our first contact: the acks of its
+// msgs go back on that stream instead of being dropped as undeliverable to
+// a 1.0.0 peer.
+func TestPeerSeenOn11IsNo10Peer(t *testing.T) {
+	hs, hc := newTestHost(t), newTestHost(t)
+	connect(t, hc, hs)
+	server := newTransport(t, hs, MQOptions{})
+	ackAll(server, nil)
+
+	// hc first speaks 1.0.0 only (a raw compat handler that acks).
+	acked := make(chan string, 1)
+	hc.SetStreamHandler(ProtocolMQ10, func(s network.Stream) {
+		defer s.Close()
+		line, err := bufio.NewReader(s).ReadBytes('\n')
+		if err != nil {
+			_ = s.Reset()
+			return
+		}
+		f, err := mq.DecodeFrame(line)
+		if err != nil {
+			_ = s.Reset()
+			return
+		}
+		ack := mq.AckFor(&f)
+		_, _ = s.Write(mq.AppendFrame(nil, &ack))
+		acked <- f.ID
+	})
+	require.NoError(t, server.Send(pidOf(hc), testMsg("to-compat", 1)))
+	select {
+	case id := <-acked:
+		require.Equal(t, "to-compat", id)
+	case <-time.After(waitFor):
+		t.Fatal("the server's msg did not reach the 1.0.0 handler")
+	}
+	server.mu.RLock()
+	_, marked := server.only10[hc.ID()]
+	server.mu.RUnlock()
+	require.True(t, marked, "the server took hc for a 1.0.0-only peer")
+
+	// Now hc runs a full transport and talks 1.1.0.
+	hc.RemoveStreamHandler(ProtocolMQ10)
+	client := newTransport(t, hc, MQOptions{})
+	f := testMsg("from-11", 1)
+	require.NoError(t, client.Send(pidOf(hs), f))
+	ev := nextEvent(t, client, isFrame)
+	assert.Equal(t, mq.AckFor(&f), ev.Frame, "the ack came back on 1.1.0")
+	server.mu.RLock()
+	_, marked = server.only10[hc.ID()]
+	server.mu.RUnlock()
+	assert.False(t, marked, "no longer taken for a 1.0.0-only peer")
+}
