@@ -13,6 +13,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
 	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/stretchr/testify/require"
@@ -180,4 +181,25 @@ func TestConnectStopsWithContext(t *testing.T) {
 	err := Connect(ctx, c, peer.AddrInfo{ID: hub.ID(), Addrs: hub.Addrs()})
 	require.ErrorIs(t, err, context.Canceled)
 	require.EqualValues(t, 1, gate.secured.Load(), "no dial after ctx ended")
+}
+
+// A msg sent to a peer we are not connected to reaches it even when the peer
+// drops the first connections right after accepting them (a host re-joined by
+// all its members at once): the transport's writer dials through Connect,
+// and the lost connections do not tear the peer down while it dials.
+func TestMQSendRedialsDroppedConnection(t *testing.T) {
+	gate := &dropGate{}
+	gate.refuse.Store(2)
+	hb := newGatedQUICHost(t, gate)
+	ha := newQUICHost(t)
+	ha.Peerstore().AddAddrs(hb.ID(), hb.Addrs(), peerstore.PermanentAddrTTL)
+	ta := newTransport(t, ha, MQOptions{})
+	tb := newTransport(t, hb, MQOptions{})
+	ackAll(ta, nil) // keeps a's connection events flowing
+
+	f := testMsg("m-redial", 1)
+	require.NoError(t, ta.Send(pidOf(hb), f))
+	ev := nextEvent(t, tb, isFrame)
+	require.Equal(t, f.ID, ev.Frame.ID)
+	require.EqualValues(t, 3, gate.secured.Load(), "two dropped connections, then the one that stayed")
 }

@@ -417,7 +417,11 @@ func (t *MQTransport) watchConns() {
 					t.mu.RLock()
 					p := t.peers[pid]
 					t.mu.RUnlock()
-					if p != nil {
+					// A peer being dialed is left to its writer: Connect
+					// dials again if the connection was dropped, and a
+					// dial that fails in the end tears the peer down
+					// (openFailed).
+					if p != nil && !p.dialing.Load() {
 						p.teardown()
 					}
 				}

@@ -58,6 +58,9 @@ type peerState struct {
 	nroutes  atomic.Int32
 	dropping atomic.Bool
 	fin10    atomic.Int32 // finish10 goroutines running
+	// dialing is set while the writer connects to the peer (see open): a
+	// connection lost meanwhile does not tear the peer down.
+	dialing atomic.Bool
 
 	// wmu is the write lock: whoever holds it writes to the peer's streams
 	// through w — the writer goroutine while it drains q, or a caller of
@@ -246,11 +249,25 @@ func (p *peerState) lacks11() bool {
 	return err == nil && len(protos) > 0 && !slices.Contains(protos, ProtocolMQ11)
 }
 
-// open opens a stream to the peer offering protos in order, within OpenTimeout.
+// open opens a stream to the peer offering protos in order, within
+// OpenTimeout. When not connected it dials first through Connect, which dials
+// again when the peer drops the connection right after accepting it (a host
+// flooded with handshakes, such as a group's host that restarted and is
+// being re-joined by all its members at once): the queued frames then go out
+// on the connection that stayed instead of being dropped with the peer.
 func (p *peerState) open(protos ...protocol.ID) (network.Stream, error) {
 	ctx, cancel := context.WithTimeout(p.ctx, p.t.opts.OpenTimeout)
 	defer cancel()
-	return p.t.h.NewStream(ctx, p.id, protos...)
+	h := p.t.h
+	if h.Network().Connectedness(p.id) != network.Connected {
+		p.dialing.Store(true)
+		err := Connect(ctx, h, peer.AddrInfo{ID: p.id})
+		p.dialing.Store(false)
+		if err != nil {
+			return nil, err
+		}
+	}
+	return h.NewStream(ctx, p.id, protos...)
 }
 
 // openFailed handles a failed stream open: a peer we are not connected to is
