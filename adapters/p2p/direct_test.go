@@ -76,11 +76,15 @@ func TestAckHookSeesAcks(t *testing.T) {
 	tb := newTransport(t, hb, MQOptions{})
 	var mu sync.Mutex
 	var seen []mq.Frame
+	hooked := make(chan struct{}) // closed when the hook saw m1's final ack
 	ta.SetAckHook(func(from mq.PeerID, ack mq.Frame) {
 		mu.Lock()
 		defer mu.Unlock()
 		assert.Equal(t, pidOf(hb), from)
 		seen = append(seen, ack)
+		if ack.ID == "m1" && ack.Stage == "" {
+			close(hooked)
+		}
 	})
 	ackAll(tb, nil)
 	// A msg that does not ask for the early ack gets the final ack alone;
@@ -94,6 +98,12 @@ func TestAckHookSeesAcks(t *testing.T) {
 	var final ports.TransportEvent
 	for final.Frame.Type != mq.TypeAck || final.Frame.Stage != "" || final.Frame.ID != "m1" {
 		final = nextEvent(t, ta, isFrame)
+	}
+	// The hook runs right after the event is handed over: wait for it.
+	select {
+	case <-hooked:
+	case <-time.After(waitFor):
+		t.Fatal("the hook never saw m1's final ack")
 	}
 	mu.Lock()
 	defer mu.Unlock()
