@@ -14,9 +14,12 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
+	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/stretchr/testify/require"
+
+	"github.com/goop-p2p/goop/ports"
 )
 
 // dropGate is a connection gater that closes the first `refuse` inbound
@@ -202,4 +205,46 @@ func TestMQSendRedialsDroppedConnection(t *testing.T) {
 	ev := nextEvent(t, tb, isFrame)
 	require.Equal(t, f.ID, ev.Frame.ID)
 	require.EqualValues(t, 3, gate.secured.Load(), "two dropped connections, then the one that stayed")
+}
+
+// The bus's peers keep their connections when the connection manager trims:
+// the peers it only happens to be connected to are closed instead, and the
+// protection ends with the peer's state.
+func TestMQPeersSurviveConnectionTrim(t *testing.T) {
+	cm, err := connmgr.NewConnManager(1, 2, connmgr.WithGracePeriod(0))
+	require.NoError(t, err)
+	ha := newPlainQUICHost(t, libp2p.ConnectionManager(cm))
+	ta := newTransport(t, ha, MQOptions{})
+	hb := newQUICHost(t)
+	tb := newTransport(t, hb, MQOptions{})
+	others := []host.Host{newQUICHost(t), newQUICHost(t), newQUICHost(t)}
+	connect(t, ha, hb)
+	for _, o := range others {
+		connect(t, ha, o)
+		// Worth more than b to the connection manager: without its
+		// protection b would be the first to go.
+		cm.TagPeer(o.ID(), "test", 100)
+	}
+
+	f := testMsg("m-trim", 1)
+	require.NoError(t, ta.Send(pidOf(hb), f))
+	require.Equal(t, f.ID, nextEvent(t, tb, isFrame).Frame.ID)
+	require.True(t, cm.IsProtected(hb.ID(), ""))
+
+	cm.TrimOpenConns(context.Background())
+	require.Equal(t, network.Connected, ha.Network().Connectedness(hb.ID()), "the bus's peer stays")
+	trimmed := 0
+	for _, o := range others {
+		if ha.Network().Connectedness(o.ID()) != network.Connected {
+			trimmed++
+		}
+	}
+	require.NotZero(t, trimmed, "the connection manager trimmed the others")
+
+	// b goes away: its state is torn down and the protection lifted.
+	require.NoError(t, ha.Network().ClosePeer(hb.ID()))
+	nextEvent(t, ta, func(ev ports.TransportEvent) bool {
+		return ev.Kind == ports.PeerDisconnected && ev.From == pidOf(hb)
+	})
+	require.False(t, cm.IsProtected(hb.ID(), ""))
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -155,6 +156,8 @@ type MQTransport struct {
 	nwait   atomic.Int64
 
 	ackHook atomic.Pointer[func(mq.PeerID, mq.Frame)]
+
+	tags atomic.Uint64 // numbers the peers' connection-manager protection tags
 
 	wg sync.WaitGroup
 }
@@ -471,6 +474,14 @@ func (t *MQTransport) peerState(id peer.ID, pid mq.PeerID) (*peerState, error) {
 	if until, ok := t.only10[id]; ok {
 		p.until10.Store(until.UnixNano())
 	}
+	// A peer the bus talks to (a group's host, its members, a direct
+	// contact) keeps its connection when the connection manager trims down
+	// to its low water mark (many peers discovered on a large network):
+	// only peers that merely appeared are closed. The tag is the state's
+	// own, so a teardown never lifts the protection of the state that
+	// follows it.
+	p.protectTag = "goop-mq/" + strconv.FormatUint(t.tags.Add(1), 10)
+	t.h.ConnManager().Protect(id, p.protectTag)
 	t.peers[pid] = p
 	t.wg.Add(1)
 	go p.run()
