@@ -20,7 +20,6 @@ import (
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
-	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
@@ -99,28 +98,52 @@ func NewHost(ctx context.Context, cfg HostConfig) (host.Host, error) {
 		libp2p.ConnectionManager(cm),
 		libp2p.SwarmOpts(swarm.WithDialRanker(LANDialRanker)),
 	}
-	var rm network.ResourceManager
+	// libp2p's default resource manager, built here: with its connection
+	// limits raised to the connection manager's (admitConns), and, unless
+	// metrics are on, without its Prometheus reports (they cost ~15% CPU per
+	// stream open even with DisableMetrics).
+	limits := rcmgr.DefaultLimits
+	libp2p.SetDefaultServiceLimits(&limits)
+	var rmOpts []rcmgr.Option
 	if !cfg.EnableMetrics {
-		// libp2p's default resource manager reports to Prometheus even with
-		// DisableMetrics, which costs ~15% CPU per stream open: build it ourselves.
-		limits := rcmgr.DefaultLimits
-		libp2p.SetDefaultServiceLimits(&limits)
-		rm, err = rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()), rcmgr.WithMetricsDisabled())
-		if err != nil {
-			_ = cm.Close()
-			return nil, fmt.Errorf("p2p: new host: resource manager: %w", err)
-		}
-		opts = append(opts, libp2p.DisableMetrics(), libp2p.ResourceManager(rm))
+		rmOpts = append(rmOpts, rcmgr.WithMetricsDisabled())
+		opts = append(opts, libp2p.DisableMetrics())
 	}
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(admitConns(limits.AutoScale(), high)), rmOpts...)
+	if err != nil {
+		_ = cm.Close()
+		return nil, fmt.Errorf("p2p: new host: resource manager: %w", err)
+	}
+	opts = append(opts, libp2p.ResourceManager(rm))
 	h, err := libp2p.New(opts...)
 	if err != nil {
 		_ = cm.Close()
-		if rm != nil {
-			_ = rm.Close()
-		}
+		_ = rm.Close()
 		return nil, fmt.Errorf("p2p: new host: %w", err)
 	}
 	return h, nil
+}
+
+// admitConns returns l with the system-wide connection limits raised, where
+// lower, to what the connection manager keeps: up to high connections, all
+// of them inbound for a group's host or outbound for a busy member, plus a
+// quarter for those opened before a trim closes the excess. libp2p's
+// limits, scaled to the machine's memory, admit fewer (504 connections,
+// 252 inbound, with 24 GiB), which would cap a host's members well below
+// the connection manager's water marks. The other limits (connections in
+// handshake, per peer, streams, memory, file descriptors) stay libp2p's.
+func admitConns(l rcmgr.ConcreteLimitConfig, high int) rcmgr.ConcreteLimitConfig {
+	p := l.ToPartialLimitConfig()
+	raise := func(v *rcmgr.LimitVal, n int) {
+		// Only concrete limits: not Unlimited, nor BlockAllLimit.
+		if *v > 0 && *v < rcmgr.LimitVal(n) {
+			*v = rcmgr.LimitVal(n)
+		}
+	}
+	raise(&p.System.Conns, high+high/4)
+	raise(&p.System.ConnsInbound, high)
+	raise(&p.System.ConnsOutbound, high)
+	return p.Build(l)
 }
 
 // ListenAddrs returns the TCP and QUIC v1 listen multiaddrs for ip and port

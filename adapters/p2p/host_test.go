@@ -9,8 +9,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
+	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -124,6 +127,61 @@ func TestNewHostRejectsBadConfig(t *testing.T) {
 			assert.Error(t, err)
 		})
 	}
+}
+
+// TestNewHostAdmitsWhatConnMgrKeeps: the resource manager admits as many
+// connections as the connection manager keeps (libp2p's own check, which
+// only logs a warning when they conflict), and more when asked.
+func TestNewHostAdmitsWhatConnMgrKeeps(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		low, high int
+	}{{"defaults", 0, 0}, {"large", 2000, 4000}} {
+		t.Run(c.name, func(t *testing.T) {
+			priv, _, err := crypto.GenerateEd25519Key(rand.Reader)
+			require.NoError(t, err)
+			h, err := NewHost(context.Background(), HostConfig{PrivKey: priv,
+				ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}, ConnMgrLow: c.low, ConnMgrHigh: c.high})
+			require.NoError(t, err)
+			defer h.Close()
+			high := max(c.high, DefaultConnMgrHigh)
+			lim, ok := h.Network().ResourceManager().(connmgr.GetConnLimiter)
+			require.True(t, ok, "the resource manager reports its connection limit")
+			assert.GreaterOrEqual(t, lim.GetConnLimit(), high)
+			assert.NoError(t, h.ConnManager().(interface {
+				CheckLimit(connmgr.GetConnLimiter) error
+			}).CheckLimit(lim))
+		})
+	}
+}
+
+// TestAdmitConns raises only the system's connection limits, only where
+// they are lower than needed, and never lifts a block or an unlimited value.
+func TestAdmitConns(t *testing.T) {
+	limits := rcmgr.DefaultLimits
+	libp2p.SetDefaultServiceLimits(&limits)
+	small := limits.Scale(128<<20, 256) // a small machine: low limits
+	in := small.ToPartialLimitConfig()
+	require.Less(t, int(in.System.ConnsInbound), 800, "premise: the small machine admits fewer")
+
+	got := admitConns(small, 800).ToPartialLimitConfig()
+	assert.EqualValues(t, 1000, got.System.Conns)
+	assert.EqualValues(t, 800, got.System.ConnsInbound)
+	assert.EqualValues(t, 800, got.System.ConnsOutbound)
+	want := in
+	want.System.Conns, want.System.ConnsInbound, want.System.ConnsOutbound = 1000, 800, 800
+	assert.Equal(t, want, got, "every other limit is libp2p's")
+
+	// Limits already high enough are kept.
+	assert.Equal(t, in, admitConns(small, 2).ToPartialLimitConfig())
+
+	// Unlimited stays unlimited, a block stays a block.
+	p := in
+	p.System.Conns, p.System.ConnsInbound = rcmgr.Unlimited, rcmgr.BlockAllLimit
+	odd := admitConns(p.Build(small), 800).ToPartialLimitConfig()
+	assert.Equal(t, rcmgr.Unlimited, odd.System.Conns)
+	assert.Equal(t, rcmgr.BlockAllLimit, odd.System.ConnsInbound)
+	assert.EqualValues(t, 800, odd.System.ConnsOutbound)
 }
 
 // TestQUIC: the default listen set includes QUIC v1, and the bus works over it.
