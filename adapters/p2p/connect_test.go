@@ -16,6 +16,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
+	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/stretchr/testify/require"
 
@@ -171,7 +172,26 @@ func TestConnectRedialsRefusedHandshake(t *testing.T) {
 	err := Connect(ctx, d, peer.AddrInfo{ID: hub.ID(), Addrs: hub.Addrs()})
 	require.True(t, refusedHandshake(err), "err = %v", err)
 	require.ErrorContains(t, err, hub.ID().String())
-	require.GreaterOrEqual(t, rm.opens.Load(), int32(connectTries))
+	require.GreaterOrEqual(t, rm.opens.Load(), int32(refusedTries))
+}
+
+// Over TCP, a refused handshake is a connection closed before the security
+// handshake (EOF on the dialer's side): Connect dials again too.
+func TestConnectRedialsRefusedTCPHandshake(t *testing.T) {
+	rm := &refusingRM{ResourceManager: &network.NullResourceManager{}}
+	rm.refuse.Store(2)
+	priv, _, err := crypto.GenerateEd25519Key(rand.Reader)
+	require.NoError(t, err)
+	hub, err := libp2p.New(libp2p.Identity(priv), libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"),
+		libp2p.Transport(tcp.NewTCPTransport), libp2p.ResourceManager(rm))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = hub.Close() })
+	c := newTestHost(t)
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	require.NoError(t, Connect(ctx, c, peer.AddrInfo{ID: hub.ID(), Addrs: hub.Addrs()}))
+	require.Equal(t, network.Connected, c.Network().Connectedness(hub.ID()))
+	require.EqualValues(t, 3, rm.opens.Load(), "two refused, then the one accepted")
 }
 
 func TestConnectStopsWithContext(t *testing.T) {
