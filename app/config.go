@@ -84,7 +84,17 @@ type P2PConfig struct {
 	MDNSTag string `json:"mdns_tag"`
 	// Peers are static peers (multiaddrs ending in /p2p/<peer id>) connected at start.
 	Peers []string `json:"peers"`
+	// MaxConnections is how many libp2p connections the node keeps: above
+	// it, connections to peers the bus does not talk to are closed down to
+	// half of it; the resource manager admits at least as many.
+	MaxConnections int `json:"max_connections"`
 }
+
+// Bounds of p2p.max_connections.
+const (
+	MinMaxConnections = 16
+	MaxMaxConnections = 65536
+)
 
 // PresenceConfig configures presence and the rendezvous server (SPEC §6).
 type PresenceConfig struct {
@@ -133,7 +143,7 @@ func DefaultConfig() Config {
 	return Config{
 		Identity: IdentityConfig{KeyFile: filepath.Join("data", "identity.key")},
 		Paths:    PathsConfig{SiteRoot: "site"},
-		P2P:      P2PConfig{ListenPort: 0, MDNSTag: "goop-mdns", Peers: []string{}},
+		P2P:      P2PConfig{ListenPort: 0, MDNSTag: "goop-mdns", Peers: []string{}, MaxConnections: 800},
 		Presence: PresenceConfig{
 			TTLSeconds:       20,
 			HeartbeatSeconds: 5,
@@ -222,6 +232,12 @@ func (c *Config) Validate() error {
 				if err := checkPeerAddr(p); err != nil {
 					return keyErr(fmt.Sprintf("p2p.peers[%d]", i), "%v", err)
 				}
+			}
+			return nil
+		},
+		func() error {
+			if n := c.P2P.MaxConnections; n < MinMaxConnections || n > MaxMaxConnections {
+				return keyErr("p2p.max_connections", "%d is not between %d and %d", n, MinMaxConnections, MaxMaxConnections)
 			}
 			return nil
 		},

@@ -21,6 +21,7 @@ func TestDefaultConfigIsValidAndMatchesSpec(t *testing.T) {
 	assert.Equal(t, "site", c.Paths.SiteRoot)
 	assert.Equal(t, 0, c.P2P.ListenPort)
 	assert.Equal(t, "goop-mdns", c.P2P.MDNSTag)
+	assert.Equal(t, 800, c.P2P.MaxConnections)
 	assert.Equal(t, 20, c.Presence.TTLSeconds)
 	assert.Equal(t, 5, c.Presence.HeartbeatSeconds)
 	assert.Equal(t, 8787, c.Presence.RendezvousPort)
@@ -46,7 +47,7 @@ func TestParseConfigAcceptsEveryKey(t *testing.T) {
   "profile": {"label": "bob"},
   "identity": {"key_file": "keys/id.key"},
   "paths": {"site_root": "www"},
-  "p2p": {"listen_port": 4001, "mdns_tag": "my-lan", "peers": []},
+  "p2p": {"listen_port": 4001, "mdns_tag": "my-lan", "peers": [], "max_connections": 2000},
   "presence": {"ttl_seconds": 30, "heartbeat_seconds": 10, "rendezvous_host": true,
     "rendezvous_port": 9000, "rendezvous_bind": "0.0.0.0", "rendezvous_wan": "https://rv.example.org",
     "rendezvous_only": true, "admin_password": "s3cret", "external_url": "http://203.0.113.5:9000"},
@@ -59,6 +60,7 @@ func TestParseConfigAcceptsEveryKey(t *testing.T) {
 	assert.Equal(t, "keys/id.key", c.Identity.KeyFile)
 	assert.Equal(t, "www", c.Paths.SiteRoot)
 	assert.Equal(t, "my-lan", c.P2P.MDNSTag)
+	assert.Equal(t, 2000, c.P2P.MaxConnections)
 	assert.True(t, c.Presence.RendezvousHost)
 	assert.True(t, c.Presence.RendezvousOnly)
 	assert.Equal(t, 9000, c.Presence.RendezvousPort)
@@ -111,6 +113,8 @@ func TestParseConfigErrorsNameTheKey(t *testing.T) {
 		{"mdns tag with space", `{"p2p":{"mdns_tag":"a b"}}`, `p2p.mdns_tag: "a b" must be`},
 		{"peer not a multiaddr", `{"p2p":{"peers":["` + testPeerAddr + `","tcp://1.2.3.4"]}}`, `p2p.peers[1]: "tcp://1.2.3.4" is not a multiaddr`},
 		{"peer without p2p", `{"p2p":{"peers":["/ip4/1.2.3.4/tcp/1"]}}`, `p2p.peers[0]: "/ip4/1.2.3.4/tcp/1" does not end in /p2p/<peer id>`},
+		{"too few connections", `{"p2p":{"max_connections":8}}`, `p2p.max_connections: 8 is not between 16 and 65536`},
+		{"too many connections", `{"p2p":{"max_connections":100000}}`, `p2p.max_connections: 100000 is not between 16 and 65536`},
 		{"zero ttl", `{"presence":{"ttl_seconds":0}}`, `presence.ttl_seconds: 0 is not between 1 and 86400`},
 		{"zero heartbeat", `{"presence":{"heartbeat_seconds":0}}`, `presence.heartbeat_seconds: 0 is not between 1 and 86400`},
 		{"heartbeat not below ttl", `{"presence":{"ttl_seconds":5,"heartbeat_seconds":5}}`, `presence.heartbeat_seconds: 5 must be less than presence.ttl_seconds (5)`},

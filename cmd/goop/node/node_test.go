@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -171,6 +172,32 @@ func TestStartServesHealthzAndSelf(t *testing.T) {
 	<-r.Done()
 	assert.NoError(t, r.Err())
 }
+
+// TestStartSizesConnectionsFromConfig: p2p.max_connections is the
+// connection manager's high water mark (half of it the low one), and the
+// resource manager admits that many.
+func TestStartSizesConnectionsFromConfig(t *testing.T) {
+	for _, n := range []int{app.DefaultConfig().P2P.MaxConnections, 3000} {
+		t.Run(strconv.Itoa(n), func(t *testing.T) {
+			r := startPeer(t, filepath.Join(t.TempDir(), "p"), func(c *app.Config) { c.P2P.MaxConnections = n })
+			cm, ok := r.Host.ConnManager().(interface {
+				CheckLimit(connmgr.GetConnLimiter) error
+			})
+			require.True(t, ok)
+			lim, ok := r.Host.Network().ResourceManager().(connmgr.GetConnLimiter)
+			require.True(t, ok)
+			assert.GreaterOrEqual(t, lim.GetConnLimit(), n)
+			require.NoError(t, cm.CheckLimit(lim))
+			// The high water is n: a limit just under it conflicts.
+			assert.Error(t, cm.CheckLimit(fixedConnLimit(n-1)))
+			assert.NoError(t, cm.CheckLimit(fixedConnLimit(n)))
+		})
+	}
+}
+
+type fixedConnLimit int
+
+func (l fixedConnLimit) GetConnLimit() int { return int(l) }
 
 func TestStartKeepsIdentityAcrossRestarts(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "dave")
