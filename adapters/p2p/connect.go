@@ -50,9 +50,9 @@ const (
 // Connect dials again in all these cases after a short jittered pause
 // (doubling each time), up to connectTries dials after drops and
 // refusedTries after refusals, while ctx allows: by then the burst has been
-// accepted. A connection closed by the peer's
-// connection gater looks the same from here and gets the same tries. Any
-// other dial error is returned at once.
+// accepted. A connection closed by the peer's connection gater looks the
+// same from here and gets the same tries. Any other dial error is returned
+// at once.
 func Connect(ctx context.Context, h host.Host, ai peer.AddrInfo) error {
 	id := ai.ID
 	pause := connectPause
