@@ -90,21 +90,13 @@ func isPlainTCP(a ma.Multiaddr) bool {
 
 // isCircuit reports whether a goes through a relay.
 func isCircuit(a ma.Multiaddr) bool {
-	for _, c := range a {
-		if c.Code() == ma.P_CIRCUIT {
-			return true
-		}
-	}
-	return false
+	_, err := a.ValueForProtocol(ma.P_CIRCUIT)
+	return err == nil
 }
 
 // tcpPort is a's TCP port (0 when it has none).
 func tcpPort(a ma.Multiaddr) int {
-	for _, c := range a {
-		if c.Code() == ma.P_TCP {
-			p, _ := strconv.Atoi(c.Value())
-			return p
-		}
-	}
-	return 0
+	v, _ := a.ValueForProtocol(ma.P_TCP)
+	p, _ := strconv.Atoi(v)
+	return p
 }
