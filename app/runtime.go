@@ -522,35 +522,45 @@ func (r *Runtime) persister(ctx context.Context) {
 		for _, g := range group {
 			if failed != nil {
 				r.fail(g, failed)
-			} else {
-				r.complete(ctx, g)
+				r.done(g)
+				continue
 			}
+			// The job's frames and events go out while it still holds
+			// back later steps (done), so none overtakes them; its
+			// commands return only after that, so a caller's next step is
+			// not held back by the job it waited for.
+			r.send(ctx, g)
 			r.done(g)
+			r.returnCmds(g.cmds, nil)
 		}
 	}
 }
 
 // complete carries out a stored (or storeless) job.
 func (r *Runtime) complete(ctx context.Context, j job) {
+	r.send(ctx, j)
+	r.returnCmds(j.cmds, nil)
+}
+
+// send hands a stored job's frames and dials over, and publishes its events.
+func (r *Runtime) send(ctx context.Context, j job) {
 	r.sendFrames(j.rd.Frames, nil)
 	r.discover(ctx, &j.rd)
-	for _, c := range j.cmds {
-		if c.done != nil {
-			c.done <- nil
-		}
-	}
 	if len(j.events) > 0 {
 		r.publish(j.events)
 	}
 }
 
-func (r *Runtime) fail(j job, err error) {
-	for _, c := range j.cmds {
+// returnCmds ends the commands of a job with err.
+func (r *Runtime) returnCmds(cmds []command, err error) {
+	for _, c := range cmds {
 		if c.done != nil {
 			c.done <- err
 		}
 	}
 }
+
+func (r *Runtime) fail(j job, err error) { r.returnCmds(j.cmds, err) }
 
 // sendFrames hands frames to the transport. With direct set (an inline
 // step), frames the transport lets the caller write itself are collected
