@@ -68,16 +68,16 @@ func Connect(ctx context.Context, h host.Host, ai peer.AddrInfo) error {
 		switch {
 		case err == nil && stayed(ctx, h, id):
 			return nil
-		case err != nil && !refusedHandshake(err):
-			return err
-		case err != nil:
+		case err == nil || closedAfterHandshake(err):
+			if dropped++; dropped == connectTries {
+				return fmt.Errorf("p2p: connect %s: %w (%d dials)", id, ErrDroppedAfterAccept, try)
+			}
+		case refusedHandshake(err):
 			if refused++; refused == refusedTries {
 				return fmt.Errorf("p2p: connect %s: refused %d times: %w", id, refused, err)
 			}
 		default:
-			if dropped++; dropped == connectTries {
-				return fmt.Errorf("p2p: connect %s: %w (%d dials)", id, ErrDroppedAfterAccept, try)
-			}
+			return err
 		}
 		// Jitter in [pause/2, 3*pause/2): dialers shed together do not
 		// come back together.
@@ -103,6 +103,22 @@ func refusedHandshake(err error) bool {
 	}
 	return errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)
 }
+
+// closedAfterHandshake reports whether err is a QUIC dial the peer closed
+// right after its handshake, before our side of the dial had finished:
+// go-libp2p's listener dropping it ("queue full", code 1) or the peer's
+// connection gater refusing it (network.ConnGated). Which of the two sides
+// finishes first is a race: the same close more often reaches us after
+// host.Connect returned nil, and stayed sees it then.
+func closedAfterHandshake(err error) bool {
+	var ae *quic.ApplicationError
+	return errors.As(err, &ae) && ae.Remote &&
+		(ae.ErrorCode == quicQueueFull || ae.ErrorCode == quic.ApplicationErrorCode(network.ConnGated))
+}
+
+// quicQueueFull is the code go-libp2p's QUIC listener closes a handshaken
+// connection with when its accept queue is full.
+const quicQueueFull quic.ApplicationErrorCode = 1
 
 // connectSettle bounds how long stayed waits for a connection whose
 // identify failed to finish closing.
