@@ -22,6 +22,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
@@ -98,6 +99,9 @@ func NewHost(ctx context.Context, cfg HostConfig) (host.Host, error) {
 		libp2p.ConnectionManager(cm),
 		libp2p.SwarmOpts(swarm.WithDialRanker(LANDialRanker)),
 	}
+	// yamux (TCP's multiplexer) with a stream's opening frames gathered
+	// into one write (coalescingConn).
+	opts = append(opts, libp2p.Muxer(yamux.ID, coalescingMuxer{inner: yamux.DefaultTransport}))
 	// libp2p's default resource manager, built here: with its connection
 	// limits raised to the connection manager's (admitConns), and, unless
 	// metrics are on, without its Prometheus reports (they cost ~15% CPU per
