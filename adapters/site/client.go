@@ -53,6 +53,10 @@ func Fetch(ctx context.Context, h host.Host, p peer.ID, path string) (mime strin
 // returns. Errors wrap ErrNotFound, ErrForbidden, ErrTooLarge, ErrRefused
 // (the peer's answer), ErrUnreachable (dial, stream or timeout; the cause is
 // wrapped too) or ErrProtocol.
+//
+// Until body is closed, h's connection manager does not close the
+// connection to p when it trims connections (a node with hundreds of peers
+// would otherwise cut a visit or a download short).
 func FetchWith(ctx context.Context, h host.Host, p peer.ID, path string, opts FetchOptions) (mime string, size int64, body io.ReadCloser, err error) {
 	if opts.HeaderTimeout <= 0 {
 		opts.HeaderTimeout = DefaultHeaderTimeout
@@ -71,8 +75,10 @@ func FetchWith(ctx context.Context, h host.Host, p peer.ID, path string, opts Fe
 		return "", 0, nil, fmt.Errorf("%w: open %s stream to %s: %w", ErrUnreachable, Protocol, p, err)
 	}
 	stop := context.AfterFunc(ctx, func() { _ = st.Reset() })
+	release := protect(h, p)
 	fail := func(e error) (string, int64, io.ReadCloser, error) {
 		stop()
+		release()
 		_ = st.Reset()
 		if cerr := ctx.Err(); cerr != nil && errors.Is(e, ErrUnreachable) {
 			e = fmt.Errorf("%w (%w)", e, cerr)
@@ -103,7 +109,7 @@ func FetchWith(ctx context.Context, h host.Host, p peer.ID, path string, opts Fe
 		return fail(fmt.Errorf("%s: %w", p, err))
 	}
 	_ = st.SetDeadline(time.Time{})
-	return mime, size, &bodyReader{st: st, br: br, left: size, timeout: opts.ReadTimeout, stop: stop}, nil
+	return mime, size, &bodyReader{st: st, br: br, left: size, timeout: opts.ReadTimeout, stop: stop, release: release}, nil
 }
 
 // parseHeader parses `OK <mime> <size>` (size is the last field) or
@@ -157,6 +163,7 @@ type bodyReader struct {
 	left    int64
 	timeout time.Duration
 	stop    func() bool
+	release func() // ends the connection's protection (protect)
 	once    sync.Once
 }
 
@@ -194,10 +201,12 @@ func isTimeout(err error) bool {
 	return errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
 }
 
-// Close ends the stream: closed when the body was read in full, reset otherwise.
+// Close ends the stream: closed when the body was read in full, reset
+// otherwise. The connection is no longer protected for it.
 func (b *bodyReader) Close() error {
 	b.once.Do(func() {
 		b.stop()
+		b.release()
 		if b.left == 0 {
 			_ = b.st.Close()
 		} else {

@@ -9,12 +9,15 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/goop-p2p/goop/adapters/internal/lines"
-	"github.com/libp2p/go-libp2p/core/network"
 )
 
 // Defaults of ServerOptions.
@@ -119,8 +122,13 @@ func (s *Server) handle(st network.Stream) {
 		return
 	}
 	defer f.Close()
+	// The transfer's connection is kept when the connection manager trims;
+	// released before the stream ends, so that a visitor that saw it end
+	// sees the protection gone.
+	release := protect(s.h, from)
 	hdr := "OK " + f.MIME + " " + strconv.FormatInt(f.Size, 10) + "\n"
 	if _, err := io.WriteString(w, hdr); err != nil {
+		release()
 		_ = st.Reset()
 		return
 	}
@@ -128,12 +136,28 @@ func (s *Server) handle(st network.Stream) {
 	if err == nil && n != f.Size {
 		err = fmt.Errorf("file shrank to %d of %d bytes while sent", n, f.Size)
 	}
+	release()
 	if err != nil {
 		s.opts.Log.Debug("site: transfer failed; stream reset", "peer", from, "path", f.Name, "err", err)
 		_ = st.Reset()
 		return
 	}
 	_ = st.Close()
+}
+
+// protectSeq numbers protect's tags.
+var protectSeq atomic.Uint64
+
+// protect keeps h's connections to p out of the connection manager's trims
+// until the returned func is called (once; later calls do nothing). Each
+// call has a tag of its own, so that one transfer's end never lifts the
+// protection of another to the same peer.
+func protect(h host.Host, p peer.ID) func() {
+	tag := "goop-site/" + strconv.FormatUint(protectSeq.Add(1), 10)
+	cm := h.ConnManager()
+	cm.Protect(p, tag)
+	var once sync.Once
+	return func() { once.Do(func() { cm.Unprotect(p, tag) }) }
 }
 
 func (s *Server) reply(st network.Stream, w io.Writer, line string) {
