@@ -30,6 +30,11 @@ const coalesceMax = 128 << 10
 // the writes to the connections under them (benchmarks report their ratio).
 var coalesceStats struct{ frames, writes atomic.Int64 }
 
+// spareMax bounds the buffer an idle coalescingConn keeps for its next
+// write: a stream's opening takes a few hundred bytes; the buffer of a
+// larger write (frames of a transfer that came during one) is let go.
+const spareMax = 16 << 10
+
 // closeFlushWait bounds how long Close waits for held frames to be written.
 const closeFlushWait = 250 * time.Millisecond
 
@@ -62,7 +67,7 @@ type coalescingConn struct {
 	mu    sync.Mutex
 	room  sync.Cond // broadcast when held is taken for writing, on error and on close
 	held  []byte    // frames waiting for the write under way
-	spare []byte    // the buffer of the previous write, reused
+	spare []byte    // the buffer of the previous write, reused (up to spareMax)
 	busy  bool      // a write (or drain) is under way; new frames join held
 	idle  chan struct{}
 	err   error // the first write error, or net.ErrClosed after Close
@@ -133,12 +138,12 @@ func (c *coalescingConn) Write(p []byte) (int, error) {
 	coalesceStats.frames.Add(1)
 	gather := c.gather(p)
 	if c.busy {
-		c.held = append(c.held, p...)
+		c.hold(p)
 		return len(p), nil
 	}
 	c.busy = true
 	if gather {
-		c.held = append(c.held, p...)
+		c.hold(p)
 		go c.drain()
 		return len(p), nil
 	}
@@ -151,6 +156,14 @@ func (c *coalescingConn) Write(p []byte) (int, error) {
 	}
 	c.drainLocked()
 	return n, err
+}
+
+// hold appends p to the held frames, in the spare buffer if held has none.
+func (c *coalescingConn) hold(p []byte) {
+	if c.held == nil {
+		c.held, c.spare = c.spare[:0], nil
+	}
+	c.held = append(c.held, p...)
 }
 
 func (c *coalescingConn) drain() {
@@ -171,7 +184,7 @@ func (c *coalescingConn) drainLocked() {
 		coalesceStats.writes.Add(1)
 		_, err := c.Conn.Write(out)
 		c.mu.Lock()
-		if cap(out) <= 2*coalesceMax {
+		if cap(out) <= spareMax {
 			c.spare = out[:0]
 		}
 		if err != nil && c.err == nil {

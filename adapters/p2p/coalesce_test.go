@@ -155,8 +155,8 @@ func TestCoalescingWritesOtherFramesAtOnce(t *testing.T) {
 	c := newCoalescingConn(r)
 	for i, f := range [][]byte{
 		frame(0, 0, 9, "steady data"),
-		frame(2, yamuxFlagSYN, 0, ""), // a ping
-		[]byte("short"),               // not a frame: written as is
+		frame(2, yamuxFlagSYN, 0, ""),                            // a ping
+		[]byte("short"),                                          // not a frame: written as is
 		append([]byte{7}, frame(0, yamuxFlagSYN, 11, "")[1:]...), // unknown version
 	} {
 		n, err := c.Write(f)
@@ -229,6 +229,13 @@ func TestCoalescingBoundsHeldBytes(t *testing.T) {
 		require.LessOrEqual(t, len(w), coalesceMax, "write %d", i)
 	}
 	require.Greater(t, len(writes), len(want)/coalesceMax, "no write beyond the bound")
+
+	// Idle again, the conn keeps no large buffer.
+	<-c.flushed()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	require.Nil(t, c.held)
+	require.LessOrEqual(t, cap(c.spare), spareMax)
 }
 
 // A failed write is returned to the frames' writer: at once for its own
