@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The project's test command (README): vet, the whole test suite, and a race
-# run of the concurrent adapters. It provides what the tests need: a private
+# The project's test command (README): gofmt, vet, the whole test suite, and a
+# race run of the concurrent adapters. It provides what the tests need: a private
 # PostgreSQL cluster for the Postgres adapter tests and Chromium for the
 # browser tests (both installed with apt-get when missing and running as
 # root). Browser screenshots are kept in .artifacts/ (GOOP_ARTIFACTS).
@@ -43,6 +43,12 @@ if [ -z "${GOOP_TEST_POSTGRES_DSN:-}" ] && [ -n "$pg_bin" ] && [ -x scripts/pg-t
   fi
 fi
 
+log "gofmt -l ."
+unformatted=$(gofmt -l .)
+if [ -n "$unformatted" ]; then
+  printf 'not gofmt-formatted:\n%s\n' "$unformatted" >&2
+  exit 1
+fi
 log "go vet ./..."
 go vet ./...
 log "go test ./..."
