@@ -3,13 +3,21 @@ package p2p
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/stretchr/testify/require"
+
+	"github.com/goop-p2p/goop/domain/mq"
+	"github.com/goop-p2p/goop/ports"
 )
 
 // recordConn is the connection under a coalescingConn in these tests: it
@@ -300,4 +308,53 @@ func TestNewHostCoalescesTCP(t *testing.T) {
 	require.Equal(t, f.ID, nextEvent(t, ta, isFrame).Frame.ID, "acked")
 	require.GreaterOrEqual(t, coalesceStats.frames.Load()-frames, int64(5), "SYN, data; ACK, negotiation, ack at least")
 	require.Greater(t, coalesceStats.writes.Load(), writes)
+}
+
+// A node whose yamux gathers writes talks to a stock libp2p host (a Goop2
+// peer's yamux writes each frame on its own) both ways, over 1.0.0 (a
+// stream per msg: every msg's frames are gathered) and 1.1.0, with small
+// msgs and ones larger than coalesceMax.
+func TestCoalescingInteropsWithStockYamux(t *testing.T) {
+	big := json.RawMessage(`"` + strings.Repeat("x", 300<<10) + `"`)
+	for _, only10 := range []bool{true, false} {
+		t.Run(fmt.Sprintf("only10=%v", only10), func(t *testing.T) {
+			ours := newTestHost(t)
+			stock, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
+			require.NoError(t, err)
+			t.Cleanup(func() { _ = stock.Close() })
+			connect(t, ours, stock)
+			to, ts := newTransport(t, ours, MQOptions{Only10: only10}), newTransport(t, stock, MQOptions{Only10: only10})
+			outO, outS := make(chan ports.TransportEvent, 256), make(chan ports.TransportEvent, 256)
+			ackAll(to, outO)
+			ackAll(ts, outS)
+			const n = 40
+			for _, dir := range []struct {
+				from     *MQTransport
+				to       host.Host
+				got, ack chan ports.TransportEvent
+			}{{to, stock, outS, outO}, {ts, ours, outO, outS}} {
+				for i := 1; i <= n; i++ {
+					f := testMsg(fmt.Sprintf("m-%d", i), int64(i))
+					if i%10 == 0 {
+						f.Payload = big
+					}
+					require.NoError(t, dir.from.Send(pidOf(dir.to), f))
+				}
+				for i := 1; i <= n; i++ {
+					ev := waitChan(t, dir.got, func(ev ports.TransportEvent) bool { return isFrame(ev) && ev.Frame.Type == mq.TypeMsg })
+					require.Equal(t, fmt.Sprintf("m-%d", i), ev.Frame.ID, "in order")
+					if i%10 == 0 {
+						require.Equal(t, string(big), string(ev.Frame.Payload))
+					}
+				}
+				acked := map[string]bool{}
+				for len(acked) < n {
+					ev := waitChan(t, dir.ack, func(ev ports.TransportEvent) bool {
+						return isFrame(ev) && ev.Frame.Type == mq.TypeAck && ev.Frame.Stage == ""
+					})
+					acked[ev.Frame.ID] = true
+				}
+			}
+		})
+	}
 }
