@@ -90,10 +90,13 @@ type P2PConfig struct {
 	MaxConnections int `json:"max_connections"`
 }
 
-// Bounds of p2p.max_connections.
+// Default and bounds of p2p.max_connections. The default is the libp2p
+// adapter's own (p2p.DefaultConnMgrHigh, which app may not import; a test
+// of cmd/goop/node keeps the two equal).
 const (
-	MinMaxConnections = 16
-	MaxMaxConnections = 65536
+	DefaultMaxConnections = 800
+	MinMaxConnections     = 16
+	MaxMaxConnections     = 65536
 )
 
 // PresenceConfig configures presence and the rendezvous server (SPEC §6).
@@ -143,7 +146,7 @@ func DefaultConfig() Config {
 	return Config{
 		Identity: IdentityConfig{KeyFile: filepath.Join("data", "identity.key")},
 		Paths:    PathsConfig{SiteRoot: "site"},
-		P2P:      P2PConfig{ListenPort: 0, MDNSTag: "goop-mdns", Peers: []string{}, MaxConnections: 800},
+		P2P:      P2PConfig{ListenPort: 0, MDNSTag: "goop-mdns", Peers: []string{}, MaxConnections: DefaultMaxConnections},
 		Presence: PresenceConfig{
 			TTLSeconds:       20,
 			HeartbeatSeconds: 5,

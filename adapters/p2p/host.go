@@ -30,7 +30,9 @@ import (
 )
 
 // Connection manager water marks sized for groups (libp2p's default trims
-// above 192 connections).
+// above 192 connections): those of a node with the default
+// p2p.max_connections (app.DefaultMaxConnections; a test of cmd/goop/node
+// keeps them equal).
 const (
 	DefaultConnMgrLow  = 400
 	DefaultConnMgrHigh = 800

@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/goop-p2p/goop/adapters/p2p"
 	"github.com/goop-p2p/goop/app"
 )
 
@@ -193,6 +194,15 @@ func TestStartSizesConnectionsFromConfig(t *testing.T) {
 			assert.NoError(t, cm.CheckLimit(fixedConnLimit(n)))
 		})
 	}
+}
+
+// The config's default and the libp2p adapter's zero-value default (used
+// by hosts built outside a node: tests, benches) are one number, written
+// twice because app may not import adapters.
+func TestMaxConnectionsDefaultsAgree(t *testing.T) {
+	assert.Equal(t, app.DefaultMaxConnections, app.DefaultConfig().P2P.MaxConnections)
+	assert.Equal(t, app.DefaultMaxConnections, p2p.DefaultConnMgrHigh)
+	assert.Equal(t, app.DefaultMaxConnections/2, p2p.DefaultConnMgrLow)
 }
 
 type fixedConnLimit int
