@@ -70,6 +70,34 @@ func TestBenchGroupsTinyRun(t *testing.T) {
 	}
 }
 
+// TestBenchGroupsHundredMembers: a host's group holds a hundred real member
+// nodes over libp2p on loopback (in one process). All join, and every
+// message, whoever sends it, reaches every other member exactly once (the
+// bench fails on a missing or duplicated delivery; the sample counts are
+// one per delivery). ~5 s and ~1 GB.
+func TestBenchGroupsHundredMembers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts 101 nodes")
+	}
+	if n := raiseOpenFiles(); n != 0 && n < 4096 {
+		t.Skipf("open-files limit %d: 101 nodes need more", n)
+	}
+	const members, messages = 100, 10
+	code, out, errOut := runGoop(t, "bench", "groups", "--json", "--members", strconv.Itoa(members),
+		"--messages", strconv.Itoa(messages), "--min-deliveries", "1000", "--payload-bytes", "256", "--slow-ms", "0")
+	require.Equal(t, 0, code, errOut)
+	var res groupsBenchResult
+	require.NoError(t, json.Unmarshal([]byte(out), &res), out)
+	assert.Equal(t, 1+members, res.Nodes)
+	require.Len(t, res.Runs, 1)
+	run := res.Runs[0]
+	assert.Equal(t, members, run.Members)
+	assert.Equal(t, messages*(members-1), run.LatencyMemberSends.N)
+	assert.Equal(t, messages*members, run.LatencyHostSends.N)
+	assert.Positive(t, run.DeliveriesPerSecHostSends)
+	assert.Positive(t, run.DeliveriesPerSecMemberSends)
+}
+
 func TestBenchGroupsUsageErrors(t *testing.T) {
 	cases := []struct {
 		name string
