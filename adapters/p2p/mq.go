@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -16,8 +17,10 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/host/eventbus"
+	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/goop-p2p/goop/domain/mq"
 	"github.com/goop-p2p/goop/ports"
@@ -159,7 +162,53 @@ type MQTransport struct {
 
 	tags atomic.Uint64 // numbers the peers' connection-manager protection tags
 
+	amu   sync.Mutex
+	addrs map[peer.ID][]ma.Multiaddr // see rememberAddrs
+
 	wg sync.WaitGroup
+}
+
+// Bounds of the addresses MQTransport remembers (rememberAddrs).
+const (
+	maxRememberedPeers = 4096
+	maxRememberedAddrs = 8
+)
+
+// rememberAddrs keeps addrs (the listen addresses a peer announced, or those
+// we reached it at) for redialing it after it went away. libp2p's peerstore
+// keeps a disconnected peer's addresses only as identify leaves them, and
+// after a restart of a peer it can hold none at all: then a member could
+// never dial its group's host again (seen in
+// TestGroupSurvivesHostRestartOverLibp2p: "no addresses" from the first
+// dial after the host went down, and at every retransmission after).
+func (t *MQTransport) rememberAddrs(id peer.ID, addrs []ma.Multiaddr) {
+	if len(addrs) == 0 {
+		return
+	}
+	addrs = slices.Clone(addrs[:min(len(addrs), maxRememberedAddrs)])
+	t.amu.Lock()
+	defer t.amu.Unlock()
+	if _, ok := t.addrs[id]; !ok && len(t.addrs) >= maxRememberedPeers {
+		for k := range t.addrs { // any one makes room
+			delete(t.addrs, k)
+			break
+		}
+	}
+	t.addrs[id] = addrs
+}
+
+// restoreAddrs gives the peerstore back the addresses remembered for id when
+// it has none left, so that a dial can be tried.
+func (t *MQTransport) restoreAddrs(id peer.ID) {
+	if len(t.h.Peerstore().Addrs(id)) > 0 {
+		return
+	}
+	t.amu.Lock()
+	addrs := t.addrs[id]
+	t.amu.Unlock()
+	if len(addrs) > 0 {
+		t.h.Peerstore().AddAddrs(id, addrs, peerstore.RecentlyConnectedAddrTTL)
+	}
 }
 
 type waitKey struct {
@@ -184,8 +233,10 @@ func NewMQTransport(h host.Host, opts MQOptions) *MQTransport {
 		in10:    map[network.Stream]struct{}{},
 		in10n:   map[peer.ID]int{},
 		waiters: map[waitKey][]chan mq.Frame{},
+		addrs:   map[peer.ID][]ma.Multiaddr{},
 	}
-	sub, err := h.EventBus().Subscribe(new(event.EvtPeerConnectednessChanged), eventbus.BufSize(256))
+	sub, err := h.EventBus().Subscribe([]any{new(event.EvtPeerConnectednessChanged), new(event.EvtPeerIdentificationCompleted)},
+		eventbus.BufSize(256))
 	if err != nil {
 		t.log.Error("p2p: mq: cannot watch connectivity; no peer events will be reported", "err", err)
 	} else {
@@ -404,6 +455,10 @@ func (t *MQTransport) watchConns() {
 		case e, ok := <-t.sub.Out():
 			if !ok {
 				return
+			}
+			if idev, ok := e.(event.EvtPeerIdentificationCompleted); ok {
+				t.rememberAddrs(idev.Peer, idev.ListenAddrs)
+				continue
 			}
 			ev, ok := e.(event.EvtPeerConnectednessChanged)
 			if !ok {

@@ -266,6 +266,7 @@ func (p *peerState) open(protos ...protocol.ID) (network.Stream, error) {
 	defer cancel()
 	h := p.t.h
 	if h.Network().Connectedness(p.id) != network.Connected {
+		p.t.restoreAddrs(p.id)
 		p.dialing.Store(true)
 		err := Connect(ctx, h, peer.AddrInfo{ID: p.id})
 		p.dialing.Store(false)

@@ -16,7 +16,9 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	ma "github.com/multiformats/go-multiaddr"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -714,4 +716,53 @@ func TestPeerSeenOn11IsNo10Peer(t *testing.T) {
 	_, marked = server.only10[hc.ID()]
 	server.mu.RUnlock()
 	assert.False(t, marked, "no longer taken for a 1.0.0-only peer")
+}
+
+// A peer's addresses are remembered from its identify, and given back to the
+// peerstore when it holds none: a msg to a peer that went away still dials
+// it (a member re-finding its group's host after the host restarted, when
+// libp2p's peerstore kept no address for it).
+func TestMQRedialsAPeerThePeerstoreForgot(t *testing.T) {
+	ha, hb := newTestHost(t), newTestHost(t)
+	ta := newTransport(t, ha, MQOptions{})
+	tb := newTransport(t, hb, MQOptions{})
+	connect(t, ha, hb)
+	f1 := testMsg("m-forgot-1", 1)
+	require.NoError(t, ta.Send(pidOf(hb), f1))
+	require.Equal(t, f1.ID, nextEvent(t, tb, isFrame).Frame.ID)
+	require.Eventually(t, func() bool {
+		ta.amu.Lock()
+		defer ta.amu.Unlock()
+		return len(ta.addrs[hb.ID()]) > 0
+	}, waitFor, time.Millisecond, "b's identify is remembered")
+
+	require.NoError(t, ha.Network().ClosePeer(hb.ID()))
+	nextEvent(t, ta, func(ev ports.TransportEvent) bool {
+		return ev.Kind == ports.PeerDisconnected && ev.From == pidOf(hb)
+	})
+	ha.Peerstore().ClearAddrs(hb.ID())
+	require.Empty(t, ha.Peerstore().Addrs(hb.ID()))
+
+	f2 := testMsg("m-forgot-2", 2)
+	require.NoError(t, ta.Send(pidOf(hb), f2))
+	ev := nextEvent(t, tb, func(ev ports.TransportEvent) bool { return isFrame(ev) && ev.Frame.Type == mq.TypeMsg })
+	require.Equal(t, f2.ID, ev.Frame.ID)
+}
+
+func TestMQRemembersBoundedAddrs(t *testing.T) {
+	h := newTestHost(t)
+	tr := newTransport(t, h, MQOptions{})
+	a := ma.StringCast("/ip4/127.0.0.1/tcp/1")
+	many := make([]ma.Multiaddr, 20)
+	for i := range many {
+		many[i] = ma.StringCast(fmt.Sprintf("/ip4/127.0.0.1/tcp/%d", 1000+i))
+	}
+	for i := range maxRememberedPeers + 10 {
+		tr.rememberAddrs(peer.ID(fmt.Sprintf("peer-%d", i)), []ma.Multiaddr{a})
+	}
+	tr.rememberAddrs("many", many)
+	tr.amu.Lock()
+	defer tr.amu.Unlock()
+	require.Len(t, tr.addrs, maxRememberedPeers)
+	require.Len(t, tr.addrs["many"], maxRememberedAddrs)
 }
