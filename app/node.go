@@ -265,6 +265,7 @@ func (n *Node) Handle(now time.Time, ev ports.TransportEvent) {
 	case ports.PeerConnected:
 		n.bus.Connected(now, ev.From)
 	case ports.PeerDisconnected:
+		n.groups.HostDisconnected(now, ev.From)
 	}
 }
 

@@ -1137,6 +1137,27 @@ func (c *Core) memberReceive(now time.Time, s *subscription, host PeerID, id, ty
 	}
 }
 
+// HostDisconnected tells the core that the transport lost its last
+// connection to peer p. For each group we joined at p, a join goes out at
+// once, as the refresh to a host that went quiet does (we stay joined
+// meanwhile): if p restarted, the join is what finds it again — the bus
+// dials p and delivers the join when p is back, and p's own messages for us
+// follow over that connection — instead of waiting for p to go quiet for
+// EvictAfter; if the connection only blinked, the host welcomes a member it
+// already has.
+func (c *Core) HostDisconnected(now time.Time, p PeerID) {
+	ids := make([]string, 0, 1)
+	for k, s := range c.subs {
+		if k.host == p && s.state == subJoined {
+			ids = append(ids, k.id)
+		}
+	}
+	slices.Sort(ids) // deterministic order of the joins
+	for _, id := range ids {
+		c.rejoin(now, c.subs[subKey{p, id}], p, id, false)
+	}
+}
+
 // rejoin sends a join again. lost: the host no longer counts us as a member,
 // so we stop treating the group as joined until its welcome; otherwise it is
 // a refresh to a host that went quiet, and we stay joined meanwhile.

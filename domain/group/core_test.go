@@ -466,6 +466,44 @@ func TestHostRestartReloadsGroupsAndMembers(t *testing.T) {
 	assert.Len(t, hv.Members, 1, "the member answers pings: not evicted")
 }
 
+// A member that loses its connection to the host sends a join at once (the
+// bus dials the host and delivers it once the host is back: what finds a
+// restarted host, cmd/goop's TestGroupSurvivesHostRestartOverLibp2p)
+// instead of waiting for the host to go quiet for EvictAfter; the host,
+// which still counts it, welcomes it, and nothing changes for the others.
+// Other peers' disconnections do nothing.
+func TestHostDisconnectedRejoinsAtOnce(t *testing.T) {
+	w := newWorld(t, "H", "A", "B")
+	w.create("H", CreateSpec{})
+	w.join("A", "H", gid)
+	w.join("B", "H", gid)
+	joins := func() int {
+		n := 0
+		for _, s := range w.sent {
+			if s.To == "H" && s.Topic == Topic(gid, TypeJoin) {
+				n++
+			}
+		}
+		return n
+	}
+	before := joins()
+	w.nodes["A"].events = nil
+
+	w.nodes["A"].core.HostDisconnected(w.now, "B") // not A's host
+	w.settle()
+	assert.Equal(t, before, joins(), "a non-host's disconnection sends nothing")
+
+	w.nodes["A"].core.HostDisconnected(w.now, "H")
+	w.settle()
+	assert.Equal(t, before+1, joins(), "one join, at once")
+	sa, _ := w.nodes["A"].core.Subscription("H", gid)
+	assert.True(t, sa.Joined, "still joined meanwhile")
+	hv, _ := w.nodes["H"].core.HostedGroup(gid)
+	assert.ElementsMatch(t, []string{"A", "B"}, peersOf(hv.Members), "the host still counts A, once")
+	assert.Empty(t, w.nodes["H"].eventsOf(EvMemberLeft))
+	assert.Empty(t, w.nodes["B"].eventsOf(EvMemberLeft))
+}
+
 func TestMemberRestartRejoinsStoredSubscriptions(t *testing.T) {
 	w := newWorld(t, "H", "A")
 	w.create("H", CreateSpec{})
