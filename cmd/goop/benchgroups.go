@@ -853,13 +853,23 @@ func (b *groupsBench) createGroup(ctx context.Context, name string) (string, err
 
 // join has members join gid (all at once) and waits for each one's EvJoined.
 func (b *groupsBench) join(ctx context.Context, gid string, members []int) error {
+	rs := make([]*node.Running, len(members))
+	for j, i := range members {
+		rs[j] = b.members[i]
+	}
+	return joinAll(ctx, rs, members, mq.PeerID(b.host.PeerID.String()), gid)
+}
+
+// joinAll has each node of rs join group gid at host, all at once, and waits
+// (up to a minute) for each one's EvJoined; errors name rs[j] "member
+// names[j]".
+func joinAll(ctx context.Context, rs []*node.Running, names []int, host mq.PeerID, gid string) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	host := mq.PeerID(b.host.PeerID.String())
-	errs := make([]error, len(members))
+	errs := make([]error, len(rs))
 	var wg sync.WaitGroup
-	for j, i := range members {
-		r := b.members[i]
+	for j, r := range rs {
+		i := names[j]
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
