@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p"
@@ -128,6 +129,22 @@ func NewHost(ctx context.Context, cfg HostConfig) (host.Host, error) {
 		return nil, fmt.Errorf("p2p: new host: %w", err)
 	}
 	return h, nil
+}
+
+// protectSeq numbers Protect's tags.
+var protectSeq atomic.Uint64
+
+// Protect keeps h's connections to p out of the connection manager's trims
+// until the returned func is called (once; later calls do nothing). Each
+// call has a tag of its own (prefix plus a number), so that the end of one
+// use — a bus peer's state, a site transfer — never lifts the protection of
+// another use of the same peer.
+func Protect(h host.Host, p peer.ID, prefix string) (release func()) {
+	tag := prefix + strconv.FormatUint(protectSeq.Add(1), 10)
+	cm := h.ConnManager()
+	cm.Protect(p, tag)
+	var once sync.Once
+	return func() { once.Do(func() { cm.Unprotect(p, tag) }) }
 }
 
 // admitConns returns l with the system-wide connection limits raised, where

@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -159,8 +158,6 @@ type MQTransport struct {
 	nwait   atomic.Int64
 
 	ackHook atomic.Pointer[func(mq.PeerID, mq.Frame)]
-
-	tags atomic.Uint64 // numbers the peers' connection-manager protection tags
 
 	amu   sync.Mutex
 	addrs map[peer.ID][]ma.Multiaddr // see rememberAddrs
@@ -535,8 +532,7 @@ func (t *MQTransport) peerState(id peer.ID, pid mq.PeerID) (*peerState, error) {
 	// only peers that merely appeared are closed. The tag is the state's
 	// own, so a teardown never lifts the protection of the state that
 	// follows it.
-	p.protectTag = "goop-mq/" + strconv.FormatUint(t.tags.Add(1), 10)
-	t.h.ConnManager().Protect(id, p.protectTag)
+	p.unprotect = Protect(t.h, id, "goop-mq/")
 	t.peers[pid] = p
 	t.wg.Add(1)
 	go p.run()

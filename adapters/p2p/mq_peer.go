@@ -51,9 +51,9 @@ type peerState struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	once   sync.Once
-	// protectTag is the connection manager's protection of the peer, from
-	// the state's creation until its teardown.
-	protectTag string
+	// unprotect ends the connection manager's protection of the peer,
+	// which lasts from the state's creation until its teardown (Protect).
+	unprotect func()
 
 	deq      atomic.Uint64 // frames taken from q so far (progress of the writer)
 	until10  atomic.Int64  // unix nanos until which the peer is served with 1.0.0 (0: not)
@@ -108,8 +108,8 @@ func (p *peerState) teardown() {
 		t.mu.Unlock()
 		close(p.done)
 		p.cancel()
-		if p.protectTag != "" {
-			t.h.ConnManager().Unprotect(p.id, p.protectTag)
+		if p.unprotect != nil {
+			p.unprotect()
 		}
 		p.mu.Lock()
 		p.torn = true

@@ -18,6 +18,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/goop-p2p/goop/adapters/internal/lines"
+	"github.com/goop-p2p/goop/adapters/p2p"
 )
 
 // Defaults of FetchOptions.
@@ -75,7 +76,7 @@ func FetchWith(ctx context.Context, h host.Host, p peer.ID, path string, opts Fe
 		return "", 0, nil, fmt.Errorf("%w: open %s stream to %s: %w", ErrUnreachable, Protocol, p, err)
 	}
 	stop := context.AfterFunc(ctx, func() { _ = st.Reset() })
-	release := protect(h, p)
+	release := p2p.Protect(h, p, "goop-site/")
 	fail := func(e error) (string, int64, io.ReadCloser, error) {
 		stop()
 		release()

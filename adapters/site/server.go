@@ -9,15 +9,13 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
-	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/goop-p2p/goop/adapters/internal/lines"
+	"github.com/goop-p2p/goop/adapters/p2p"
 )
 
 // Defaults of ServerOptions.
@@ -125,7 +123,7 @@ func (s *Server) handle(st network.Stream) {
 	// The transfer's connection is kept when the connection manager trims;
 	// released before the stream ends, so that a visitor that saw it end
 	// sees the protection gone.
-	release := protect(s.h, from)
+	release := p2p.Protect(s.h, from, "goop-site/")
 	hdr := "OK " + f.MIME + " " + strconv.FormatInt(f.Size, 10) + "\n"
 	if _, err := io.WriteString(w, hdr); err != nil {
 		release()
@@ -143,21 +141,6 @@ func (s *Server) handle(st network.Stream) {
 		return
 	}
 	_ = st.Close()
-}
-
-// protectSeq numbers protect's tags.
-var protectSeq atomic.Uint64
-
-// protect keeps h's connections to p out of the connection manager's trims
-// until the returned func is called (once; later calls do nothing). Each
-// call has a tag of its own, so that one transfer's end never lifts the
-// protection of another to the same peer.
-func protect(h host.Host, p peer.ID) func() {
-	tag := "goop-site/" + strconv.FormatUint(protectSeq.Add(1), 10)
-	cm := h.ConnManager()
-	cm.Protect(p, tag)
-	var once sync.Once
-	return func() { once.Do(func() { cm.Unprotect(p, tag) }) }
 }
 
 func (s *Server) reply(st network.Stream, w io.Writer, line string) {
