@@ -86,7 +86,8 @@ func roundTrips(b *testing.B, only10 bool) {
 		one(1_000_000 + i)
 	}
 	ds := make([]time.Duration, 0, b.N)
-	frames, writes := coalesceStats.frames.Load(), coalesceStats.writes.Load()
+	st := countCoalescing(b)
+	frames, writes := st.frames.Load(), st.writes.Load()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		ds = append(ds, one(i))
@@ -95,8 +96,8 @@ func roundTrips(b *testing.B, only10 bool) {
 	reportPercentiles(b, ds)
 	// yamux frames of both sides, and the TCP writes they took
 	// (coalescingConn gathers a stream's opening: 1.0.0's 8 frames).
-	b.ReportMetric(float64(coalesceStats.frames.Load()-frames)/float64(b.N), "frames/op")
-	b.ReportMetric(float64(coalesceStats.writes.Load()-writes)/float64(b.N), "writes/op")
+	b.ReportMetric(float64(st.frames.Load()-frames)/float64(b.N), "frames/op")
+	b.ReportMetric(float64(st.writes.Load()-writes)/float64(b.N), "writes/op")
 }
 
 // BenchmarkMQ11RoundTrip: msg and ack on the long-lived 1.1.0 stream.

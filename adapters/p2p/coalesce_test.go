@@ -132,6 +132,14 @@ func writeAll(t *testing.T, c *coalescingConn, frames ...[]byte) {
 	}
 }
 
+// countCoalescing turns on the coalescingConns' counts until tb ends.
+func countCoalescing(tb testing.TB) *coalesceCounts {
+	st := &coalesceCounts{}
+	coalesceStats.Store(st)
+	tb.Cleanup(func() { coalesceStats.Store(nil) })
+	return st
+}
+
 // A stream's opening frames, and any frame that comes while they are being
 // written, share writes, in order.
 func TestCoalescingGathersStreamOpening(t *testing.T) {
@@ -302,12 +310,13 @@ func TestNewHostCoalescesTCP(t *testing.T) {
 	ta := newTransport(t, ha, MQOptions{Only10: true})
 	tb := newTransport(t, hb, MQOptions{Only10: true})
 	ackAll(tb, nil)
-	frames, writes := coalesceStats.frames.Load(), coalesceStats.writes.Load()
+	st := countCoalescing(t)
+	frames, writes := st.frames.Load(), st.writes.Load()
 	f := testMsg("m-coalesce", 1)
 	require.NoError(t, ta.Send(pidOf(hb), f))
 	require.Equal(t, f.ID, nextEvent(t, ta, isFrame).Frame.ID, "acked")
-	require.GreaterOrEqual(t, coalesceStats.frames.Load()-frames, int64(5), "SYN, data; ACK, negotiation, ack at least")
-	require.Greater(t, coalesceStats.writes.Load(), writes)
+	require.GreaterOrEqual(t, st.frames.Load()-frames, int64(5), "SYN, data; ACK, negotiation, ack at least")
+	require.Greater(t, st.writes.Load(), writes)
 }
 
 // A node whose yamux gathers writes talks to a stock libp2p host (a Goop2
