@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -16,10 +17,17 @@ import (
 	"github.com/goop-p2p/goop/app"
 )
 
-// apiFlags select the running node a client command talks to.
-func apiFlags() []cli.Flag {
+// apiFlags select the running node a client command talks to. Only the
+// outermost command that has them reads GOOP_API (withEnv): a subcommand's
+// flag set from the environment would otherwise shadow the --api given to
+// its parent on the command line (see setIn).
+func apiFlags(withEnv bool) []cli.Flag {
+	var env []string
+	if withEnv {
+		env = []string{"GOOP_API"}
+	}
 	return []cli.Flag{
-		&cli.StringFlag{Name: "api", Usage: "viewer `URL` of the running node (default: from --dir, else http://127.0.0.1:8080)", EnvVars: []string{"GOOP_API"}},
+		&cli.StringFlag{Name: "api", Usage: "viewer `URL` of the running node (default: from --dir, else http://127.0.0.1:8080)", EnvVars: env},
 		&cli.StringFlag{Name: "dir", Usage: "peer `DIR` whose goop.json names the viewer address"},
 		&cli.BoolFlag{Name: "json", Usage: "print the node's JSON answer as is"},
 	}
@@ -33,10 +41,25 @@ type client struct {
 	out  io.Writer
 }
 
+// setIn returns the context of c's lineage, nearest first, where the flag
+// name was given (on the command line, or through GOOP_API for --api), or c
+// when none has it. The api flags are both a command's (`goop groups
+// --dir D create`) and each subcommand's (`goop groups create --dir D`), and
+// urfave/cli reads a flag from the nearest command that defines it, set or
+// not.
+func setIn(c *cli.Context, name string) *cli.Context {
+	for _, l := range c.Lineage() {
+		if l.Command != nil && slices.Contains(l.LocalFlagNames(), name) {
+			return l
+		}
+	}
+	return c
+}
+
 func newClient(c *cli.Context, out io.Writer) (*client, error) {
-	base := c.String("api")
-	if base == "" && c.String("dir") != "" {
-		cfg, err := app.LoadConfig(filepath.Join(c.String("dir"), "goop.json"))
+	base := setIn(c, "api").String("api")
+	if dir := setIn(c, "dir").String("dir"); base == "" && dir != "" {
+		cfg, err := app.LoadConfig(filepath.Join(dir, "goop.json"))
 		if err != nil {
 			return nil, err
 		}
@@ -45,7 +68,8 @@ func newClient(c *cli.Context, out io.Writer) (*client, error) {
 	if base == "" {
 		base = "http://127.0.0.1:8080"
 	}
-	return &client{base: strings.TrimRight(base, "/"), http: &http.Client{Timeout: 30 * time.Second}, raw: c.Bool("json"), out: out}, nil
+	raw := setIn(c, "json").Bool("json")
+	return &client{base: strings.TrimRight(base, "/"), http: &http.Client{Timeout: 30 * time.Second}, raw: raw, out: out}, nil
 }
 
 // call sends a request and decodes the JSON answer into v (if not nil). A

@@ -40,10 +40,12 @@ func groupsCommand(stdout io.Writer) *cli.Command {
 		Name:  "groups",
 		Usage: "manage the groups of a running node (hosted and joined)",
 		Description: "Talks to the viewer API of a running 'goop peer' (--api URL, or --dir DIR to read\n" +
-			"its goop.json; default http://127.0.0.1:8080).",
+			"its goop.json; default http://127.0.0.1:8080). These flags go before or after the\n" +
+			"subcommand: 'goop groups --dir D list' and 'goop groups list --dir D' are the same.",
+		Flags: apiFlags(true),
 		Subcommands: []*cli.Command{
 			{
-				Name: "list", Usage: "list hosted and joined groups", Flags: apiFlags(),
+				Name: "list", Usage: "list hosted and joined groups", Flags: apiFlags(false),
 				Action: func(c *cli.Context) error {
 					cl, err := newClient(c, stdout)
 					if err != nil {
@@ -79,7 +81,7 @@ func groupsCommand(stdout io.Writer) *cli.Command {
 			},
 			{
 				Name: "create", Usage: "create a hosted group", ArgsUsage: "NAME",
-				Flags: append(apiFlags(),
+				Flags: append(apiFlags(false),
 					&cli.StringFlag{Name: "type", Value: "general", Usage: "group `TYPE`: general, chat, files, cluster, listen, template, realtime"},
 					&cli.StringFlag{Name: "lifecycle", Value: "persistent", Usage: "persistent or ephemeral"},
 					&cli.StringFlag{Name: "access", Value: "open", Usage: "open or invite-only"},
@@ -132,7 +134,7 @@ func groupsCommand(stdout io.Writer) *cli.Command {
 func groupAction(stdout io.Writer, name, usage, args, path string, body func([]string) map[string]any, done string) *cli.Command {
 	n := len(strings.Fields(args))
 	return &cli.Command{
-		Name: name, Usage: usage, ArgsUsage: args, Flags: apiFlags(),
+		Name: name, Usage: usage, ArgsUsage: args, Flags: apiFlags(false),
 		Action: func(c *cli.Context) error {
 			if err := needArgs(c, n, args); err != nil {
 				return err

@@ -28,7 +28,7 @@ func peersCommand(stdout io.Writer) *cli.Command {
 		Usage: "list the peers a running node knows (LAN, WAN and static), online first",
 		Description: "Talks to the viewer API of a running 'goop peer' (--api URL, or --dir DIR to read\n" +
 			"its goop.json; default http://127.0.0.1:8080). --json prints the node's answer as is.",
-		Flags: apiFlags(),
+		Flags: apiFlags(true),
 		Action: func(c *cli.Context) error {
 			if err := needArgs(c, 0, "[--json] [--api URL | --dir DIR]"); err != nil {
 				return err
