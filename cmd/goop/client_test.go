@@ -89,3 +89,28 @@ func TestGroupsAPIFlagsBeforeOrAfterTheSubcommand(t *testing.T) {
 	}
 
 }
+
+// A flag the command line gets wrong, at any depth, exits with the usage
+// code and says where help is.
+func TestBadFlagsExitTwo(t *testing.T) {
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--nope"}, "see goop --help"},
+		{[]string{"init", "--nope", "x"}, "see goop init --help"},
+		{[]string{"groups", "--nope", "list"}, "see goop groups --help"},
+		{[]string{"groups", "list", "--nope"}, "see goop groups list --help"},
+		{[]string{"groups", "list", "--api"}, "flag needs an argument: -api"},
+		{[]string{"bench", "mq", "--count", "abc"}, "see goop bench mq --help"},
+		{[]string{"sim", "--nope"}, "see goop sim --help"},
+	}
+	for _, tc := range cases {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			code, out, errOut := runGoop(t, tc.args...)
+			assert.Equal(t, exitUsage, code)
+			assert.Contains(t, errOut, tc.want)
+			assert.Empty(t, out, "no help dump on stdout")
+		})
+	}
+}

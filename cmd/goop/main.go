@@ -96,7 +96,31 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			simcli.Command(),
 		},
 	}
+	a.OnUsageError = usageError
+	var setUsage func(cs []*cli.Command)
+	setUsage = func(cs []*cli.Command) {
+		for _, c := range cs {
+			if c.OnUsageError == nil {
+				c.OnUsageError = usageError
+			}
+			setUsage(c.Subcommands)
+		}
+	}
+	setUsage(a.Commands)
 	return a
+}
+
+// usageError turns a flag the command line got wrong (unknown, or a value
+// of the wrong kind) into the usage exit code, naming where help is.
+func usageError(c *cli.Context, err error, _ bool) error {
+	path := []string{}
+	for _, l := range c.Lineage() {
+		if l.Command != nil && l.Command.Name != "" && l.Command.Name != "goop" {
+			path = append([]string{l.Command.Name}, path...)
+		}
+	}
+	name := strings.Join(append([]string{"goop"}, path...), " ")
+	return cli.Exit(fmt.Sprintf("%v (see %s --help)", err, name), exitUsage)
 }
 
 func parseLevel(s string) (slog.Level, error) {
