@@ -5,6 +5,8 @@
   var logs = {};      // "host/group" -> [{from, text, sys}]
   var names = {};     // peer id -> display name, learned from member lists
   var invites = [];
+  var historyAsked = {}; // "host/group" -> true once the host's history was asked for
+  var historyLimit = 100;
 
   function $(sel, root) { return (root || document).querySelector(sel); }
   function el(tag, cls, text) {
@@ -36,6 +38,31 @@
       box.appendChild(line);
     });
     box.scrollTop = box.scrollHeight;
+  }
+  // loadHistory fills a hosted group's log, once per page, with the newest
+  // messages the node kept for it (the host keeps the history of its
+  // groups; members keep none). Entries that arrived live meanwhile stay
+  // after it, except messages the history already holds.
+  function loadHistory(id) {
+    var k = key(selfId, id);
+    if (historyAsked[k]) return;
+    historyAsked[k] = true;
+    Goop.api('GET', '/api/groups/history?group_id=' + encodeURIComponent(id) + '&limit=' + historyLimit).then(function (hist) {
+      var entries = (hist || []).map(function (h) {
+        return { from: h.from, text: (h.type === 'state' ? '[state] ' : '') + text(h.payload) };
+      });
+      var tail = entries.slice(-50);
+      (logs[k] || []).forEach(function (e) {
+        if (!e.sys) {
+          var i = tail.findIndex(function (h) { return h && h.from === e.from && h.text === e.text; });
+          if (i >= 0) { tail[i] = null; return; }
+        }
+        entries.push(e);
+      });
+      logs[k] = entries.slice(-200);
+      var box = document.querySelector('[data-key="' + CSS.escape(k) + '"] .log');
+      if (box) renderLog(box, logs[k]);
+    }, function (e) { console.error('group history', e); });
   }
   function showError(p, err) { p.textContent = err ? (err.code ? err.code + ': ' : '') + err.message : ''; }
 
@@ -73,6 +100,7 @@
     var amMember = !hosted || (g.members || []).some(function (m) { return m.peer_id === selfId; });
     if (!amMember) $('.leave', node).remove();
     renderLog($('.log', node), logs[node.dataset.key]);
+    if (hosted) loadHistory(g.id);
     var err = $('.error', node);
     var inv = $('form.invite', node);
     if (inv) inv.onsubmit = function (e) {
