@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"math"
 	"os"
 	"testing"
 	"time"
@@ -39,7 +40,12 @@ func TestBenchRendezvous(t *testing.T) {
 			assert.Equal(t, 360, res.Delivery.N)
 			assert.Equal(t, 3, res.AllReceived.N)
 			assert.Positive(t, res.Delivery.P99US)
-			assert.Positive(t, res.ServerGoBytesPerClient)
+			// Measured in this test process, where what earlier tests left
+			// (e.g. a hundred nodes of the groups bench) may still be freed
+			// meanwhile: the figure is there and plausible, its sign is only
+			// meaningful in a process of its own (goop bench rendezvous).
+			assert.NotZero(t, res.ServerGoBytesPerClient)
+			assert.Less(t, math.Abs(res.ServerGoBytesPerClient), float64(1<<20), "bytes per client")
 			if tc.flood > 0 {
 				f := res.Flood
 				require.NotNil(t, f)
