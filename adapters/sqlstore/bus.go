@@ -120,6 +120,12 @@ func (s *Store) LoadBus(ctx context.Context) (mq.Snapshot, error) {
 	if err != nil {
 		return mq.Snapshot{}, fmt.Errorf("sqlstore: load bus: %w", err)
 	}
+	if s.curlog != nil {
+		// The log's cursors are newer than the table's (see cursorlog.go).
+		for peer, c := range s.curlog.latest {
+			snap.Cursors[peer] = c
+		}
+	}
 	s.outbox = loaded
 	return snap, nil
 }
@@ -165,6 +171,9 @@ func (s *Store) Apply(ctx context.Context, b ports.Batch) error {
 	if b.Empty() {
 		return nil
 	}
+	if s.curlog != nil && s.curlog.failed != nil {
+		return fmt.Errorf("sqlstore: apply: %w", s.curlog.failed)
+	}
 	if len(p.putAt) > 0 || len(p.dels) > 0 {
 		ix, err := s.outboxIndex(ctx)
 		if err != nil {
@@ -182,6 +191,20 @@ func (s *Store) Apply(ctx context.Context, b ports.Batch) error {
 	}
 	alone := gp.empty() && len(b.Peers) == 0 && s.afterStep == nil
 	switch {
+	case s.curlog != nil && alone && p.onlyCursors():
+		// A receiver's cursors alone: appended to the cursor log.
+		err = s.appendCursors(p)
+		if err == nil && s.curlog.size > s.curlog.rotateAt {
+			if rerr := s.rotate(ctx); rerr != nil {
+				if s.curlog.failed != nil {
+					err = rerr
+				} else {
+					// Nothing changed: the log goes on growing until a
+					// later rotation succeeds.
+					s.log.Warn("cursor log: cannot rotate", "err", rerr)
+				}
+			}
+		}
 	case ob != nil && ob.statements() == 0 && p.onlyOutbox() && alone:
 		// Deletions of messages never stored, or already gone: nothing to do.
 	case ob != nil && ob.statements() == 1 && p.onlyOutbox() && alone:
@@ -218,6 +241,9 @@ func (s *Store) Apply(ctx context.Context, b ports.Batch) error {
 	if ob != nil {
 		ob.install()
 	}
+	if p.foldedLog {
+		s.curlog.folded()
+	}
 	if len(gp.counts) > 0 {
 		if s.histCounts == nil {
 			s.histCounts = make(map[string]int, len(gp.counts))
@@ -252,6 +278,8 @@ type busPlan struct {
 	dels    map[outKey]struct{}
 	nextSeq map[mq.PeerID]int64
 	cursors map[mq.PeerID]mq.Cursor
+	// foldedLog: the transaction folded the cursor log (see maybeFold).
+	foldedLog bool
 }
 
 // planBus validates cs and folds it, in order, into its net effect. A
@@ -355,6 +383,19 @@ func checkText(ss ...string) error {
 	return nil
 }
 
+// writesCursors reports whether p sets a cursor.
+func (p *busPlan) writesCursors() bool {
+	return (p.one != nil && p.one.Kind == mq.SetCursor) || len(p.cursors) > 0
+}
+
+// onlyCursors reports whether p changes nothing but cursors.
+func (p *busPlan) onlyCursors() bool {
+	if p.one != nil {
+		return p.one.Kind == mq.SetCursor
+	}
+	return len(p.cursors) > 0 && !p.setEpoch && len(p.nextSeq) == 0 && len(p.puts) == 0 && len(p.dels) == 0
+}
+
 // onlyOutbox reports whether p changes nothing but the outbox.
 func (p *busPlan) onlyOutbox() bool {
 	return p.one == nil && !p.setEpoch && len(p.nextSeq) == 0 && len(p.cursors) == 0
@@ -382,7 +423,10 @@ func (p *busPlan) hotKinds() uint {
 
 func (s *Store) applyPlan(ctx context.Context, st *stepper, p *busPlan) error {
 	if p.one != nil {
-		return s.applyOne(ctx, st, p.one)
+		if err := s.applyOne(ctx, st, p.one); err != nil {
+			return err
+		}
+		return s.maybeFold(ctx, st, p)
 	}
 	if p.setEpoch {
 		row := metaRow{Key: metaKeyEpoch, Value: p.epoch}
@@ -417,7 +461,25 @@ func (s *Store) applyPlan(ctx context.Context, st *stepper, p *busPlan) error {
 			return fmt.Errorf("set cursors: %w", err)
 		}
 	}
-	return nil
+	return s.maybeFold(ctx, st, p)
+}
+
+// maybeFold folds the cursor log into the table when p writes cursors to
+// the table (see cursorlog.go: the log's cursors must stay newer than the
+// table's).
+func (s *Store) maybeFold(ctx context.Context, st *stepper, p *busPlan) error {
+	if s.curlog == nil || len(s.curlog.latest) == 0 || !p.writesCursors() {
+		return nil
+	}
+	err := s.foldInto(ctx, st, func(peer mq.PeerID) bool {
+		if p.one != nil {
+			return p.one.Peer == peer
+		}
+		_, ok := p.cursors[peer]
+		return ok
+	})
+	p.foldedLog = err == nil
+	return err
 }
 
 // applyOne writes the single change c of a batch (not a SetEpoch) as the

@@ -115,6 +115,9 @@ type Store struct {
 	// with it, kept by Apply, dropped when a transaction fails. Guarded by
 	// mu.
 	outbox *outboxIndex
+	// curlog is the cursor log of a SQLite store (nil on Postgres): see
+	// cursorlog.go. Guarded by mu.
+	curlog *cursorLog
 }
 
 var schemaName = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
@@ -166,6 +169,20 @@ func openWith(ctx context.Context, cfg Config, migs []Migration) (*Store, error)
 			return nil, inUse(cfg.Path, err)
 		}
 		return nil, err
+	}
+	if s.driver == DriverSQLite {
+		// Fold what the cursor log holds and start a new one.
+		path, _ := filepath.Abs(cfg.Path) // openSQLite succeeded with it
+		l, err := s.openCursorLog(ctx, path)
+		if err == nil {
+			s.curlog = l
+			err = s.rotate(ctx)
+		}
+		if err != nil {
+			_ = s.hot.close()
+			_ = s.db.Close()
+			return nil, err
+		}
 	}
 	return s, nil
 }
@@ -308,6 +325,18 @@ func (s *Store) Close() error {
 	}
 	s.closed = true
 	var errs []error
+	if s.curlog != nil {
+		// The table gets the log's cursors, so that data.db alone holds
+		// everything once the store is closed.
+		if s.curlog.failed == nil {
+			if err := s.rotate(context.Background()); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if err := s.curlog.closeFile(); err != nil {
+			errs = append(errs, fmt.Errorf("sqlstore: close cursor log: %w", err))
+		}
+	}
 	if err := s.hot.close(); err != nil {
 		errs = append(errs, fmt.Errorf("sqlstore: close statements: %w", err))
 	}
