@@ -31,7 +31,12 @@ func benchFrame(seq int64) *mq.Frame {
 //   - put256+del256: a loaded sender's batch, 256 new messages, the 256
 //     of the previous batch acknowledged, and the next seq;
 //   - history64+put64: a group host relaying 64 messages, each kept in the
-//     history and queued for one of 64 members.
+//     history and queued for one of 64 members;
+//   - cursor+history: a group host relaying one member's message: the
+//     member's cursor and the history row, in one transaction;
+//   - cursor,cursor+history: the same, every other op a cursor alone from
+//     another peer (to the cursor log), which the next op's transaction
+//     folds into the table.
 func BenchmarkApplySmall(b *testing.B) {
 	cases := []struct {
 		name string
@@ -85,6 +90,15 @@ func BenchmarkApplySmall(b *testing.B) {
 			}
 			return b
 		}},
+		{"cursor+history", nil, func(i int) ports.Batch {
+			return relayBatch(i)
+		}},
+		{"cursor,cursor+history", nil, func(i int) ports.Batch {
+			if i%2 == 1 {
+				return ports.Batch{Bus: []mq.Change{{Kind: mq.SetCursor, Peer: benchPeer + "-other", Epoch: "0123456789abcdef", Seq: int64(i + 1)}}}
+			}
+			return relayBatch(i)
+		}},
 	}
 	for _, be := range backends {
 		for _, c := range cases {
@@ -114,5 +128,15 @@ func BenchmarkApplySmall(b *testing.B) {
 				b.ReportMetric(float64((cpuTime(b)-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/op")
 			})
 		}
+	}
+}
+
+// relayBatch is a group host's batch for relaying one member's message.
+func relayBatch(i int) ports.Batch {
+	at := time.UnixMilli(1_700_000_000_000 + int64(i))
+	return ports.Batch{
+		Bus: []mq.Change{{Kind: mq.SetCursor, Peer: benchPeer, Epoch: "0123456789abcdef", Seq: int64(i + 1)}},
+		Groups: []group.Change{{Kind: group.AppendHistory, GroupID: "g-bench",
+			History: &group.HistoryEntry{GroupID: "g-bench", From: group.PeerID(benchPeer), Type: group.TypeMsg, Payload: benchPayload, At: at}}},
 	}
 }

@@ -292,6 +292,37 @@ func TestHistoryPrunedPerGroup(t *testing.T) {
 	})
 }
 
+// A large history is pruned once it passes its limit by the slack (1/64),
+// back to the limit, not with every message; readers never see more than
+// the limit.
+func TestHistoryPrunedWithSlack(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, newDB func(testing.TB) Config) {
+		ctx := context.Background()
+		s := mustOpen(t, newDB(t))
+		defer s.Close()
+		s.historyLimit = 640 // slack 10
+		add := func(i int) {
+			t.Helper()
+			require.NoError(t, s.Apply(ctx, ports.Batch{Groups: []group.Change{storetest.History("g1", "A", group.TypeMsg, fmt.Sprint(i), at0)}}))
+		}
+		for i := 0; i < 650; i++ {
+			add(i)
+		}
+		assert.Equal(t, 650, historyCount(t, s, "g1"), "within the slack: nothing deleted yet")
+		hs, err := s.GroupHistory(ctx, "g1", 0)
+		require.NoError(t, err)
+		require.Equal(t, 640, len(hs))
+		assert.Equal(t, "10", string(hs[0].Payload))
+		assert.Equal(t, "649", string(hs[639].Payload))
+		add(650)
+		assert.Equal(t, 640, historyCount(t, s, "g1"), "past the slack: back to the limit")
+		hs, err = s.GroupHistory(ctx, "g1", 0)
+		require.NoError(t, err)
+		require.Equal(t, 640, len(hs))
+		assert.Equal(t, "11", string(hs[0].Payload))
+	})
+}
+
 func TestHistoryBoundAcrossRestart(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, newDB func(testing.TB) Config) {
 		ctx := context.Background()
