@@ -36,8 +36,11 @@ const (
 	groupsMaxMembers = 200
 	// groupsStartParallel is how many nodes start at once.
 	groupsStartParallel = 4
-	// groupsWarmup is how many unrecorded messages precede the latency measures.
-	groupsWarmup = 20
+	// groupsWarmup is how many unrecorded messages, sent the same way,
+	// precede each latency measure: a new node's first few hundred messages
+	// are slower (its store, buffers and heap still growing) and are not
+	// what a running group sees.
+	groupsWarmup = 200
 	// groupsTputWarmup is how many unrecorded messages precede the
 	// throughput measures (sent pipelined, like them).
 	groupsTputWarmup = 200
@@ -61,14 +64,18 @@ func benchGroupsCommand(g *globals, stdout io.Writer) *cli.Command {
 	return &cli.Command{
 		Name:  "groups",
 		Usage: "measure host-relayed group fan-out between real nodes on 127.0.0.1",
-		Description: fmt.Sprintf("Starts a host node and max(--members) member nodes (plus one more for the slow\n"+
-			"member measure) in this process (temporary folders, SQLite stores, libp2p on\n"+
-			"127.0.0.1). For each N in --members the host creates an open, persistent realtime\n"+
-			"group that N members join, and measures, with JSON payloads of --payload-bytes:\n"+
+		Description: fmt.Sprintf("For each N in --members, starts a host node and N member nodes (plus one more\n"+
+			"for the slow member measure) in this process (temporary folders, SQLite stores,\n"+
+			"libp2p on 127.0.0.1), and stops them before the next N: a measure runs only the\n"+
+			"nodes it measures (forty idle nodes of the N=50 set, their heaps in the same\n"+
+			"garbage collector, added a third to the N=10 latencies). The host creates an open,\n"+
+			"persistent realtime group that the N members join, and measures, with JSON\n"+
+			"payloads of --payload-bytes:\n"+
 			"  - latency: messages sent one after the other, each waiting for all its\n"+
-			"    deliveries; one sample per (message, receiving member): from before the\n"+
-			"    sender's Runtime.Do until the receiver's runtime published the group msg event.\n"+
-			"    Once with a member sending (member -> host -> N-1 others), once with the host.\n"+
+			"    deliveries, after a warm-up of %d; one sample per (message, receiving member):\n"+
+			"    from before the sender's Runtime.Do until the receiver's runtime published the\n"+
+			"    group msg event. Once with a member sending (member -> host -> N-1 others), once\n"+
+			"    with the host.\n"+
 			"  - throughput: --messages sent pipelined (%d goroutines, %d sends per Runtime.Do),\n"+
 			"    or more for at least --min-deliveries deliveries, after a warm-up of %d;\n"+
 			"    deliveries per second at all receivers until the last one arrived.\n"+
@@ -81,7 +88,7 @@ func benchGroupsCommand(g *globals, stdout io.Writer) *cli.Command {
 			"The nodes do not announce their presence: on one machine, the announcements of 51\n"+
 			"nodes (all at start, then every 5 s, all at once) are 51 times one node's discovery\n"+
 			"traffic on the same cores, and they landed in the latency measures' tails.",
-			groupsSenders, groupsSendBatch, groupsTputWarmup, groupsSlowBlock),
+			groupsWarmup, groupsSenders, groupsSendBatch, groupsTputWarmup, groupsSlowBlock),
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "json", Usage: "print the results as one JSON object"},
 			&cli.StringFlag{Name: "members", Value: "10,50", Usage: "comma-separated group sizes N (members besides the host)"},
@@ -91,7 +98,7 @@ func benchGroupsCommand(g *globals, stdout io.Writer) *cli.Command {
 			&cli.IntFlag{Name: "slow-ms", Value: 100, Usage: "delay of the slow member's link each way (0: skip the slow member measure)"},
 			&cli.IntFlag{Name: "slow-messages", Value: 2000, Usage: "messages at each delay of the slow member's latency measure (a ratio of two p99s needs more samples than a p99)"},
 			&cli.StringFlag{Name: "transport", Value: "any", Usage: "members reach the host over `T`: any (the node's choice: TCP on loopback, p2p.LANDialRanker), tcp or quic-v1"},
-			&cli.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile of the measures (not the start-up) to `FILE`"},
+			&cli.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile of the measures (not the start-up) to `FILE` (for each group size after the first: FILE.N)"},
 		},
 		Action: func(c *cli.Context) error {
 			opts := groupsBenchOptions{Messages: c.Int("messages"), MinDeliveries: c.Int("min-deliveries"), PayloadBytes: c.Int("payload-bytes"),
@@ -166,9 +173,10 @@ type groupsBenchResult struct {
 	// MinDeliveries is the fewest deliveries a throughput measure counts.
 	MinDeliveries int `json:"min_deliveries"`
 	PayloadBytes  int `json:"payload_bytes"`
-	// Nodes is how many nodes ran in this process (host, members, slow member).
+	// Nodes is the most nodes that ran at once in this process (host,
+	// members, slow member): those of the largest group size.
 	Nodes int `json:"nodes"`
-	// StartMS is how long starting and connecting all nodes took.
+	// StartMS is how long starting and connecting those nodes took.
 	StartMS float64     `json:"start_ms"`
 	Runs    []groupsRun `json:"runs"`
 }
@@ -176,6 +184,11 @@ type groupsBenchResult struct {
 // groupsRun is the measures of one group size.
 type groupsRun struct {
 	Members int `json:"members"`
+	// Nodes is how many nodes ran in this process for this size (host,
+	// members, slow member), started for it alone.
+	Nodes int `json:"nodes"`
+	// StartMS is how long starting and connecting them took.
+	StartMS float64 `json:"start_ms"`
 	// Transport is the members' connection to the host (quic-v1, tcp, or
 	// mixed with --transport any).
 	Transport string `json:"transport"`
@@ -221,8 +234,8 @@ type slowMemberRun struct {
 
 func (r *groupsBenchResult) writeTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "goop bench groups: %d messages of %d payload bytes per latency measure, throughput measures of at least %d deliveries, %d nodes on 127.0.0.1 (started in %.0f ms), %s, %d CPUs\n\n",
-		r.Messages, r.PayloadBytes, r.MinDeliveries, r.Nodes, r.StartMS, r.GoVersion, r.CPUs)
+	fmt.Fprintf(tw, "goop bench groups: %d messages of %d payload bytes per latency measure, throughput measures of at least %d deliveries, on 127.0.0.1, a new set of nodes for each group size, %s, %d CPUs\n\n",
+		r.Messages, r.PayloadBytes, r.MinDeliveries, r.GoVersion, r.CPUs)
 	cpu := func(us float64) string {
 		if us <= 0 {
 			return "-"
@@ -230,8 +243,8 @@ func (r *groupsBenchResult) writeTable(w io.Writer) error {
 		return fmt.Sprintf("%.0f µs", us)
 	}
 	for _, run := range r.Runs {
-		fmt.Fprintf(tw, "N=%d members over %s (joined in %.0f ms)\tsamples\tmedian\tp99\tmean\tdeliveries/s\tCPU/delivery\t\n",
-			run.Members, run.Transport, run.JoinMS)
+		fmt.Fprintf(tw, "N=%d members over %s (%d nodes started in %.0f ms, joined in %.0f ms)\tsamples\tmedian\tp99\tmean\tdeliveries/s\tCPU/delivery\t\n",
+			run.Members, run.Transport, run.Nodes, run.StartMS, run.JoinMS)
 		lat := func(name string, l latency, cpuUS float64) {
 			fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%s\t\t%s\t\n", name, l.N, fmtUS(l.MedianUS), fmtUS(l.P99US), fmtUS(l.MeanUS), cpu(cpuUS))
 		}
@@ -456,20 +469,44 @@ func benchGroups(ctx context.Context, o groupsBenchOptions) (_ *groupsBenchResul
 	if o.SlowMS > 0 && o.SlowMessages < 1 {
 		return nil, errors.New("bench groups: the slow member measure needs SlowMessages")
 	}
+	res := &groupsBenchResult{GoVersion: runtime.Version(), CPUs: runtime.NumCPU(), Messages: o.Messages,
+		MinDeliveries: o.MinDeliveries, PayloadBytes: o.PayloadBytes}
+	for _, n := range o.Members {
+		run, err := benchGroupSize(ctx, o, n)
+		if err != nil {
+			return nil, err
+		}
+		if run.Nodes > res.Nodes {
+			res.Nodes, res.StartMS = run.Nodes, run.StartMS
+		}
+		res.Runs = append(res.Runs, *run)
+	}
+	return res, nil
+}
+
+// benchGroupSize starts the nodes of one group size, measures it and stops
+// them. The CPU profile (--cpuprofile, a file per size after the first:
+// FILE.N) covers the measures, not the start-up.
+func benchGroupSize(ctx context.Context, o groupsBenchOptions, n int) (_ *groupsRun, err error) {
+	// What the previous size's nodes left is collected now, not during
+	// this size's measures.
+	runtime.GC()
 	t0 := time.Now()
-	b, err := startGroupsBench(ctx, o, slices.Max(o.Members))
+	b, err := startGroupsBench(ctx, o, n)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("bench groups: N=%d: %w", n, err)
 	}
 	defer func() {
 		if cerr := b.Close(); cerr != nil && err == nil {
 			err = cerr
 		}
 	}()
-	res := &groupsBenchResult{GoVersion: runtime.Version(), CPUs: runtime.NumCPU(), Messages: o.Messages,
-		MinDeliveries: o.MinDeliveries, PayloadBytes: o.PayloadBytes, Nodes: 1 + len(b.members), StartMS: msSince(t0)}
-
-	stopProfile, err := simcli.StartCPUProfile(o.CPUProfile)
+	startMS := msSince(t0)
+	profile := o.CPUProfile
+	if profile != "" && n != o.Members[0] {
+		profile = fmt.Sprintf("%s.%d", profile, n)
+	}
+	stopProfile, err := simcli.StartCPUProfile(profile)
 	if err != nil {
 		return nil, fmt.Errorf("bench groups: --cpuprofile: %w", err)
 	}
@@ -478,14 +515,12 @@ func benchGroups(ctx context.Context, o groupsBenchOptions) (_ *groupsBenchResul
 			err = fmt.Errorf("bench groups: --cpuprofile: %w", perr)
 		}
 	}()
-	for _, n := range o.Members {
-		run, err := b.runSize(ctx, n)
-		if err != nil {
-			return nil, fmt.Errorf("bench groups: N=%d: %w", n, err)
-		}
-		res.Runs = append(res.Runs, *run)
+	run, err := b.runSize(ctx, n)
+	if err != nil {
+		return nil, fmt.Errorf("bench groups: N=%d: %w", n, err)
 	}
-	return res, nil
+	run.Nodes, run.StartMS = 1+len(b.members), startMS
+	return run, nil
 }
 
 // startGroupsBench starts the host and maxN member nodes (plus the slow
