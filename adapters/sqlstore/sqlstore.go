@@ -230,12 +230,20 @@ func openSQLite(cfg Config) (*bun.DB, error) {
 		q.Set("_foreign_keys", "1")
 		q.Set("_txlock", "immediate")
 	default: // modernc.org/sqlite
+		// modernc runs busy_timeout first and the rest in lexicographic
+		// order, whatever order they are given in. Exclusive locking must
+		// come before the first access to the write-ahead log, which
+		// journal_mode makes on a database already in WAL mode (every
+		// start but the first): schema-qualified ("main."), journal_mode
+		// and journal_size_limit sort after locking_mode. Otherwise the
+		// wal-index goes to a shared -shm file, whose locks every
+		// transaction then takes.
 		q["_pragma"] = []string{
 			fmt.Sprintf("busy_timeout(%d)", busyMS),
 			"locking_mode(EXCLUSIVE)",
 			fmt.Sprintf("wal_autocheckpoint(%d)", sqliteCheckpointPages),
-			fmt.Sprintf("journal_size_limit(%d)", sqliteWALLimit),
-			"journal_mode(WAL)",
+			fmt.Sprintf("main.journal_size_limit(%d)", sqliteWALLimit),
+			"main.journal_mode(WAL)",
 			"synchronous(NORMAL)",
 			"foreign_keys(1)",
 		}

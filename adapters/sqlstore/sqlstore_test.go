@@ -370,29 +370,34 @@ func TestClosedStore(t *testing.T) {
 	})
 }
 
+// TestSQLiteSettings checks the connection's settings on a new database and
+// on one opened again (in WAL mode already: the order of the pragmas then
+// decides whether the wal-index goes to a shared -shm file).
 func TestSQLiteSettings(t *testing.T) {
 	cfg := sqliteDB(t)
-	s := mustOpen(t, cfg)
-	defer s.Close()
-	ctx := context.Background()
-	pragma := func(name string) string {
-		var v string
-		require.NoError(t, s.DB().QueryRowContext(ctx, "PRAGMA "+name).Scan(&v), name)
-		return v
+	for _, when := range []string{"new", "opened again"} {
+		s := mustOpen(t, cfg)
+		ctx := context.Background()
+		pragma := func(name string) string {
+			var v string
+			require.NoError(t, s.DB().QueryRowContext(ctx, "PRAGMA "+name).Scan(&v), name)
+			return v
+		}
+		assert.Equal(t, "wal", pragma("journal_mode"), when)
+		assert.Equal(t, "1", pragma("synchronous"), "NORMAL, %s", when)
+		assert.Equal(t, "1", pragma("foreign_keys"), when)
+		assert.Equal(t, "250", pragma("busy_timeout"), when)
+		assert.Equal(t, "exclusive", pragma("locking_mode"), when)
+		assert.Equal(t, "4000", pragma("wal_autocheckpoint"), when)
+		assert.Equal(t, fmt.Sprint(32<<20), pragma("journal_size_limit"), when)
+		assert.Equal(t, 1, s.DB().Stats().MaxOpenConnections, when)
+		fi, err := os.Stat(cfg.Path)
+		require.NoError(t, err)
+		assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), when)
+		_, err = os.Stat(cfg.Path + "-shm")
+		assert.ErrorIs(t, err, fs.ErrNotExist, "exclusive WAL keeps its index in memory: no -shm file (%s)", when)
+		require.NoError(t, s.Close())
 	}
-	assert.Equal(t, "wal", pragma("journal_mode"))
-	assert.Equal(t, "1", pragma("synchronous"), "NORMAL")
-	assert.Equal(t, "1", pragma("foreign_keys"))
-	assert.Equal(t, "250", pragma("busy_timeout"))
-	assert.Equal(t, "exclusive", pragma("locking_mode"))
-	assert.Equal(t, "4000", pragma("wal_autocheckpoint"))
-	assert.Equal(t, fmt.Sprint(32<<20), pragma("journal_size_limit"))
-	assert.Equal(t, 1, s.DB().Stats().MaxOpenConnections)
-	fi, err := os.Stat(cfg.Path)
-	require.NoError(t, err)
-	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
-	_, err = os.Stat(cfg.Path + "-shm")
-	assert.ErrorIs(t, err, fs.ErrNotExist, "exclusive WAL keeps its index in memory: no -shm file")
 }
 
 // TestSecondOpenIsRefused: the store holds its SQLite file exclusively; a
