@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"database/sql"
+	"encoding/binary"
 	"fmt"
 	"slices"
 	"strings"
@@ -191,7 +192,7 @@ func (s *Store) Apply(ctx context.Context, b ports.Batch) error {
 	}
 	alone := gp.empty() && len(b.Peers) == 0 && s.afterStep == nil
 	switch {
-	case s.curlog != nil && alone && p.onlyCursors():
+	case s.curlog != nil && alone && p.onlyCursors() && p.cursorsFitLog():
 		// A receiver's cursors alone: appended to the cursor log.
 		err = s.appendCursors(p)
 		if err == nil && s.curlog.size > s.curlog.rotateAt {
@@ -394,6 +395,23 @@ func (p *busPlan) onlyCursors() bool {
 		return p.one.Kind == mq.SetCursor
 	}
 	return len(p.cursors) > 0 && !p.setEpoch && len(p.nextSeq) == 0 && len(p.puts) == 0 && len(p.dels) == 0
+}
+
+// cursorsFitLog reports whether every cursor of p fits in a cursor log
+// record (a longer one, which the bus never makes, goes to the table).
+func (p *busPlan) cursorsFitLog() bool {
+	fits := func(peer mq.PeerID, epoch string) bool {
+		return len(peer)+len(epoch)+2*binary.MaxVarintLen64 <= maxCursorRecord
+	}
+	if p.one != nil {
+		return fits(p.one.Peer, p.one.Epoch)
+	}
+	for peer, c := range p.cursors {
+		if !fits(peer, c.Epoch) {
+			return false
+		}
+	}
+	return true
 }
 
 // onlyOutbox reports whether p changes nothing but the outbox.

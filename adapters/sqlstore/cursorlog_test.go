@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -251,4 +252,24 @@ func TestCursorLogWriteFailure(t *testing.T) {
 	snap, err := s.LoadBus(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, mq.Cursor{Epoch: "pe", Next: 1}, snap.Cursors["P"])
+}
+
+// A cursor too long for a log record (the bus never makes one: peer ids
+// and epochs are bounded) goes to the table, and is kept like any other.
+func TestCursorLogTooLongGoesToTheTable(t *testing.T) {
+	ctx := context.Background()
+	cfg := sqliteDB(t)
+	s := mustOpen(t, cfg)
+	defer s.Close()
+	long := strings.Repeat("e", maxCursorRecord)
+	require.NoError(t, s.Apply(ctx, ports.Batch{Bus: []mq.Change{setCursor("P", "pe", 1)}}))
+	require.NoError(t, s.Apply(ctx, ports.Batch{Bus: []mq.Change{setCursor("Q", long, 2)}}))
+	assert.Equal(t, mq.Cursor{Epoch: long, Next: 2}, tableCursors(t, s)["Q"], "in the table")
+	require.NoError(t, s.Apply(ctx, ports.Batch{Bus: []mq.Change{setCursor("P", "pe", 3)}}))
+	c := mustOpen(t, crashCopy(t, cfg))
+	defer c.Close()
+	snap, err := c.LoadBus(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, mq.Cursor{Epoch: long, Next: 2}, snap.Cursors["Q"])
+	assert.Equal(t, mq.Cursor{Epoch: "pe", Next: 3}, snap.Cursors["P"], "records after it are read")
 }
