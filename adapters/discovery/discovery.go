@@ -139,6 +139,7 @@ type Stats struct {
 	EventsDropped uint64 // events dropped on a full Events queue
 	Found         uint64 // peers found by mDNS
 	Dials         uint64 // dials started
+	DialsFailed   uint64 // dials that ended without a connection
 	DialsDropped  uint64 // dial hints dropped (too many dials running)
 	Published     uint64 // our presence messages published
 }
@@ -176,7 +177,7 @@ type Adapter struct {
 
 	closeOnce sync.Once
 	stats     struct {
-		received, invalid, rateLimited, eventsDropped, found, dials, dialsDropped, published atomic.Uint64
+		received, invalid, rateLimited, eventsDropped, found, dials, dialsFailed, dialsDropped, published atomic.Uint64
 	}
 }
 
@@ -263,7 +264,7 @@ func (a *Adapter) Stats() Stats {
 	s := &a.stats
 	return Stats{Received: s.received.Load(), Invalid: s.invalid.Load(), RateLimited: s.rateLimited.Load(),
 		EventsDropped: s.eventsDropped.Load(), Found: s.found.Load(), Dials: s.dials.Load(),
-		DialsDropped: s.dialsDropped.Load(), Published: s.published.Load()}
+		DialsFailed: s.dialsFailed.Load(), DialsDropped: s.dialsDropped.Load(), Published: s.published.Load()}
 }
 
 // Events implements ports.Discovery.
@@ -377,6 +378,7 @@ func (a *Adapter) dial(ctx context.Context, ai peer.AddrInfo) {
 			if err == nil {
 				return
 			}
+			a.stats.dialsFailed.Add(1)
 			a.log.Debug("discovery: dial", "peer", ai.ID, "attempt", attempt+1, "err", err)
 			if dctx.Err() != nil {
 				return

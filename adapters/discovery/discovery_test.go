@@ -367,7 +367,10 @@ func TestFailedDialIsRetried(t *testing.T) {
 	require.NoError(t, err)
 	defer sub.Close()
 	a.Dial(context.Background(), mq.PeerID(bid.String()), []string{baddr})
-	require.Eventually(t, func() bool { return a.Stats().Dials >= 1 }, waitFor, time.Millisecond, "the first dial ran")
+	// Wait until the first dial has failed, not merely started: a dial
+	// still running when B starts listening may connect (it did once under
+	// load), and then no retry is needed.
+	require.Eventually(t, func() bool { return a.Stats().DialsFailed >= 1 }, waitFor, time.Millisecond, "the first dial failed")
 	hb, err := libp2p.New(libp2p.Identity(priv), libp2p.ListenAddrStrings(baddr), libp2p.DisableMetrics())
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = hb.Close() })
