@@ -42,9 +42,9 @@ func TestBenchRendezvous(t *testing.T) {
 			assert.Positive(t, res.Delivery.P99US)
 			// Measured in this test process, where what earlier tests left
 			// (e.g. a hundred nodes of the groups bench) may still be freed
-			// meanwhile: the figure is there and plausible, its sign is only
-			// meaningful in a process of its own (goop bench rendezvous).
-			assert.NotZero(t, res.ServerGoBytesPerClient)
+			// meanwhile: the figure is only plausible (it came out at -955
+			// and at 0 bytes in full runs); its sign means something in a
+			// process of its own (goop bench rendezvous).
 			assert.Less(t, math.Abs(res.ServerGoBytesPerClient), float64(1<<20), "bytes per client")
 			if tc.flood > 0 {
 				f := res.Flood
