@@ -307,23 +307,16 @@ func (s *Store) rotate(ctx context.Context) error {
 	l := s.curlog
 	next := l.gen + 1
 	tmp := l.path + ".new"
-	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("sqlstore: cursor log: %w", err)
-	}
 	hdr := binary.LittleEndian.AppendUint64([]byte(cursorLogMagic), next)
-	if _, err := f.Write(hdr); err != nil {
-		_ = f.Close()
+	if err := os.WriteFile(tmp, hdr, 0o600); err != nil {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("sqlstore: cursor log: %w", err)
 	}
-	err = s.hot.prepare(ctx, s.db.DB, false, 1<<hotCursor)
-	if err != nil {
-		_ = f.Close()
+	if err := s.hot.prepare(ctx, s.db.DB, false, 1<<hotCursor); err != nil {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("sqlstore: cursor log: %w", err)
 	}
-	err = s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+	err := s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		st := &stepper{s: s, tx: tx}
 		g, sz := l.gen, l.size
 		l.gen, l.size = next, int64(cursorLogHeader)
@@ -332,23 +325,27 @@ func (s *Store) rotate(ctx context.Context) error {
 		return err
 	})
 	if err != nil {
-		_ = f.Close()
 		_ = os.Remove(tmp)
 		return fmt.Errorf("sqlstore: cursor log: rotate: %w", err)
 	}
+	// Both files are closed around the rename, which Windows refuses for
+	// an open file; the new one is then opened for appending.
 	if l.beforeRename != nil {
 		err = l.beforeRename()
 	}
 	if err == nil {
+		err = l.closeFile()
+	}
+	if err == nil {
 		err = os.Rename(tmp, l.path)
 	}
+	var f *os.File
+	if err == nil {
+		f, err = os.OpenFile(l.path, os.O_RDWR, 0)
+	}
 	if err != nil {
-		_ = f.Close()
 		l.failed = fmt.Errorf("sqlstore: cursor log: rotate: %w", err)
 		return l.failed
-	}
-	if l.f != nil {
-		_ = l.f.Close()
 	}
 	l.f, l.gen, l.size = f, next, int64(cursorLogHeader)
 	l.folded()
