@@ -211,13 +211,14 @@ func (s *Store) Apply(ctx context.Context, b ports.Batch) error {
 	case ob != nil && ob.statements() == 1 && p.onlyOutbox() && alone:
 		// One outbox row to write or delete: a statement alone, as below.
 		err = ob.exec(ctx, &stepper{s: s}, s.now().UnixMilli())
-	case p.one != nil && alone:
+	case p.one != nil && alone && !(s.curlog != nil && p.writesCursors()):
 		// A batch of one statement needs no transaction around it: the
 		// statement alone is all or nothing, and takes the same write lock
 		// (with the same busy wait) as BEGIN IMMEDIATE. Skipping BEGIN and
 		// COMMIT spares their work (a goroutine per database/sql
 		// transaction, two statements; two round trips on Postgres). The
-		// test hook needs a transaction to fail.
+		// test hook needs a transaction to fail. A cursor written to the
+		// table next to a cursor log needs the transaction's fold.
 		err = s.applyOne(ctx, &stepper{s: s}, p.one)
 	default:
 		err = s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {

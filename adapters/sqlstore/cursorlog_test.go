@@ -263,6 +263,7 @@ func TestCursorLogTooLongGoesToTheTable(t *testing.T) {
 	defer s.Close()
 	long := strings.Repeat("e", maxCursorRecord)
 	require.NoError(t, s.Apply(ctx, ports.Batch{Bus: []mq.Change{setCursor("P", "pe", 1)}}))
+	require.NoError(t, s.Apply(ctx, ports.Batch{Bus: []mq.Change{setCursor("Q", "short", 1)}}))
 	require.NoError(t, s.Apply(ctx, ports.Batch{Bus: []mq.Change{setCursor("Q", long, 2)}}))
 	assert.Equal(t, mq.Cursor{Epoch: long, Next: 2}, tableCursors(t, s)["Q"], "in the table")
 	require.NoError(t, s.Apply(ctx, ports.Batch{Bus: []mq.Change{setCursor("P", "pe", 3)}}))
