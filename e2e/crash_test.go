@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net/http"
 	"os/exec"
@@ -22,76 +21,11 @@ import (
 	"github.com/goop-p2p/goop/domain/mq"
 )
 
-// peerProcess is `goop peer DIR` running as a child process.
-type peerProcess struct {
-	cmd    *exec.Cmd
-	viewer string // base URL, no trailing slash
-	id     string
-	stderr *rvBuffer
-	done   chan error
-}
-
-// startPeerProcess runs `goop peer dir` and waits for its ready line.
-func startPeerProcess(t *testing.T, bin, dir string) *peerProcess {
-	t.Helper()
-	p := &peerProcess{cmd: exec.Command(bin, "peer", dir), stderr: &rvBuffer{}, done: make(chan error, 1)}
-	p.cmd.Stderr = p.stderr
-	out, err := p.cmd.StdoutPipe()
-	require.NoError(t, err)
-	require.NoError(t, p.cmd.Start())
-	ready := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if line := sc.Text(); strings.HasPrefix(line, "ready ") {
-				select {
-				case ready <- line:
-				default:
-				}
-			}
-		}
-		_, _ = io.Copy(io.Discard, out)
-		p.done <- p.cmd.Wait()
-	}()
-	t.Cleanup(func() {
-		_ = p.cmd.Process.Kill()
-		<-p.done
-		p.done <- nil
-	})
-	select {
-	case line := <-ready:
-		for _, f := range strings.Fields(line) {
-			if v, ok := strings.CutPrefix(f, "viewer="); ok {
-				p.viewer = strings.TrimRight(v, "/")
-			}
-			if v, ok := strings.CutPrefix(f, "peer_id="); ok {
-				p.id = v
-			}
-		}
-		require.NotEmpty(t, p.viewer, "ready line without viewer=: %s", line)
-	case err := <-p.done:
-		p.done <- err
-		t.Fatalf("goop peer exited: %v; stderr: %s", err, p.stderr)
-	case <-time.After(waitFor):
-		t.Fatalf("no ready line from goop peer; stderr: %s", p.stderr)
-	}
-	return p
-}
-
-// kill ends the process with SIGKILL: nothing of it runs after this, no
-// shutdown code, no flush.
-func (p *peerProcess) kill(t *testing.T) {
-	t.Helper()
-	require.NoError(t, p.cmd.Process.Kill())
-	err := <-p.done
-	p.done <- err
-}
-
 // follow reads the SSE stream of the process's viewer and records the n of
 // each message on topic from peer from, until the stream ends.
-func (p *peerProcess) follow(t *testing.T, ctx context.Context, topic, from string, got *[]int, mu *sync.Mutex) (ended <-chan struct{}) {
+func (p *goopProcess) follow(t *testing.T, ctx context.Context, topic, from string, got *[]int, mu *sync.Mutex) (ended <-chan struct{}) {
 	t.Helper()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.viewer+"/api/mq/events", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(p.ready["viewer"], "/")+"/api/mq/events", nil)
 	require.NoError(t, err)
 	resp, err := http.DefaultClient.Do(req)
 	require.NoError(t, err)
@@ -169,9 +103,9 @@ func TestReceiverKilledMidStreamDeliversNothingTwice(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
 
-	b := startPeerProcess(t, bin, dir)
+	b := startGoopProcess(t, bin, dir, waitFor)
 	ended := b.follow(t, ctx, topic, a.PeerID.String(), &got, &mu)
-	bID := mq.PeerID(b.id)
+	bID := mq.PeerID(b.ready["peer_id"])
 	// At most `window` messages unacknowledged at once, so that the burst
 	// the sender retransmits after the restart stays within what an SSE
 	// client is buffered for (a client that falls behind is cut off).
@@ -209,8 +143,8 @@ func TestReceiverKilledMidStreamDeliversNothingTwice(t *testing.T) {
 	<-ended
 	killedAt := count()
 
-	b = startPeerProcess(t, bin, dir)
-	require.Equal(t, string(bID), b.id, "same identity after the restart")
+	b = startGoopProcess(t, bin, dir, waitFor)
+	require.Equal(t, string(bID), b.ready["peer_id"], "same identity after the restart")
 	b.follow(t, ctx, topic, a.PeerID.String(), &got, &mu)
 	require.NoError(t, <-sent)
 	waitUntil(t, func() (bool, string) {

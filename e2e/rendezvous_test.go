@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -16,7 +15,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -50,11 +48,8 @@ func buildGoop(t *testing.T) string {
 // rvProcess is a rendezvous-only peer (`goop peer DIR` with
 // presence.rendezvous_only) running as a child process.
 type rvProcess struct {
-	cmd     *exec.Cmd
-	URL     string
-	stderr  *rvBuffer
-	done    chan error // the exit, once
-	stopped bool
+	*goopProcess
+	URL string
 }
 
 // rvBuffer is a bytes.Buffer safe for concurrent use.
@@ -104,58 +99,10 @@ func setRendezvousPort(t *testing.T, dir string, port int) {
 // startRendezvousProcess runs `goop peer dir` and waits for its ready line.
 func startRendezvousProcess(t *testing.T, bin, dir string) *rvProcess {
 	t.Helper()
-	p := &rvProcess{cmd: exec.Command(bin, "peer", dir), stderr: &rvBuffer{}, done: make(chan error, 1)}
-	p.cmd.Stderr = p.stderr
-	out, err := p.cmd.StdoutPipe()
-	require.NoError(t, err)
-	require.NoError(t, p.cmd.Start())
-	ready := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if line := sc.Text(); strings.HasPrefix(line, "ready ") {
-				select {
-				case ready <- line:
-				default:
-				}
-			}
-		}
-		_, _ = io.Copy(io.Discard, out)
-		p.done <- p.cmd.Wait()
-	}()
-	t.Cleanup(func() { p.stop(t) })
-	select {
-	case line := <-ready:
-		for _, f := range strings.Fields(line) {
-			if v, ok := strings.CutPrefix(f, "rendezvous="); ok {
-				p.URL = v
-			}
-		}
-		require.NotEmpty(t, p.URL, "ready line without rendezvous=: %s", line)
-	case err := <-p.done:
-		p.done <- err
-		t.Fatalf("goop peer (rendezvous only) exited: %v; stderr: %s", err, p.stderr)
-	case <-time.After(rvWait):
-		t.Fatalf("no ready line from goop peer (rendezvous only); stderr: %s", p.stderr)
-	}
+	p := &rvProcess{goopProcess: startGoopProcess(t, bin, dir, rvWait)}
+	p.URL = p.ready["rendezvous"]
+	require.NotEmpty(t, p.URL, "ready line without rendezvous=: %v", p.ready)
 	return p
-}
-
-// stop sends SIGTERM and waits for a clean exit. Safe to call twice.
-func (p *rvProcess) stop(t *testing.T) {
-	t.Helper()
-	if p.stopped {
-		return
-	}
-	p.stopped = true
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-p.done:
-		assert.NoError(t, err, "goop peer (rendezvous only) exit; stderr: %s", p.stderr)
-	case <-time.After(rvWait):
-		_ = p.cmd.Process.Kill()
-		t.Errorf("goop peer (rendezvous only) did not stop on SIGTERM")
-	}
 }
 
 // port is the TCP port of p's URL.
@@ -424,7 +371,7 @@ func TestRendezvousServerRestart(t *testing.T) {
 	waitAllSeeEachOther(t, nodes)
 
 	port := srv.port(t)
-	srv.stop(t)
+	srv.stop(t, rvWait)
 	setRendezvousPort(t, dir, port)
 	restarted := time.Now()
 	srv = startRendezvousProcess(t, bin, dir)
