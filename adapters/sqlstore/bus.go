@@ -496,7 +496,7 @@ func (s *Store) maybeFold(ctx context.Context, st *stepper, p *busPlan) error {
 		}
 		_, ok := p.cursors[peer]
 		return ok
-	})
+	}, s.curlog.gen, s.curlog.size)
 	p.foldedLog = err == nil
 	return err
 }

@@ -17,8 +17,8 @@ package sqlstore
 // table. Apply keeps that true: a transaction that writes cursors (a batch
 // with other changes too) first copies the log's newest cursors into the
 // table (a fold) and moves the recorded point to the end of the log, in the
-// same transaction. When the log passes cursorLogRotateAt bytes, and at
-// open and close, the store folds and starts a new file of the next
+// same transaction; so does Close. When the log passes cursorLogRotateAt
+// bytes, and at open, the store folds and starts a new file of the next
 // generation: the new file is written, the transaction records "G+1:start",
 // then the file is renamed over the old one. A crash between the two leaves
 // an old-generation file, whose records are ignored — they were folded.
@@ -37,11 +37,9 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
-	"io"
 	"os"
 	"strconv"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/uptrace/bun"
 
@@ -93,14 +91,13 @@ type cursorLog struct {
 // cursorLogPath is the log file of the database at dbPath.
 func cursorLogPath(dbPath string) string { return dbPath + ".cursors" }
 
-// appendCursorRecord appends the record of one cursor to dst.
+// appendCursorRecord appends the record of one cursor to dst (strings as
+// the outbox chunks encode them: appendBytes).
 func appendCursorRecord(dst []byte, peer mq.PeerID, c mq.Cursor) []byte {
 	start := len(dst)
 	dst = append(dst, 0, 0, 0, 0, 0, 0, 0, 0) // crc and length, set below
-	dst = binary.AppendUvarint(dst, uint64(len(peer)))
-	dst = append(dst, peer...)
-	dst = binary.AppendUvarint(dst, uint64(len(c.Epoch)))
-	dst = append(dst, c.Epoch...)
+	dst = appendBytes(dst, peer)
+	dst = appendBytes(dst, c.Epoch)
 	dst = binary.AppendVarint(dst, c.Next)
 	body := dst[start+8:]
 	binary.LittleEndian.PutUint32(dst[start:], crc32.Checksum(body, castagnoli))
@@ -134,25 +131,10 @@ func readCursorRecords(b []byte, latest map[mq.PeerID]mq.Cursor) int {
 }
 
 func decodeCursorBody(b []byte) (mq.PeerID, mq.Cursor, bool) {
-	str := func() (string, bool) {
-		n, k := binary.Uvarint(b)
-		if k <= 0 || n > uint64(len(b)-k) {
-			return "", false
-		}
-		s := string(b[k : k+int(n)])
-		b = b[k+int(n):]
-		return s, utf8.ValidString(s) && !strings.ContainsRune(s, 0)
-	}
-	peer, ok := str()
-	if !ok || peer == "" {
-		return "", mq.Cursor{}, false
-	}
-	epoch, ok := str()
-	if !ok {
-		return "", mq.Cursor{}, false
-	}
-	next, k := binary.Varint(b)
-	if k <= 0 || k != len(b) {
+	d := chunkDecoder{b: b}
+	peer, epoch := string(d.bytes()), string(d.bytes())
+	next := d.varint()
+	if d.err != nil || len(d.b) > 0 || peer == "" || checkText(peer, epoch) != nil {
 		return "", mq.Cursor{}, false
 	}
 	return mq.PeerID(peer), mq.Cursor{Epoch: epoch, Next: next}, true
@@ -269,9 +251,9 @@ func (s *Store) appendCursors(p *busPlan) error {
 }
 
 // foldInto writes, inside the transaction st, the log's cursors that the
-// batch does not set itself (written is the batch's cursors) and records the
-// end of the log as folded. After the commit, folded must be called.
-func (s *Store) foldInto(ctx context.Context, st *stepper, written func(mq.PeerID) bool) error {
+// batch does not set itself (written is the batch's cursors) and records
+// gen:off as the folded point. After the commit, folded must be called.
+func (s *Store) foldInto(ctx context.Context, st *stepper, written func(mq.PeerID) bool, gen uint64, off int64) error {
 	l := s.curlog
 	var peers []mq.PeerID
 	for _, peer := range sortedPeers(l.latest) {
@@ -290,7 +272,7 @@ func (s *Store) foldInto(ctx context.Context, st *stepper, written func(mq.PeerI
 			return fmt.Errorf("fold cursor log: %w", err)
 		}
 	}
-	row := metaRow{Key: metaKeyCursorLog, Value: formatFolded(l.gen, l.size)}
+	row := metaRow{Key: metaKeyCursorLog, Value: formatFolded(gen, off)}
 	if err := st.exec(ctx, st.tx.NewInsert().Model(&row).On("CONFLICT (key) DO UPDATE")); err != nil {
 		return fmt.Errorf("fold cursor log: %w", err)
 	}
@@ -312,22 +294,11 @@ func (s *Store) rotate(ctx context.Context) error {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("sqlstore: cursor log: %w", err)
 	}
-	if err := s.hot.prepare(ctx, s.db.DB, false, 1<<hotCursor); err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("sqlstore: cursor log: %w", err)
-	}
-	err := s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-		st := &stepper{s: s, tx: tx}
-		g, sz := l.gen, l.size
-		l.gen, l.size = next, int64(cursorLogHeader)
-		err := s.foldInto(ctx, st, func(mq.PeerID) bool { return false })
-		l.gen, l.size = g, sz
-		return err
-	})
-	if err != nil {
+	if err := s.foldTx(ctx, next, int64(cursorLogHeader)); err != nil {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("sqlstore: cursor log: rotate: %w", err)
 	}
+	var err error
 	// Both files are closed around the rename, which Windows refuses for
 	// an open file; the new one is then opened for appending.
 	if l.beforeRename != nil {
@@ -352,6 +323,33 @@ func (s *Store) rotate(ctx context.Context) error {
 	return nil
 }
 
+// foldTx folds every cursor of the log into the table in a transaction of
+// its own, recording gen:off as the folded point.
+func (s *Store) foldTx(ctx context.Context, gen uint64, off int64) error {
+	if err := s.hot.prepare(ctx, s.db.DB, false, 1<<hotCursor); err != nil {
+		return err
+	}
+	return s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		return s.foldInto(ctx, &stepper{s: s, tx: tx}, func(mq.PeerID) bool { return false }, gen, off)
+	})
+}
+
+// closeLog folds what the log holds, so that data.db alone holds every
+// cursor once the store is closed, and closes the file. The next open
+// starts a new file.
+func (s *Store) closeLog(ctx context.Context) error {
+	l := s.curlog
+	var err error
+	if l.failed == nil && len(l.latest) > 0 {
+		if err = s.foldTx(ctx, l.gen, l.size); err == nil {
+			l.folded()
+		} else {
+			err = fmt.Errorf("sqlstore: cursor log: fold: %w", err)
+		}
+	}
+	return errors.Join(err, l.closeFile())
+}
+
 // closeFile closes the log's file.
 func (l *cursorLog) closeFile() error {
 	if l.f == nil {
@@ -359,8 +357,5 @@ func (l *cursorLog) closeFile() error {
 	}
 	err := l.f.Close()
 	l.f = nil
-	if err != nil && !errors.Is(err, os.ErrClosed) && !errors.Is(err, io.EOF) {
-		return err
-	}
-	return nil
+	return err
 }

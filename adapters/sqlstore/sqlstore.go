@@ -336,15 +336,8 @@ func (s *Store) Close() error {
 	s.closed = true
 	var errs []error
 	if s.curlog != nil {
-		// The table gets the log's cursors, so that data.db alone holds
-		// everything once the store is closed.
-		if s.curlog.failed == nil {
-			if err := s.rotate(context.Background()); err != nil {
-				errs = append(errs, err)
-			}
-		}
-		if err := s.curlog.closeFile(); err != nil {
-			errs = append(errs, fmt.Errorf("sqlstore: close cursor log: %w", err))
+		if err := s.closeLog(context.Background()); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if err := s.hot.close(); err != nil {
