@@ -74,6 +74,29 @@ func startViewer(t *testing.T, label string, peers []string) *node.Running {
 	return r
 }
 
+// browserPair is a host node and a second node that dials it, each with a
+// tab of one headless browser (closed at cleanup).
+type browserPair struct {
+	host, other       *node.Running
+	hostURL, otherURL string // viewer URLs, without the trailing slash
+	hctx, octx        context.Context
+}
+
+// twoBrowsers starts the host node, a node labelled other that dials it,
+// and a browser tab for each.
+func twoBrowsers(t *testing.T, other string) browserPair {
+	t.Helper()
+	newTab := browser(t)
+	host := startViewer(t, "host", nil)
+	o := startViewer(t, other, dialable(host))
+	hctx, hcancel := newTab()
+	t.Cleanup(hcancel)
+	octx, ocancel := newTab()
+	t.Cleanup(ocancel)
+	return browserPair{host: host, other: o, hostURL: strings.TrimRight(host.ViewerURL, "/"),
+		otherURL: strings.TrimRight(o.ViewerURL, "/"), hctx: hctx, octx: octx}
+}
+
 // eval runs a JS expression (which may be a promise) in the page and returns
 // its result.
 func eval[T any](ctx context.Context, js string) (T, error) {
@@ -116,15 +139,8 @@ func screenshot(t *testing.T, name string) chromedp.Action[chromedp.Void] {
 // host creates a group with the seed's id form and joins it with a callback,
 // the other side joins with (host, id), and messages cross both ways.
 func TestSDKGroupsInTwoBrowsers(t *testing.T) {
-	newTab := browser(t)
-	host := startViewer(t, "host", nil)
-	guest := startViewer(t, "guest", dialable(host))
-	hostURL, guestURL := strings.TrimRight(host.ViewerURL, "/"), strings.TrimRight(guest.ViewerURL, "/")
-
-	hctx, hcancel := newTab()
-	defer hcancel()
-	gctx, gcancel := newTab()
-	defer gcancel()
+	b := twoBrowsers(t, "guest")
+	host, guest, hostURL, guestURL, hctx, gctx := b.host, b.other, b.hostURL, b.otherURL, b.hctx, b.octx
 
 	// Host page: create "chess-42", then the seed's form Goop.group.join(id, fn).
 	require.NoError(t, chromedp.Do(hctx, chromedp.Navigate(hostURL+"/groups"), chromedp.WaitVisible("#create")))

@@ -19,14 +19,9 @@ import (
 // and both play until X wins. The visiting page then tries the local node's
 // mutating API and is refused.
 func TestDemoGameInTwoBrowsers(t *testing.T) {
-	newTab := browser(t)
-	host := startViewer(t, "host", nil)
-	visitor := startViewer(t, "visitor", dialable(host))
+	b := twoBrowsers(t, "visitor")
+	host, visitor, hctx, vctx := b.host, b.other, b.hctx, b.octx
 	hostID := host.PeerID.String()
-	hctx, hcancel := newTab()
-	defer hcancel()
-	vctx, vcancel := newTab()
-	defer vcancel()
 
 	// The host starts a game from its own site.
 	require.NoError(t, chromedp.Do(hctx,

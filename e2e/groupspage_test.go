@@ -17,14 +17,8 @@ import (
 // each other live, the host's page shows the conversation again after a
 // reload (from the group's history), and the host kicks the guest.
 func TestGroupsPageInTwoBrowsers(t *testing.T) {
-	newTab := browser(t)
-	host := startViewer(t, "host", nil)
-	guest := startViewer(t, "guest", dialable(host))
-	hostURL, guestURL := strings.TrimRight(host.ViewerURL, "/"), strings.TrimRight(guest.ViewerURL, "/")
-	hctx, hcancel := newTab()
-	defer hcancel()
-	gctx, gcancel := newTab()
-	defer gcancel()
+	b := twoBrowsers(t, "guest")
+	host, hostURL, guestURL, hctx, gctx := b.host, b.hostURL, b.otherURL, b.hctx, b.octx
 
 	const card = `#hosted .group`
 	const joined = `#joined .group`
