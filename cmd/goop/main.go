@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -113,13 +114,14 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 // usageError turns a flag the command line got wrong (unknown, or a value
 // of the wrong kind) into the usage exit code, naming where help is.
 func usageError(c *cli.Context, err error, _ bool) error {
-	path := []string{}
+	var path []string // nearest command first
 	for _, l := range c.Lineage() {
-		if l.Command != nil && l.Command.Name != "" && l.Command.Name != "goop" {
-			path = append([]string{l.Command.Name}, path...)
+		if l.Command != nil && l.Command.Name != "" && l.Command.Name != c.App.Name {
+			path = append(path, l.Command.Name)
 		}
 	}
-	name := strings.Join(append([]string{"goop"}, path...), " ")
+	slices.Reverse(path)
+	name := strings.Join(append([]string{c.App.Name}, path...), " ")
 	return cli.Exit(fmt.Sprintf("%v (see %s --help)", err, name), exitUsage)
 }
 
