@@ -166,7 +166,7 @@ type Adapter struct {
 
 	mu          sync.Mutex // guards closed, dialing, offlineSent and wg.Add
 	closed      bool
-	dialing     map[peer.ID]bool
+	dialing     map[peer.ID]map[string]bool // the addresses (bytes) being dialed
 	offlineSent bool
 	sem         chan struct{}
 	wg          sync.WaitGroup
@@ -191,7 +191,7 @@ func New(ctx context.Context, h host.Host, cfg Config) (_ *Adapter, err error) {
 		return nil, fmt.Errorf("discovery: %w", err)
 	}
 	cfg = cfg.withDefaults()
-	a := &Adapter{h: h, cfg: cfg, log: cfg.Log, dialing: map[peer.ID]bool{},
+	a := &Adapter{h: h, cfg: cfg, log: cfg.Log, dialing: map[peer.ID]map[string]bool{},
 		sem:     make(chan struct{}, cfg.MaxDials),
 		events:  make(chan ports.DiscoveryEvent, cfg.EventQueue),
 		pubCh:   make(chan presence.Msg, cfg.PublishQueue),
@@ -289,8 +289,8 @@ func (a *Adapter) Publish(msg presence.Msg) error {
 }
 
 // Dial implements ports.Discovery: a connection to id at addrs is made in
-// the background unless id is us, already connected or being dialed, or
-// MaxDials dials are running (the hint is dropped).
+// the background unless id is us, already connected or being dialed at
+// those addresses, or MaxDials dials are running (the hint is dropped).
 func (a *Adapter) Dial(ctx context.Context, id mq.PeerID, addrs []string) {
 	pid, err := peer.Decode(string(id))
 	if err != nil {
@@ -313,8 +313,10 @@ func (a *Adapter) Dial(ctx context.Context, id mq.PeerID, addrs []string) {
 }
 
 // dial connects to ai in the background, unless ai is us, already
-// connected or being dialed, or MaxDials dials are running (the hint is
-// dropped).
+// connected or being dialed at the same addresses, or MaxDials dials are
+// running (the hint is dropped). A hint with addresses that a running dial
+// of the peer does not try dials those alongside: libp2p joins the two
+// dials, and the first connection ends both.
 //
 // Two peers that find each other at the same moment (mDNS answers both)
 // must not dial each other at once: libp2p's TCP transport dials from its
@@ -329,7 +331,22 @@ func (a *Adapter) dial(ctx context.Context, ai peer.AddrInfo) {
 		return
 	}
 	a.mu.Lock()
-	if a.closed || a.dialing[ai.ID] {
+	if a.closed {
+		a.mu.Unlock()
+		return
+	}
+	// Only the addresses no running dial of the peer tries: a hint with
+	// the current addresses of a peer that restarted (mDNS finds it once)
+	// must not wait behind a dial of its old ones, which may take many
+	// seconds to fail.
+	running := a.dialing[ai.ID]
+	fresh := ai.Addrs[:0:0]
+	for _, m := range ai.Addrs {
+		if !running[string(m.Bytes())] {
+			fresh = append(fresh, m)
+		}
+	}
+	if len(fresh) == 0 {
 		a.mu.Unlock()
 		return
 	}
@@ -340,14 +357,28 @@ func (a *Adapter) dial(ctx context.Context, ai peer.AddrInfo) {
 		a.stats.dialsDropped.Add(1)
 		return
 	}
-	a.dialing[ai.ID] = true
+	if running == nil {
+		running = map[string]bool{}
+		a.dialing[ai.ID] = running
+	}
+	for _, m := range fresh {
+		running[string(m.Bytes())] = true
+	}
+	ai.Addrs = fresh
 	a.wg.Add(1)
 	a.mu.Unlock()
 	go func() {
 		defer a.wg.Done()
 		defer func() {
 			a.mu.Lock()
-			delete(a.dialing, ai.ID)
+			if running := a.dialing[ai.ID]; running != nil {
+				for _, m := range ai.Addrs {
+					delete(running, string(m.Bytes()))
+				}
+				if len(running) == 0 {
+					delete(a.dialing, ai.ID)
+				}
+			}
 			a.mu.Unlock()
 			<-a.sem
 		}()

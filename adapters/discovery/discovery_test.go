@@ -17,6 +17,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	manet "github.com/multiformats/go-multiaddr/net"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -411,4 +412,58 @@ func TestLimiter(t *testing.T) {
 	assert.False(t, l.allow("newcomer", now), "table full of busy authors")
 	assert.True(t, l.allow("newcomer", now.Add(2*time.Second)), "idle authors are swept")
 	assert.LessOrEqual(t, len(l.peers), maxTracked)
+}
+
+// TestDialHintWithNewAddrsJoinsARunningDial: a peer that restarted on new
+// ports is dialed at its old addresses (from the peer table) when mDNS
+// reports its new ones, once. The old ones here lead to a listener that
+// accepts and never answers, as a QUIC port nobody serves never refuses:
+// the dial of the new addresses must not wait behind it.
+func TestDialHintWithNewAddrsJoinsARunningDial(t *testing.T) {
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = silent.Close() })
+	accepted := make(chan net.Conn, 16)
+	go func() {
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	t.Cleanup(func() {
+		for {
+			select {
+			case c := <-accepted:
+				_ = c.Close()
+			default:
+				return
+			}
+		}
+	})
+	ha, hb := newHost(t), newHost(t)
+	a, err := New(context.Background(), ha, Config{DialTimeout: time.Hour})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = a.Close() })
+	old, err := manet.FromNetAddr(silent.Addr())
+	require.NoError(t, err)
+
+	a.Dial(context.Background(), idOf(hb), []string{old.String()})
+	select {
+	case c := <-accepted: // the dial of the old address is under way
+		accepted <- c
+	case <-time.After(waitFor):
+		t.Fatal("the old address was never dialed")
+	}
+	a.Dial(context.Background(), idOf(hb), []string{old.String()}) // the same: nothing new
+	var addrs []string
+	for _, m := range hb.Addrs() {
+		addrs = append(addrs, m.String())
+	}
+	a.Dial(context.Background(), idOf(hb), addrs)
+	require.Eventually(t, func() bool { return ha.Network().Connectedness(hb.ID()) == network.Connected },
+		waitFor, 10*time.Millisecond)
+	assert.Equal(t, uint64(2), a.Stats().Dials, "one dial of the old address, one of the new")
 }

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
@@ -268,13 +269,60 @@ func (p *peerState) open(protos ...protocol.ID) (network.Stream, error) {
 	if h.Network().Connectedness(p.id) != network.Connected {
 		p.t.restoreAddrs(p.id)
 		p.dialing.Store(true)
-		err := Connect(ctx, h, peer.AddrInfo{ID: p.id})
+		err := p.dial(ctx)
 		p.dialing.Store(false)
-		if err != nil {
+		if err != nil && h.Network().Connectedness(p.id) != network.Connected {
 			return nil, err
 		}
 	}
 	return h.NewStream(ctx, p.id, protos...)
+}
+
+// dial connects to the peer through Connect, and stops waiting as soon as
+// the peer dialed us. (Connections of the dial itself are Connect's to judge:
+// it dials again when the peer drops one right after accepting it.) A peer that restarted on new
+// addresses dials us while our dial of its old ones waits out its timeouts
+// (a QUIC port that nobody serves never refuses; libp2p gives up on a local
+// address after 5 s), and libp2p does not end a dial when the peer connects
+// by itself meanwhile.
+func (p *peerState) dial(ctx context.Context) error {
+	h := p.t.h
+	dctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sub, err := h.EventBus().Subscribe(new(event.EvtPeerConnectednessChanged))
+	if err == nil {
+		defer sub.Close()
+		go func() {
+			for {
+				select {
+				case <-dctx.Done():
+					return
+				case e, ok := <-sub.Out():
+					if !ok {
+						return
+					}
+					if ev, _ := e.(event.EvtPeerConnectednessChanged); ev.Peer == p.id && ev.Connectedness == network.Connected && p.dialedUs() {
+						cancel()
+						return
+					}
+				}
+			}
+		}()
+		if p.dialedUs() {
+			return nil // before the subscription
+		}
+	}
+	return Connect(dctx, h, peer.AddrInfo{ID: p.id})
+}
+
+// dialedUs reports whether an inbound connection from the peer is open.
+func (p *peerState) dialedUs() bool {
+	for _, c := range p.t.h.Network().ConnsToPeer(p.id) {
+		if c.Stat().Direction == network.DirInbound {
+			return true
+		}
+	}
+	return false
 }
 
 // openFailed handles a failed stream open: a peer we are not connected to is
