@@ -56,6 +56,15 @@ type HostConfig struct {
 	ConnMgrLow, ConnMgrHigh int
 	// EnableMetrics turns on libp2p's Prometheus metrics (off by default).
 	EnableMetrics bool
+	// Log receives the host's own logs (nil: discard).
+	Log *slog.Logger
+}
+
+func (c HostConfig) logger() *slog.Logger {
+	if c.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return c.Log
 }
 
 // NewHost starts a libp2p host with TCP and QUIC v1 transports, the default
@@ -128,7 +137,7 @@ func NewHost(ctx context.Context, cfg HostConfig) (host.Host, error) {
 		_ = rm.Close()
 		return nil, fmt.Errorf("p2p: new host: %w", err)
 	}
-	return h, nil
+	return reapStaleConns(h, cfg.logger()), nil
 }
 
 // protectSeq numbers Protect's tags.

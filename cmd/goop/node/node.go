@@ -211,7 +211,7 @@ func Start(ctx context.Context, dir string, opts Options) (_ *Running, err error
 		return nil, err
 	}
 	h, err := p2p.NewHost(ctx, p2p.HostConfig{PrivKey: key, ListenAddrs: p2p.ListenAddrs(ip, cfg.P2P.ListenPort),
-		ConnMgrLow: cfg.P2P.MaxConnections / 2, ConnMgrHigh: cfg.P2P.MaxConnections})
+		ConnMgrLow: cfg.P2P.MaxConnections / 2, ConnMgrHigh: cfg.P2P.MaxConnections, Log: log})
 	if err != nil {
 		if strings.Contains(err.Error(), "address already in use") {
 			return nil, fmt.Errorf("p2p.listen_port: %d is in use", cfg.P2P.ListenPort)

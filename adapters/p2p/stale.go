@@ -1,0 +1,181 @@
+package p2p
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-libp2p/p2p/protocol/ping"
+	ma "github.com/multiformats/go-multiaddr"
+	msmux "github.com/multiformats/go-multistream"
+)
+
+// ProbeTimeout bounds the ping that tells whether an older connection to a
+// peer that opened a new one is still alive.
+//
+// A peer that crashed, lost power or its network leaves its connections
+// open at our end: no FIN or RST reaches us (never, for QUIC), and they die
+// only when a keep-alive times out, 30 s or more later. When it comes back
+// under the same identity, it connects to us anew while we still hold the
+// old connection, and that breaks things that are per peer:
+//   - GossipSub keeps writing to the old connection's stream (it opens one
+//     stream per peer) and does not read the new one's until the old one
+//     ends: the peer's presence reaches neither side.
+//   - When the old stream finally fails, GossipSub, seeing the peer still
+//     connected, forgets which topics the peer joined and never learns them
+//     again: our presence never reaches the peer (until a later reconnect).
+//     The same happens whenever a peer's older connection closes while a
+//     newer one stays.
+//   - New streams, the bus's among them, may open on the old connection.
+const ProbeTimeout = 2 * time.Second
+
+// staleRedial is how long after closing a peer's connections the reaper
+// dials it again (if it has not come back by then): time enough for both
+// sides to have handled the disconnection (GossipSub forgets the peer
+// cleanly only while it is not connected at all). The peer whose id sorts
+// higher waits twice as long, so that the two sides rarely dial at once.
+const staleRedial = 250 * time.Millisecond
+
+// reapingHost is a host that reaps stale connections (see ProbeTimeout):
+// when a peer opens a direct connection while older direct connections to
+// it are open, each older one is pinged; if one does not answer (or closed
+// meanwhile), all connections to the peer are closed (old and new:
+// GossipSub recovers only from a complete disconnection) and the peer is
+// dialed again. Two peers dialing each other at once end up with two live
+// connections, both kept. Close stops the probes and redials, then closes
+// the host.
+type reapingHost struct {
+	host.Host
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	log    *slog.Logger
+
+	mu      sync.Mutex
+	probing map[peer.ID]bool
+	rounds  atomic.Int64 // probe rounds ended (tests wait on it)
+}
+
+func reapStaleConns(h host.Host, log *slog.Logger) *reapingHost {
+	r := &reapingHost{Host: h, log: log, probing: map[peer.ID]bool{}}
+	r.ctx, r.cancel = context.WithCancel(context.Background())
+	h.Network().Notify(&network.NotifyBundle{ConnectedF: r.connected})
+	return r
+}
+
+// connected runs on the swarm's notification: it must not block.
+func (r *reapingHost) connected(n network.Network, c network.Conn) {
+	if r.ctx.Err() != nil || c.Stat().Limited {
+		return
+	}
+	p := c.RemotePeer()
+	opened := c.Stat().Opened
+	var older []network.Conn
+	for _, o := range n.ConnsToPeer(p) {
+		if st := o.Stat(); o != c && !st.Limited && !st.Opened.After(opened) {
+			older = append(older, o)
+		}
+	}
+	if len(older) == 0 {
+		return
+	}
+	r.mu.Lock()
+	if r.probing[p] {
+		r.mu.Unlock()
+		return
+	}
+	r.probing[p] = true
+	r.wg.Add(1)
+	r.mu.Unlock()
+	go func() {
+		defer r.wg.Done()
+		defer func() {
+			r.mu.Lock()
+			delete(r.probing, p)
+			r.mu.Unlock()
+			r.rounds.Add(1)
+		}()
+		for _, o := range older {
+			if o.IsClosed() || !alive(r.ctx, o) {
+				if r.ctx.Err() != nil {
+					return
+				}
+				r.log.Info("p2p: peer opened a new connection while an older one is dead; reconnecting it",
+					"peer", p, "old", o.RemoteMultiaddr(), "new", c.RemoteMultiaddr())
+				redialStale(r.ctx, r.Host, p, c.RemoteMultiaddr())
+				return
+			}
+		}
+	}()
+}
+
+// Close implements host.Host.
+func (r *reapingHost) Close() error {
+	r.cancel()
+	r.wg.Wait()
+	return r.Host.Close()
+}
+
+// alive pings the peer over connection c (libp2p's ping protocol), within
+// ProbeTimeout.
+func alive(ctx context.Context, c network.Conn) bool {
+	ctx, cancel := context.WithTimeout(ctx, ProbeTimeout)
+	defer cancel()
+	s, err := c.NewStream(ctx)
+	if err != nil {
+		return false
+	}
+	defer s.Reset()
+	if d, ok := ctx.Deadline(); ok {
+		_ = s.SetDeadline(d)
+	}
+	if err := s.SetProtocol(ping.ID); err != nil {
+		return false
+	}
+	if err := msmux.SelectProtoOrFail(protocol.ID(ping.ID), s); err != nil {
+		return false
+	}
+	out := make([]byte, ping.PingSize)
+	_, _ = rand.Read(out)
+	if _, err := s.Write(out); err != nil {
+		return false
+	}
+	in := make([]byte, ping.PingSize)
+	if _, err := io.ReadFull(s, in); err != nil {
+		return false
+	}
+	return bytes.Equal(in, out)
+}
+
+// redialStale closes every connection to p and dials p again after
+// staleRedial, unless p came back by itself meanwhile.
+func redialStale(ctx context.Context, h host.Host, p peer.ID, addr ma.Multiaddr) {
+	_ = h.Network().ClosePeer(p)
+	pause := staleRedial
+	if h.ID() > p {
+		pause *= 2
+	}
+	t := time.NewTimer(pause)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return
+	case <-t.C:
+	}
+	if h.Network().Connectedness(p) == network.Connected {
+		return
+	}
+	h.Peerstore().AddAddr(p, addr, time.Minute)
+	dctx, cancel := context.WithTimeout(ctx, DefaultDialTimeout)
+	defer cancel()
+	_ = h.Connect(network.WithForceDirectDial(dctx, "p2p: reconnect after a dead connection"), peer.AddrInfo{ID: p})
+}
