@@ -135,9 +135,9 @@ func alive(ctx context.Context, c network.Conn) bool {
 		return false
 	}
 	defer s.Reset()
-	if d, ok := ctx.Deadline(); ok {
-		_ = s.SetDeadline(d)
-	}
+	// The deadline or Close (ctx) ends a write or read that hangs.
+	stop := context.AfterFunc(ctx, func() { _ = s.Reset() })
+	defer stop()
 	if err := s.SetProtocol(ping.ID); err != nil {
 		return false
 	}
