@@ -279,12 +279,12 @@ func (p *peerState) open(protos ...protocol.ID) (network.Stream, error) {
 }
 
 // dial connects to the peer through Connect, and stops waiting as soon as
-// the peer dialed us. (Connections of the dial itself are Connect's to judge:
-// it dials again when the peer drops one right after accepting it.) A peer that restarted on new
-// addresses dials us while our dial of its old ones waits out its timeouts
-// (a QUIC port that nobody serves never refuses; libp2p gives up on a local
-// address after 5 s), and libp2p does not end a dial when the peer connects
-// by itself meanwhile.
+// the peer dialed us: a peer that restarted on new addresses dials us while
+// our dial of its old ones waits out its timeouts (a QUIC port that nobody
+// serves never refuses; libp2p gives up on a local address after 5 s), and
+// libp2p does not end a dial when the peer connects by itself meanwhile.
+// Connections of the dial itself are Connect's to judge: it dials again
+// when the peer drops one right after accepting it.
 func (p *peerState) dial(ctx context.Context) error {
 	h := p.t.h
 	dctx, cancel := context.WithCancel(ctx)

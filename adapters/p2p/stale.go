@@ -61,6 +61,7 @@ type reapingHost struct {
 	log    *slog.Logger
 
 	mu      sync.Mutex
+	closed  bool // set by Close: no probe starts after it
 	probing map[peer.ID]bool
 	rounds  atomic.Int64 // probe rounds ended (tests wait on it)
 }
@@ -89,7 +90,7 @@ func (r *reapingHost) connected(n network.Network, c network.Conn) {
 		return
 	}
 	r.mu.Lock()
-	if r.probing[p] {
+	if r.closed || r.probing[p] {
 		r.mu.Unlock()
 		return
 	}
@@ -120,6 +121,9 @@ func (r *reapingHost) connected(n network.Network, c network.Conn) {
 
 // Close implements host.Host.
 func (r *reapingHost) Close() error {
+	r.mu.Lock()
+	r.closed = true
+	r.mu.Unlock()
 	r.cancel()
 	r.wg.Wait()
 	return r.Host.Close()
