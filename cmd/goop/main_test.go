@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"io"
 	"net"
@@ -143,6 +145,14 @@ func TestInitCommandLabelFlag(t *testing.T) {
 	assert.Equal(t, "Bob the peer", cfg.Profile.Label)
 }
 
+// testMDNSTag is an mDNS tag of its own: a test's node must not find, nor be
+// found by, the nodes of other tests or of people on this machine's LAN.
+func testMDNSTag() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return "goop-test-" + hex.EncodeToString(b[:])
+}
+
 func writeConfig(t *testing.T, dir string, cfg app.Config) {
 	t.Helper()
 	require.NoError(t, os.MkdirAll(dir, 0o755))
@@ -190,6 +200,7 @@ func TestPeerCommandRunsUntilCancelled(t *testing.T) {
 	cfg := app.DefaultConfig()
 	cfg.Profile.Label = "p"
 	cfg.Viewer.HTTPAddr = "127.0.0.1:0"
+	cfg.P2P.MDNSTag = testMDNSTag() // no other node on this machine finds it
 	writeConfig(t, dir, cfg)
 	// A first node warms up libp2p's process-wide goroutines.
 	warm, err := node.Start(context.Background(), filepath.Join(t.TempDir(), "warm"), node.Options{ListenIP: "127.0.0.1", NoAutoConnect: true,
@@ -255,7 +266,10 @@ func TestPeerCommandRunsUntilCancelled(t *testing.T) {
 // stops it with SIGTERM: exit status 0.
 func TestPeerProcessStopsOnSIGTERM(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "child")
-	_, err := node.Init(context.Background(), dir, node.InitOptions{Configure: func(c *app.Config) { c.Viewer.HTTPAddr = "127.0.0.1:0" }})
+	_, err := node.Init(context.Background(), dir, node.InitOptions{Configure: func(c *app.Config) {
+		c.Viewer.HTTPAddr = "127.0.0.1:0"
+		c.P2P.MDNSTag = testMDNSTag()
+	}})
 	require.NoError(t, err)
 	exe, err := os.Executable()
 	require.NoError(t, err)

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"net/http"
 	"strings"
@@ -20,9 +18,7 @@ import (
 // TestPeersCommand: `goop peers` prints the running node's peer table, and
 // --json its API answer.
 func TestPeersCommand(t *testing.T) {
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	tag := "goop-test-" + hex.EncodeToString(b[:])
+	tag := testMDNSTag()
 	startLAN := func(label string) *node.Running {
 		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 		defer cancel()
