@@ -17,10 +17,10 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
-	manet "github.com/multiformats/go-multiaddr/net"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/goop-p2p/goop/adapters/internal/nettest"
 	"github.com/goop-p2p/goop/domain/mq"
 	"github.com/goop-p2p/goop/domain/presence"
 	"github.com/goop-p2p/goop/ports"
@@ -420,43 +420,15 @@ func TestLimiter(t *testing.T) {
 // accepts and never answers, as a QUIC port nobody serves never refuses:
 // the dial of the new addresses must not wait behind it.
 func TestDialHintWithNewAddrsJoinsARunningDial(t *testing.T) {
-	silent, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = silent.Close() })
-	accepted := make(chan net.Conn, 16)
-	go func() {
-		for {
-			c, err := silent.Accept()
-			if err != nil {
-				return
-			}
-			accepted <- c
-		}
-	}()
-	t.Cleanup(func() {
-		for {
-			select {
-			case c := <-accepted:
-				_ = c.Close()
-			default:
-				return
-			}
-		}
-	})
+	silent := nettest.NewSilent(t)
 	ha, hb := newHost(t), newHost(t)
 	a, err := New(context.Background(), ha, Config{DialTimeout: time.Hour})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = a.Close() })
-	old, err := manet.FromNetAddr(silent.Addr())
-	require.NoError(t, err)
+	old := silent.Addr(t)
 
 	a.Dial(context.Background(), idOf(hb), []string{old.String()})
-	select {
-	case c := <-accepted: // the dial of the old address is under way
-		accepted <- c
-	case <-time.After(waitFor):
-		t.Fatal("the old address was never dialed")
-	}
+	silent.WaitDialed(t, waitFor)                                  // the dial of the old address is under way
 	a.Dial(context.Background(), idOf(hb), []string{old.String()}) // the same: nothing new
 	var addrs []string
 	for _, m := range hb.Addrs() {

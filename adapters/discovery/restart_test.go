@@ -3,9 +3,6 @@ package discovery
 import (
 	"context"
 	"crypto/rand"
-	"io"
-	"net"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,90 +14,11 @@ import (
 	manet "github.com/multiformats/go-multiaddr/net"
 	"github.com/stretchr/testify/require"
 
+	"github.com/goop-p2p/goop/adapters/internal/nettest"
 	"github.com/goop-p2p/goop/adapters/p2p"
 	"github.com/goop-p2p/goop/domain/presence"
 	"github.com/goop-p2p/goop/ports"
 )
-
-// freezer is a TCP proxy to one address that can be frozen: it then stops
-// forwarding in both directions but keeps every connection open, as a
-// crashed machine or a pulled cable leaves its peer's connections.
-type freezer struct {
-	ln     net.Listener
-	to     string
-	mu     sync.Mutex
-	frozen chan struct{}
-	conns  []net.Conn
-}
-
-func newFreezer(t *testing.T, to string) *freezer {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	f := &freezer{ln: ln, to: to, frozen: make(chan struct{})}
-	t.Cleanup(f.close)
-	go f.accept()
-	return f
-}
-
-func (f *freezer) accept() {
-	for {
-		c, err := f.ln.Accept()
-		if err != nil {
-			return
-		}
-		d, err := net.Dial("tcp", f.to)
-		if err != nil {
-			_ = c.Close()
-			continue
-		}
-		f.mu.Lock()
-		f.conns = append(f.conns, c, d)
-		f.mu.Unlock()
-		go f.pipe(c, d)
-		go f.pipe(d, c)
-	}
-}
-
-// pipe copies chunk by chunk until frozen, then holds the rest.
-func (f *freezer) pipe(dst, src net.Conn) {
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		select {
-		case <-f.frozen:
-			_, _ = io.Copy(io.Discard, src)
-			return
-		default:
-		}
-		if n > 0 {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
-func (f *freezer) freeze() { close(f.frozen) }
-
-func (f *freezer) close() {
-	_ = f.ln.Close()
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for _, c := range f.conns {
-		_ = c.Close()
-	}
-}
-
-func (f *freezer) addr(t *testing.T) ma.Multiaddr {
-	t.Helper()
-	m, err := manet.FromNetAddr(f.ln.Addr())
-	require.NoError(t, err)
-	return m
-}
 
 func hostWithKey(t *testing.T, priv crypto.PrivKey) host.Host {
 	t.Helper()
@@ -156,15 +74,15 @@ func TestRestartedPeerHearsUsAgain(t *testing.T) {
 	// A reaches B through the proxy; both hear each other.
 	bAddr, err := manet.ToNetAddr(hB.Addrs()[0])
 	require.NoError(t, err)
-	fz := newFreezer(t, bAddr.String())
+	fz := nettest.NewFreezer(t, bAddr.String())
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
-	require.NoError(t, hA.Connect(ctx, peer.AddrInfo{ID: hB.ID(), Addrs: []ma.Multiaddr{fz.addr(t)}}))
+	require.NoError(t, hA.Connect(ctx, peer.AddrInfo{ID: hB.ID(), Addrs: []ma.Multiaddr{fz.Addr(t)}}))
 	cA.wait(t, "A hears B", presenceFrom(hB, presence.TypeOnline), nil)
 	cB.wait(t, "B hears A", presenceFrom(hA, presence.TypeOnline), nil)
 
 	// A crashes: its connection stays open at B, frozen.
-	fz.freeze()
+	fz.Freeze()
 	_ = aA.Close()
 	_ = hA.Close()
 

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"runtime"
 	"runtime/pprof"
@@ -20,10 +19,10 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	ma "github.com/multiformats/go-multiaddr"
-	manet "github.com/multiformats/go-multiaddr/net"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/goop-p2p/goop/adapters/internal/nettest"
 	"github.com/goop-p2p/goop/domain/mq"
 	"github.com/goop-p2p/goop/ports"
 	"github.com/goop-p2p/goop/ports/transporttest"
@@ -775,45 +774,17 @@ func TestMQRemembersBoundedAddrs(t *testing.T) {
 // serves never refuses): the queued message goes out on the peer's new
 // connection at once, not when the dial gives up.
 func TestMQSendsOnceThePeerConnectsDuringADial(t *testing.T) {
-	silent, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = silent.Close() })
-	accepted := make(chan net.Conn, 4)
-	go func() {
-		for {
-			c, err := silent.Accept()
-			if err != nil {
-				return
-			}
-			accepted <- c
-		}
-	}()
-	t.Cleanup(func() {
-		for {
-			select {
-			case c := <-accepted:
-				_ = c.Close()
-			default:
-				return
-			}
-		}
-	})
+	silent := nettest.NewSilent(t)
 	ha, hb := newTestHost(t), newTestHost(t)
 	// The dial would wait much longer than the test does.
 	ta := newTransport(t, ha, MQOptions{OpenTimeout: 10 * waitFor})
 	tb := newTransport(t, hb, MQOptions{})
-	old, err := manet.FromNetAddr(silent.Addr())
-	require.NoError(t, err)
+	old := silent.Addr(t)
 	ha.Peerstore().AddAddr(hb.ID(), old, time.Hour)
 
 	f := testMsg("m-during-dial", 1)
 	require.NoError(t, ta.Send(pidOf(hb), f))
-	select {
-	case c := <-accepted: // a's writer is dialing b's old address
-		accepted <- c
-	case <-time.After(waitFor):
-		t.Fatal("a never dialed b's old address")
-	}
+	silent.WaitDialed(t, waitFor) // a's writer is dialing b's old address
 	connect(t, hb, ha)
 	// libp2p gives up dialing a local address after 5 s: the message must
 	// come well before (on a loopback connection it takes a millisecond).
