@@ -46,13 +46,16 @@ const ProbeTimeout = 2 * time.Second
 const staleRedial = 250 * time.Millisecond
 
 // reapingHost is a host that reaps stale connections (see ProbeTimeout):
-// when a peer opens a direct connection while older direct connections to
-// it are open, each older one is pinged; if one does not answer (or closed
-// meanwhile), all connections to the peer are closed (old and new:
-// GossipSub recovers only from a complete disconnection) and the peer is
-// dialed again. Two peers dialing each other at once end up with two live
-// connections, both kept. Close stops the probes and redials, then closes
-// the host.
+//   - when a peer opens a direct connection while older direct connections
+//     to it are open, each older one is pinged; if one does not answer (or
+//     closed meanwhile), all connections to the peer are closed (old and
+//     new: GossipSub recovers only from a complete disconnection) and the
+//     peer is dialed again. Two peers dialing each other at once end up with
+//     two live connections, both kept.
+//   - when one of a peer's connections closes while others stay open, those
+//     are pinged, and all are closed if one is dead.
+//
+// Close stops the probes and redials, then closes the host.
 type reapingHost struct {
 	host.Host
 	ctx    context.Context
@@ -69,13 +72,16 @@ type reapingHost struct {
 func reapStaleConns(h host.Host, log *slog.Logger) *reapingHost {
 	r := &reapingHost{Host: h, log: log, probing: map[peer.ID]bool{}}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
-	h.Network().Notify(&network.NotifyBundle{ConnectedF: r.connected})
+	h.Network().Notify(&network.NotifyBundle{ConnectedF: r.connected, DisconnectedF: r.disconnected})
 	return r
 }
 
-// connected runs on the swarm's notification: it must not block.
+// connected runs on the swarm's notification: it must not block. A peer
+// that opens a new connection while older ones are open may have come back
+// from a crash: any older one that is dead (or closed meanwhile) has all
+// the peer's connections closed and the peer dialed again.
 func (r *reapingHost) connected(n network.Network, c network.Conn) {
-	if r.ctx.Err() != nil || c.Stat().Limited {
+	if c.Stat().Limited {
 		return
 	}
 	p := c.RemotePeer()
@@ -86,7 +92,47 @@ func (r *reapingHost) connected(n network.Network, c network.Conn) {
 			older = append(older, o)
 		}
 	}
-	if len(older) == 0 {
+	r.probe(p, older, func(o network.Conn) bool {
+		if !o.IsClosed() && alive(r.ctx, o) {
+			return false
+		}
+		r.log.Info("p2p: peer opened a new connection while an older one is dead; reconnecting it",
+			"peer", p, "old", o.RemoteMultiaddr(), "new", c.RemoteMultiaddr())
+		redialStale(r.ctx, r.Host, p, c.RemoteMultiaddr())
+		return true
+	})
+}
+
+// disconnected runs on the swarm's notification: it must not block. When
+// one of a peer's connections closes (a crashed peer's TCP connection gets
+// a RST) while others stay open (its QUIC connections, which hear nothing),
+// those others are pinged, and if one is dead all are closed: the bus and
+// GossipSub stop writing into it at once instead of 30 s later, and the
+// peer, if it comes back, is not met by a dead connection.
+func (r *reapingHost) disconnected(n network.Network, c network.Conn) {
+	p := c.RemotePeer()
+	var rest []network.Conn
+	for _, o := range n.ConnsToPeer(p) {
+		if o != c && !o.Stat().Limited && !o.IsClosed() {
+			rest = append(rest, o)
+		}
+	}
+	r.probe(p, rest, func(o network.Conn) bool {
+		if o.IsClosed() || alive(r.ctx, o) {
+			return false
+		}
+		r.log.Debug("p2p: a connection of the peer closed and another is dead; closing the peer's connections",
+			"peer", p, "dead", o.RemoteMultiaddr())
+		_ = r.Network().ClosePeer(p)
+		return true
+	})
+}
+
+// probe runs check on each of p's connections conns, in order, on a
+// goroutine of its own, until check reports it acted. One probe round per
+// peer at a time; none once the host is closing.
+func (r *reapingHost) probe(p peer.ID, conns []network.Conn, check func(network.Conn) bool) {
+	if len(conns) == 0 || r.ctx.Err() != nil {
 		return
 	}
 	r.mu.Lock()
@@ -105,14 +151,8 @@ func (r *reapingHost) connected(n network.Network, c network.Conn) {
 			r.mu.Unlock()
 			r.rounds.Add(1)
 		}()
-		for _, o := range older {
-			if o.IsClosed() || !alive(r.ctx, o) {
-				if r.ctx.Err() != nil {
-					return
-				}
-				r.log.Info("p2p: peer opened a new connection while an older one is dead; reconnecting it",
-					"peer", p, "old", o.RemoteMultiaddr(), "new", c.RemoteMultiaddr())
-				redialStale(r.ctx, r.Host, p, c.RemoteMultiaddr())
+		for _, o := range conns {
+			if r.ctx.Err() != nil || check(o) {
 				return
 			}
 		}
