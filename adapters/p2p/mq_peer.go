@@ -279,17 +279,19 @@ func (p *peerState) open(protos ...protocol.ID) (network.Stream, error) {
 }
 
 // dial connects to the peer through Connect, and stops waiting as soon as
-// the peer dialed us: a peer that restarted on new addresses dials us while
-// our dial of its old ones waits out its timeouts (a QUIC port that nobody
-// serves never refuses; libp2p gives up on a local address after 5 s), and
-// libp2p does not end a dial when the peer connects by itself meanwhile.
-// Connections of the dial itself are Connect's to judge: it dials again
-// when the peer drops one right after accepting it.
+// the peer is reachable some other way: it dialed us, or another dial of
+// ours (discovery's, with its new addresses) got a connection that
+// completed identify. A peer that restarted on new addresses is found that
+// way while our dial of its old ones waits out its timeouts (a QUIC port
+// that nobody serves never refuses; libp2p gives up on a local address
+// after 5 s), and libp2p does not end a dial when the peer connects
+// meanwhile. A connection the peer drops right after accepting it
+// completes no identify: those stay Connect's to judge (it dials again).
 func (p *peerState) dial(ctx context.Context) error {
 	h := p.t.h
 	dctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	sub, err := h.EventBus().Subscribe(new(event.EvtPeerConnectednessChanged))
+	sub, err := h.EventBus().Subscribe([]any{new(event.EvtPeerConnectednessChanged), new(event.EvtPeerIdentificationCompleted)})
 	if err == nil {
 		defer sub.Close()
 		go func() {
@@ -301,10 +303,20 @@ func (p *peerState) dial(ctx context.Context) error {
 					if !ok {
 						return
 					}
-					if ev, _ := e.(event.EvtPeerConnectednessChanged); ev.Peer == p.id && ev.Connectedness == network.Connected && p.dialedUs() {
-						cancel()
-						return
+					switch ev := e.(type) {
+					case event.EvtPeerConnectednessChanged:
+						if ev.Peer != p.id || ev.Connectedness != network.Connected || !p.dialedUs() {
+							continue
+						}
+					case event.EvtPeerIdentificationCompleted:
+						if ev.Peer != p.id || ev.Conn == nil || ev.Conn.IsClosed() {
+							continue
+						}
+					default:
+						continue
 					}
+					cancel()
+					return
 				}
 			}
 		}()

@@ -769,36 +769,48 @@ func TestMQRemembersBoundedAddrs(t *testing.T) {
 }
 
 // TestMQSendsOnceThePeerConnectsDuringADial: a peer that restarted on new
-// addresses connects to us while our writer still dials its old ones (here
+// addresses gets connected while our writer still dials its old ones (here
 // a listener that accepts and never answers, as a QUIC port that nobody
-// serves never refuses): the queued message goes out on the peer's new
-// connection at once, not when the dial gives up.
+// serves never refuses) — it dials us, or discovery dials its new addresses
+// — and the queued message goes out on that connection at once, not when
+// the writer's dial gives up.
 func TestMQSendsOnceThePeerConnectsDuringADial(t *testing.T) {
-	silent := nettest.NewSilent(t)
-	ha, hb := newTestHost(t), newTestHost(t)
-	// The dial would wait much longer than the test does.
-	ta := newTransport(t, ha, MQOptions{OpenTimeout: 10 * waitFor})
-	tb := newTransport(t, hb, MQOptions{})
-	old := silent.Addr(t)
-	ha.Peerstore().AddAddr(hb.ID(), old, time.Hour)
+	for _, tc := range []struct {
+		name       string
+		theyDialUs bool
+	}{{"the peer dials us", true}, {"another dial of ours", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			silent := nettest.NewSilent(t)
+			ha, hb := newTestHost(t), newTestHost(t)
+			// The dial would wait much longer than the test does.
+			ta := newTransport(t, ha, MQOptions{OpenTimeout: 10 * waitFor})
+			tb := newTransport(t, hb, MQOptions{})
+			ha.Peerstore().AddAddr(hb.ID(), silent.Addr(t), time.Hour)
 
-	f := testMsg("m-during-dial", 1)
-	require.NoError(t, ta.Send(pidOf(hb), f))
-	silent.WaitDialed(t, waitFor) // a's writer is dialing b's old address
-	connect(t, hb, ha)
-	// libp2p gives up dialing a local address after 5 s: the message must
-	// come well before (on a loopback connection it takes a millisecond).
-	giveUp := time.NewTimer(2500 * time.Millisecond)
-	defer giveUp.Stop()
-	for {
-		select {
-		case ev := <-tb.Events():
-			if isFrame(ev) {
-				require.Equal(t, f.ID, ev.Frame.ID)
-				return
+			f := testMsg("m-during-dial", 1)
+			require.NoError(t, ta.Send(pidOf(hb), f))
+			silent.WaitDialed(t, waitFor) // a's writer is dialing b's old address
+			if tc.theyDialUs {
+				connect(t, hb, ha)
+			} else {
+				connect(t, ha, hb)
 			}
-		case <-giveUp.C:
-			t.Fatal("the message waited for the dial of b's old address to give up")
-		}
+			// libp2p gives up dialing a local address after 5 s: the
+			// message must come well before (on a loopback connection it
+			// takes a millisecond).
+			giveUp := time.NewTimer(2500 * time.Millisecond)
+			defer giveUp.Stop()
+			for {
+				select {
+				case ev := <-tb.Events():
+					if isFrame(ev) {
+						require.Equal(t, f.ID, ev.Frame.ID)
+						return
+					}
+				case <-giveUp.C:
+					t.Fatal("the message waited for the dial of b's old address to give up")
+				}
+			}
+		})
 	}
 }
