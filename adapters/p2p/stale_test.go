@@ -16,11 +16,11 @@ import (
 	"github.com/goop-p2p/goop/adapters/internal/nettest"
 )
 
-// TestLiveOlderConnectionIsKept: a peer with two live connections to us
-// (here two hosts of one identity, as two dials crossing each other leave)
-// answers the probe of the older one, and both stay.
-func TestLiveOlderConnectionIsKept(t *testing.T) {
-	hr := newTestHost(t)
+// twinHosts starts two hosts of one identity on 127.0.0.1: to us, two
+// connections of one peer (as two dials crossing each other leave, or a peer
+// that came back while its old connection lingers).
+func twinHosts(t *testing.T) (host.Host, host.Host) {
+	t.Helper()
 	key, _, err := crypto.GenerateEd25519Key(rand.Reader)
 	require.NoError(t, err)
 	twin := func() host.Host {
@@ -29,7 +29,15 @@ func TestLiveOlderConnectionIsKept(t *testing.T) {
 		t.Cleanup(func() { _ = h.Close() })
 		return h
 	}
-	h1, h2 := twin(), twin()
+	return twin(), twin()
+}
+
+// TestLiveOlderConnectionIsKept: a peer with two live connections to us
+// (here two hosts of one identity, as two dials crossing each other leave)
+// answers the probe of the older one, and both stay.
+func TestLiveOlderConnectionIsKept(t *testing.T) {
+	hr := newTestHost(t)
+	h1, h2 := twinHosts(t)
 	connect(t, h1, hr)
 	connect(t, h2, hr)
 	r := hr.(*reapingHost)
@@ -44,15 +52,7 @@ func TestLiveOlderConnectionIsKept(t *testing.T) {
 // up.
 func TestDeadSiblingConnectionIsClosed(t *testing.T) {
 	hr := newTestHost(t)
-	key, _, err := crypto.GenerateEd25519Key(rand.Reader)
-	require.NoError(t, err)
-	twin := func() host.Host {
-		h, err := NewHost(context.Background(), HostConfig{PrivKey: key, ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}})
-		require.NoError(t, err)
-		t.Cleanup(func() { _ = h.Close() })
-		return h
-	}
-	h1, h2 := twin(), twin()
+	h1, h2 := twinHosts(t)
 	to, err := manet.ToNetAddr(h1.Addrs()[0])
 	require.NoError(t, err)
 	fz := nettest.NewFreezer(t, to.String())
