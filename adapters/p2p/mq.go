@@ -455,6 +455,9 @@ func (t *MQTransport) watchConns() {
 			}
 			if idev, ok := e.(event.EvtPeerIdentificationCompleted); ok {
 				t.rememberAddrs(idev.Peer, idev.ListenAddrs)
+				if idev.Conn != nil && !idev.Conn.IsClosed() {
+					t.reachable(idev.Peer)
+				}
 				continue
 			}
 			ev, ok := e.(event.EvtPeerConnectednessChanged)
@@ -485,6 +488,17 @@ func (t *MQTransport) watchConns() {
 				}
 			}
 		}
+	}
+}
+
+// reachable ends the running dial of peer id's writer, if any (see
+// peerState.dial).
+func (t *MQTransport) reachable(id peer.ID) {
+	t.mu.RLock()
+	p := t.peers[mq.PeerID(id.String())]
+	t.mu.RUnlock()
+	if p != nil {
+		p.reachable()
 	}
 }
 

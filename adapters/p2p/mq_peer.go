@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
@@ -65,6 +64,8 @@ type peerState struct {
 	// dialing is set while the writer connects to the peer (see open): a
 	// connection lost meanwhile does not tear the peer down.
 	dialing atomic.Bool
+	// dialCancel ends the writer's running dial (see dial and reachable).
+	dialCancel atomic.Pointer[context.CancelFunc]
 
 	// wmu is the write lock: whoever holds it writes to the peer's streams
 	// through w — the writer goroutine while it drains q, or a caller of
@@ -279,62 +280,31 @@ func (p *peerState) open(protos ...protocol.ID) (network.Stream, error) {
 }
 
 // dial connects to the peer through Connect, and stops waiting as soon as
-// the peer is reachable some other way: it dialed us, or another dial of
-// ours (discovery's, with its new addresses) got a connection that
-// completed identify. A peer that restarted on new addresses is found that
-// way while our dial of its old ones waits out its timeouts (a QUIC port
-// that nobody serves never refuses; libp2p gives up on a local address
-// after 5 s), and libp2p does not end a dial when the peer connects
-// meanwhile. A connection the peer drops right after accepting it
-// completes no identify: those stay Connect's to judge (it dials again).
+// the peer is reachable some other way (see reachable): a peer that
+// restarted on new addresses is found so while our dial of its old ones
+// waits out its timeouts (a QUIC port that nobody serves never refuses;
+// libp2p gives up on a local address after 5 s), and libp2p does not end a
+// dial when the peer connects meanwhile. The transport's watchConns, which
+// sees the connection events, calls reachable.
 func (p *peerState) dial(ctx context.Context) error {
-	h := p.t.h
 	dctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	sub, err := h.EventBus().Subscribe([]any{new(event.EvtPeerConnectednessChanged), new(event.EvtPeerIdentificationCompleted)})
-	if err == nil {
-		defer sub.Close()
-		go func() {
-			for {
-				select {
-				case <-dctx.Done():
-					return
-				case e, ok := <-sub.Out():
-					if !ok {
-						return
-					}
-					switch ev := e.(type) {
-					case event.EvtPeerConnectednessChanged:
-						if ev.Peer != p.id || ev.Connectedness != network.Connected || !p.dialedUs() {
-							continue
-						}
-					case event.EvtPeerIdentificationCompleted:
-						if ev.Peer != p.id || ev.Conn == nil || ev.Conn.IsClosed() {
-							continue
-						}
-					default:
-						continue
-					}
-					cancel()
-					return
-				}
-			}
-		}()
-		if p.dialedUs() {
-			return nil // before the subscription
-		}
-	}
-	return Connect(dctx, h, peer.AddrInfo{ID: p.id})
+	p.dialCancel.Store(&cancel)
+	defer p.dialCancel.Store(nil)
+	// A connection identified before dialCancel was set: Connect returns
+	// at once, as host.Connect does for a connected peer.
+	return Connect(dctx, p.t.h, peer.AddrInfo{ID: p.id})
 }
 
-// dialedUs reports whether an inbound connection from the peer is open.
-func (p *peerState) dialedUs() bool {
-	for _, c := range p.t.h.Network().ConnsToPeer(p.id) {
-		if c.Stat().Direction == network.DirInbound {
-			return true
-		}
+// reachable ends a running dial of the peer (see dial): a connection to it
+// completed identify — the peer dialed us, or another dial of ours
+// (discovery's, with its new addresses) got through. A connection the peer
+// drops right after accepting it completes no identify: those stay
+// Connect's to judge (it dials again).
+func (p *peerState) reachable() {
+	if cancel := p.dialCancel.Load(); cancel != nil {
+		(*cancel)()
 	}
-	return false
 }
 
 // openFailed handles a failed stream open: a peer we are not connected to is

@@ -215,11 +215,8 @@ func redialStale(ctx context.Context, h host.Host, p peer.ID, addr ma.Multiaddr)
 		return
 	case <-t.C:
 	}
-	if h.Network().Connectedness(p) == network.Connected {
-		return
-	}
-	h.Peerstore().AddAddr(p, addr, time.Minute)
 	dctx, cancel := context.WithTimeout(ctx, DefaultDialTimeout)
 	defer cancel()
-	_ = h.Connect(network.WithForceDirectDial(dctx, "p2p: reconnect after a dead connection"), peer.AddrInfo{ID: p})
+	// Connect returns at once if p came back by itself meanwhile.
+	_ = Connect(dctx, h, peer.AddrInfo{ID: p, Addrs: []ma.Multiaddr{addr}})
 }
