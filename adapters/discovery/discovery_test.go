@@ -32,6 +32,13 @@ func newHost(t *testing.T) host.Host {
 	t.Helper()
 	priv, _, err := crypto.GenerateEd25519Key(rand.Reader)
 	require.NoError(t, err)
+	return hostWithKey(t, priv)
+}
+
+// hostWithKey starts a host of identity priv on 127.0.0.1 (TCP only),
+// closed at cleanup.
+func hostWithKey(t *testing.T, priv crypto.PrivKey) host.Host {
+	t.Helper()
 	h, err := libp2p.New(libp2p.Identity(priv), libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"),
 		libp2p.DisableMetrics())
 	require.NoError(t, err)

@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -19,15 +18,6 @@ import (
 	"github.com/goop-p2p/goop/domain/presence"
 	"github.com/goop-p2p/goop/ports"
 )
-
-func hostWithKey(t *testing.T, priv crypto.PrivKey) host.Host {
-	t.Helper()
-	h, err := libp2p.New(libp2p.Identity(priv), libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"),
-		libp2p.DisableMetrics())
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = h.Close() })
-	return h
-}
 
 // heartbeat publishes h's presence on a every interval until the test ends.
 func heartbeat(t *testing.T, a *Adapter, h host.Host, label string, every time.Duration) {

@@ -54,6 +54,15 @@ func crashCopy(t *testing.T, cfg Config) Config {
 	return Config{Path: dst}
 }
 
+// requireStateAfterCrash opens a crash copy of the store at cfg and
+// requires it to hold model m's state.
+func requireStateAfterCrash(t *testing.T, m *storetest.Model, cfg Config) {
+	t.Helper()
+	c := mustOpen(t, crashCopy(t, cfg))
+	storetest.RequireState(t, m, c)
+	require.NoError(t, c.Close())
+}
+
 // logBuffer collects a store's log lines.
 type logBuffer struct {
 	mu sync.Mutex
@@ -87,12 +96,7 @@ func TestCursorLogSurvivesACrashAndKeepsTheNewest(t *testing.T) {
 		require.NoError(t, s.Apply(ctx, ports.Batch{Bus: cs}))
 		m.Apply(cs)
 	}
-	crashed := func() {
-		t.Helper()
-		c := mustOpen(t, crashCopy(t, cfg))
-		defer c.Close()
-		storetest.RequireState(t, m, c)
-	}
+	crashed := func() { t.Helper(); requireStateAfterCrash(t, m, cfg) }
 	apply(baseBatch()...) // C's cursor in the table
 	apply(setCursor("P", "pe1", 1))
 	apply(setCursor("P", "pe1", 2))
@@ -188,9 +192,7 @@ func TestCursorLogRotates(t *testing.T) {
 		require.NoError(t, err)
 		require.LessOrEqual(t, fi.Size(), int64(300+100), "the log stays near its bound")
 		if i%7 == 0 {
-			c := mustOpen(t, crashCopy(t, cfg))
-			storetest.RequireState(t, m, c)
-			require.NoError(t, c.Close())
+			requireStateAfterCrash(t, m, cfg)
 		}
 	}
 	assert.Greater(t, s.curlog.gen, gen+3, "it rotated")
@@ -205,15 +207,11 @@ func TestCursorLogRotates(t *testing.T) {
 		}
 	}
 	require.ErrorContains(t, err, "stopped before the rename")
-	c := mustOpen(t, crashCopy(t, cfg))
-	storetest.RequireState(t, m, c)
-	require.NoError(t, c.Close())
+	requireStateAfterCrash(t, m, cfg)
 	// No record may go to the old file now: the next open would ignore it.
 	s.curlog.beforeRename, s.curlog.rotateAt = nil, 1<<30
 	require.ErrorContains(t, s.Apply(ctx, ports.Batch{Bus: []mq.Change{setCursor("12D3KooWAAAA", "epoch", 1000)}}), "stopped before the rename")
-	c = mustOpen(t, crashCopy(t, cfg))
-	storetest.RequireState(t, m, c)
-	require.NoError(t, c.Close())
+	requireStateAfterCrash(t, m, cfg)
 }
 
 // A file that is not a cursor log stops the opening, naming it; a missing
