@@ -31,6 +31,9 @@ func TestGroupsPageInTwoBrowsers(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, id, 16)
 
+	// The host starts typing; the guest's arrival redraws the card.
+	require.NoError(t, chromedp.Do(hctx, chromedp.Focus(card+` form.say input[name=text]`),
+		chromedp.SendKeys(card+` form.say input[name=text]`, "a draft")))
 	require.NoError(t, chromedp.Do(gctx, chromedp.Navigate(guestURL+"/groups"), chromedp.WaitVisible("#join"),
 		chromedp.SetValue(`#join input[name=host_peer_id]`, host.PeerID.String()),
 		chromedp.SetValue(`#join input[name=group_id]`, id),
@@ -38,6 +41,10 @@ func TestGroupsPageInTwoBrowsers(t *testing.T) {
 		chromedp.WaitVisible(joined)))
 	_, err = poll[bool](hctx, `document.querySelectorAll('`+card+` .members li').length === 2`)
 	require.NoError(t, err, "the host's card lists the guest live")
+	draft, err := eval[string](hctx, `document.querySelector('`+card+` form.say input[name=text]').value + '|' +
+		(document.activeElement && document.activeElement.name)`)
+	require.NoError(t, err)
+	assert.Equal(t, "a draft|text", draft, "what the host was typing, and the focus, survived the redraw")
 
 	tabs := map[string]context.Context{"host": hctx, "guest": gctx}
 	say := func(who, sel, text string) {
@@ -73,4 +80,73 @@ func TestGroupsPageInTwoBrowsers(t *testing.T) {
 	require.NoError(t, err, "the kicked guest's card goes away")
 	_, err = poll[bool](hctx, `document.querySelectorAll('`+card+` .members li').length === 1`)
 	require.NoError(t, err, "the host's card no longer lists the guest")
+}
+
+// TestGroupsPageInvitations: the host invites the guest from the group's
+// card, picking it from the known peers; the guest, whose Groups page was
+// not open when the invitation came, finds it there, joins with one click,
+// and declines a second one.
+func TestGroupsPageInvitations(t *testing.T) {
+	b := twoBrowsers(t, "guest")
+	guest, hostURL, guestURL, hctx, gctx := b.other, b.hostURL, b.otherURL, b.hctx, b.octx
+	guestID := guest.PeerID.String()
+
+	// The host's page offers the peers of its peer table to invite.
+	require.NoError(t, chromedp.Do(hctx, chromedp.Navigate(hostURL+"/groups"), chromedp.WaitVisible("#create")))
+	_, err := poll[bool](hctx, fmt.Sprintf(`fetch('/api/peers').then(r => r.json()).then(l => l.some(p => p.peer_id === %q))`, guestID))
+	require.NoError(t, err, "the host's peer table knows the guest")
+	create := func(name string) string {
+		t.Helper()
+		n, err := eval[int](hctx, `document.querySelectorAll('#hosted .group').length`)
+		require.NoError(t, err)
+		require.NoError(t, chromedp.Do(hctx,
+			chromedp.SetValue(`#create input[name=name]`, name),
+			chromedp.SetValue(`#create select[name=access]`, "invite-only"),
+			chromedp.Click(`#create button`)))
+		id, err := poll[string](hctx, fmt.Sprintf(`document.querySelectorAll('#hosted .group').length > %d &&
+			document.querySelectorAll('#hosted .group')[%d].dataset.key.split('/')[1]`, n, n))
+		require.NoError(t, err)
+		return id
+	}
+	invite := func(id string) {
+		t.Helper()
+		card := fmt.Sprintf(`#hosted .group[data-key$=%q]`, "/"+id)
+		require.NoError(t, chromedp.Do(hctx, chromedp.Navigate(hostURL+"/groups"), chromedp.WaitVisible(card)))
+		label, err := poll[string](hctx, fmt.Sprintf(`(function () {
+			var o = document.querySelector('#known-peers option[value=%q]'); return o && o.label })()`, guestID))
+		require.NoError(t, err, "the guest is offered in the invite box")
+		assert.Equal(t, "guest", label)
+		require.NoError(t, chromedp.Do(hctx,
+			chromedp.SetValue(card+` form.invite input[name=peer]`, guestID),
+			chromedp.Click(card+` form.invite button`)))
+		_, err = poll[bool](hctx, `document.querySelector('`+card+` .log').textContent.includes('invited guest')`)
+		require.NoError(t, err)
+	}
+	club := create("secret club")
+	invite(club)
+
+	// The invitation reached the guest's node while no Groups page was open.
+	require.NoError(t, chromedp.Do(gctx, chromedp.Navigate(guestURL+"/")))
+	_, err = poll[bool](gctx, fmt.Sprintf(`fetch('/api/groups/invitations').then(r => r.json()).then(l => l.some(i => i.group_id === %q))`, club))
+	require.NoError(t, err)
+	require.NoError(t, chromedp.Do(gctx, chromedp.Navigate(guestURL+"/groups"), chromedp.WaitVisible("#join")))
+	_, err = poll[bool](gctx, `document.querySelector('#invites').innerText.includes('secret club (general) from host')`)
+	require.NoError(t, err, "the guest's page lists the invitation, naming the host by its label")
+	require.NoError(t, chromedp.Do(gctx, screenshot(t, "groups-page-invitation.png")))
+	require.NoError(t, chromedp.Do(gctx, chromedp.Click(`#invites button:not(.danger)`)))
+	_, err = poll[bool](gctx, fmt.Sprintf(`!!document.querySelector('#joined .group[data-key$=%q]') &&
+		document.querySelector('#invites').innerText.trim() === 'none'`, "/"+club))
+	require.NoError(t, err, "joined, and the invitation is gone")
+
+	// A second invitation comes while the page is open; the guest declines it.
+	spare := create("spare")
+	invite(spare)
+	_, err = poll[bool](gctx, `document.querySelector('#invites').innerText.includes('spare')`)
+	require.NoError(t, err, "a new invitation shows up live")
+	require.NoError(t, chromedp.Do(gctx, chromedp.Click(`#invites button.danger`)))
+	_, err = poll[bool](gctx, `document.querySelector('#invites').innerText.trim() === 'none'`)
+	require.NoError(t, err)
+	list, err := eval[[]any](gctx, `Goop.group.invitations()`)
+	require.NoError(t, err)
+	assert.Empty(t, list, "declined on the node, not only on the page")
 }

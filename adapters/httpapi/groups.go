@@ -21,6 +21,8 @@ func (s *server) registerGroups(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/groups", s.groupsList)
 	mux.HandleFunc("POST /api/groups", s.groupsCreate)
 	mux.HandleFunc("GET /api/groups/subscriptions", s.groupsSubscriptions)
+	mux.HandleFunc("GET /api/groups/invitations", s.groupsInvitations)
+	mux.HandleFunc("POST /api/groups/invitations/decline", s.groupsDecline)
 	mux.HandleFunc("POST /api/groups/join", s.groupsJoin)
 	mux.HandleFunc("POST /api/groups/leave", s.groupsLeave)
 	mux.HandleFunc("POST /api/groups/send", s.groupsSend)
@@ -144,6 +146,43 @@ func subscriptionJSON(v group.SubView) SubscriptionJSON {
 		out.Members = []group.Member{}
 	}
 	return out
+}
+
+// InvitationJSON is an invitation this node received and has neither
+// accepted (joined) nor declined.
+// Its fields are the group.invite payload's, plus when it came.
+type InvitationJSON struct {
+	group.Invite
+	ReceivedAt int64 `json:"received_at"` // unix ms
+}
+
+func (s *server) groupsInvitations(w http.ResponseWriter, r *http.Request) {
+	out := []InvitationJSON{}
+	if !s.do(w, r, func(now time.Time, n *app.Node) error {
+		for _, inv := range n.Groups().Invitations() {
+			out = append(out, InvitationJSON{Invite: group.Invite{GroupID: inv.GroupID, GroupName: inv.GroupName,
+				HostPeerID: string(inv.Host), GroupType: inv.GroupType, GroupContext: inv.GroupContext, Volatile: inv.Volatile,
+				Lifecycle: inv.Lifecycle, Access: inv.Access}, ReceivedAt: inv.ReceivedAt.UnixMilli()})
+		}
+		return nil
+	}) {
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *server) groupsDecline(w http.ResponseWriter, r *http.Request) {
+	req, ok := decodeHostedRef(w, r)
+	if !ok {
+		return
+	}
+	host, ok := s.checkPeer(w, "host_peer_id", req.HostPeerID)
+	if !ok {
+		return
+	}
+	if s.do(w, r, func(now time.Time, n *app.Node) error { return n.Group(now).DeclineInvitation(now, host, req.GroupID) }) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "declined"})
+	}
 }
 
 // groupError writes a group error with an HTTP status that fits its code;
@@ -296,13 +335,23 @@ type groupRef struct {
 	GroupID    string `json:"group_id"`
 }
 
-func (s *server) groupsJoin(w http.ResponseWriter, r *http.Request) {
+// decodeHostedRef decodes a groupRef whose host_peer_id and group_id are
+// both required.
+func decodeHostedRef(w http.ResponseWriter, r *http.Request) (groupRef, bool) {
 	var req groupRef
 	if !decodeBody(w, r, &req) || !requireGroupID(w, req.GroupID) {
-		return
+		return req, false
 	}
 	if req.HostPeerID == "" {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "missing host_peer_id", "code": group.CodeInvalid})
+		return req, false
+	}
+	return req, true
+}
+
+func (s *server) groupsJoin(w http.ResponseWriter, r *http.Request) {
+	req, ok := decodeHostedRef(w, r)
+	if !ok {
 		return
 	}
 	host, ok := s.hostOf(w, req.HostPeerID)

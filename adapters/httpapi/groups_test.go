@@ -140,6 +140,58 @@ func TestGroupsJoinErrorsKeepTheirCode(t *testing.T) {
 	assert.Equal(t, http.StatusOK, r.status, "%v", r.body)
 }
 
+// An invitation waits in GET /api/groups/invitations until it is accepted
+// (joined) or declined.
+func TestGroupsInvitationsListedUntilJoinedOrDeclined(t *testing.T) {
+	g := newGroupFixture(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	bEvents, _ := openSSEPath(t, ctx, g.bsrv.URL+"/api/groups/events")
+	require.Equal(t, "connected", nextSSE(t, bEvents).event)
+	assert.Empty(t, g.getB(t, "/api/groups/invitations"))
+
+	var ids []string
+	for _, name := range []string{"book club", "chess"} {
+		r := g.post(t, "/api/groups", map[string]any{"name": name, "group_type": "chat", "access": "invite-only"})
+		require.Equal(t, http.StatusOK, r.status, "%v", r.body)
+		id := r.body["id"].(string)
+		ids = append(ids, id)
+		r = g.post(t, "/api/groups/invite", map[string]any{"group_id": id, "peer_id": string(g.b.id)})
+		require.Equal(t, http.StatusOK, r.status, "%v", r.body)
+		assert.Equal(t, id, nextGroupSSE(t, bEvents, "invite")["group"])
+	}
+	invs := g.getB(t, "/api/groups/invitations")
+	require.Len(t, invs, 2)
+	byID := map[string]map[string]any{}
+	for _, inv := range invs {
+		byID[inv["group_id"].(string)] = inv
+	}
+	club := byID[ids[0]]
+	require.NotNil(t, club)
+	assert.Equal(t, "book club", club["group_name"])
+	assert.Equal(t, string(g.a.id), club["host_peer_id"])
+	assert.Equal(t, "chat", club["group_type"])
+	assert.Equal(t, "invite-only", club["access"])
+	assert.NotZero(t, club["received_at"])
+
+	r := g.postB(t, "/api/groups/join", map[string]any{"host_peer_id": string(g.a.id), "group_id": ids[0]})
+	require.Equal(t, http.StatusOK, r.status, "%v", r.body)
+	invs = g.getB(t, "/api/groups/invitations")
+	require.Len(t, invs, 1, "joining accepts the invitation")
+	assert.Equal(t, ids[1], invs[0]["group_id"])
+
+	r = g.postB(t, "/api/groups/invitations/decline", map[string]any{"host_peer_id": string(g.a.id), "group_id": ids[1]})
+	require.Equal(t, http.StatusOK, r.status, "%v", r.body)
+	assert.Equal(t, "declined", r.body["status"])
+	nextGroupSSE(t, bEvents, "declined")
+	assert.Empty(t, g.getB(t, "/api/groups/invitations"))
+
+	r = g.postB(t, "/api/groups/invitations/decline", map[string]any{"host_peer_id": string(g.a.id), "group_id": ids[1]})
+	assert.Equal(t, http.StatusNotFound, r.status, "%v", r.body)
+	assert.Equal(t, "not_found", r.body["code"])
+	assert.Contains(t, r.body["error"], "no invitation")
+}
+
 func TestGroupsRejectBadInput(t *testing.T) {
 	g := newGroupFixture(t)
 	cases := []struct {
@@ -163,6 +215,9 @@ func TestGroupsRejectBadInput(t *testing.T) {
 		{"invite bad peer", "/api/groups/invite", map[string]any{"group_id": "0123456789abcdef", "peer_id": "x"}, 400, "peer_id"},
 		{"close unknown", "/api/groups/close", map[string]any{"group_id": "0123456789abcdef"}, 404, "no hosted group"},
 		{"max-members missing", "/api/groups/max-members", map[string]any{"group_id": "0123456789abcdef"}, 400, "max_members"},
+		{"decline without host", "/api/groups/invitations/decline", map[string]any{"group_id": "0123456789abcdef"}, 400, "host_peer_id"},
+		{"decline bad host", "/api/groups/invitations/decline", map[string]any{"host_peer_id": "x", "group_id": "0123456789abcdef"}, 400, "host_peer_id"},
+		{"decline bad group id", "/api/groups/invitations/decline", map[string]any{"host_peer_id": "x", "group_id": "../x"}, 400, "group_id"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

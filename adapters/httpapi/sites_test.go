@@ -315,6 +315,8 @@ func TestPeerOriginScoping(t *testing.T) {
 		{"close", "POST", "/api/groups/close", map[string]any{"group_id": "0123456789abcdef"}},
 		{"meta", "POST", "/api/groups/meta", map[string]any{"group_id": "0123456789abcdef", "name": "x"}},
 		{"history", "GET", "/api/groups/history?group_id=0123456789abcdef", nil},
+		{"invitations", "GET", "/api/groups/invitations", nil},
+		{"decline", "POST", "/api/groups/invitations/decline", map[string]any{"host_peer_id": b, "group_id": "0123456789abcdef"}},
 		{"join a group of another peer", "POST", "/api/groups/join", map[string]any{"host_peer_id": c, "group_id": "0123456789abcdef"}},
 		{"send to a group of another peer", "POST", "/api/groups/send", map[string]any{"host_peer_id": c, "group_id": "0123456789abcdef", "payload": 1}},
 		{"send to our own group", "POST", "/api/groups/send", map[string]any{"group_id": "0123456789abcdef", "payload": 1}},

@@ -18,6 +18,7 @@ import (
 
 func init() {
 	Register(Migration{Version: 2, Name: "group tables", Up: createGroupTables})
+	Register(Migration{Version: 5, Name: "received group invitations", Up: createInvitationTable})
 }
 
 // HistoryLimit is the most relayed messages kept per group: when a batch
@@ -110,6 +111,27 @@ type inviteRow struct {
 	GroupID   string `bun:"group_id,pk"`
 	PeerID    string `bun:"peer_id,pk"`
 	InvitedAt int64  `bun:"invited_at,notnull"`
+}
+
+// invitationRow is one group.invite this node received and has neither
+// accepted nor declined (ours); received_at is in Unix ms.
+type invitationRow struct {
+	bun.BaseModel `bun:"table:_group_invitations"`
+
+	HostPeerID   string `bun:"host_peer_id,pk"`
+	GroupID      string `bun:"group_id,pk"`
+	GroupName    string `bun:"group_name,notnull"`
+	GroupType    string `bun:"group_type,notnull"`
+	GroupContext string `bun:"group_context,notnull"`
+	Volatile     bool   `bun:"volatile,notnull"`
+	Lifecycle    string `bun:"lifecycle,notnull"`
+	Access       string `bun:"access,notnull"`
+	ReceivedAt   int64  `bun:"received_at,notnull"`
+}
+
+func createInvitationTable(ctx context.Context, tx bun.Tx) error {
+	_, err := tx.NewCreateTable().Model((*invitationRow)(nil)).Exec(ctx)
+	return err
 }
 
 // historyRow is one message relayed by a hosted group. Rows outlive their
@@ -206,6 +228,17 @@ func (s *Store) LoadGroups(ctx context.Context) (group.Snapshot, error) {
 			snap.Subscriptions = append(snap.Subscriptions, r.subscription())
 		}
 		slices.SortFunc(snap.Subscriptions, func(a, b group.Subscription) int {
+			return cmp.Or(strings.Compare(string(a.Host), string(b.Host)), strings.Compare(a.GroupID, b.GroupID))
+		})
+
+		var invs []invitationRow
+		if err := tx.NewSelect().Model(&invs).Scan(ctx); err != nil {
+			return fmt.Errorf("invitations: %w", err)
+		}
+		for _, r := range invs {
+			snap.Invitations = append(snap.Invitations, r.invitation())
+		}
+		slices.SortFunc(snap.Invitations, func(a, b group.Invitation) int {
 			return cmp.Or(strings.Compare(string(a.Host), string(b.Host)), strings.Compare(a.GroupID, b.GroupID))
 		})
 		return nil
@@ -362,6 +395,20 @@ func (r *subscriptionRow) subscription() group.Subscription {
 	}
 }
 
+func (r *invitationRow) invitation() group.Invitation {
+	return group.Invitation{
+		Host:         group.PeerID(r.HostPeerID),
+		GroupID:      r.GroupID,
+		GroupName:    r.GroupName,
+		GroupType:    r.GroupType,
+		GroupContext: r.GroupContext,
+		Volatile:     r.Volatile,
+		Lifecycle:    r.Lifecycle,
+		Access:       r.Access,
+		ReceivedAt:   fromMillis(r.ReceivedAt),
+	}
+}
+
 // fromMillis is the UTC time of ms Unix milliseconds; it maps the zero
 // time's milliseconds back to the zero time.
 func fromMillis(ms int64) time.Time { return time.UnixMilli(ms).UTC() }
@@ -398,6 +445,7 @@ type groupPlan struct {
 	members map[string]map[group.PeerID]*group.Member
 	invites map[string]map[group.PeerID]bool
 	subs    map[subKey]*group.Subscription
+	invs    map[subKey]*group.Invitation
 	history []*group.HistoryEntry
 	// counts is filled while the plan runs: the history row count of each
 	// group that got history, once the transaction commits.
@@ -406,7 +454,7 @@ type groupPlan struct {
 
 func (p *groupPlan) empty() bool {
 	return len(p.groups) == 0 && len(p.wipe) == 0 && len(p.members) == 0 && len(p.invites) == 0 &&
-		len(p.subs) == 0 && len(p.history) == 0
+		len(p.subs) == 0 && len(p.invs) == 0 && len(p.history) == 0
 }
 
 var kindNames = map[group.ChangeKind]string{
@@ -419,6 +467,8 @@ var kindNames = map[group.ChangeKind]string{
 	group.PutSubscription:    "PutSubscription",
 	group.DeleteSubscription: "DeleteSubscription",
 	group.AppendHistory:      "AppendHistory",
+	group.PutInvitation:      "PutInvitation",
+	group.DeleteInvitation:   "DeleteInvitation",
 }
 
 // describe names change i of a batch for errors, with its keys quoted (they
@@ -491,6 +541,14 @@ func planGroups(cs []group.Change) (*groupPlan, error) {
 			if c.Kind == group.PutSubscription {
 				p.subs[subKey{c.Peer, c.GroupID}] = c.Sub
 			}
+		case group.PutInvitation, group.DeleteInvitation:
+			if p.invs == nil {
+				p.invs = map[subKey]*group.Invitation{}
+			}
+			p.invs[subKey{c.Peer, c.GroupID}] = nil
+			if c.Kind == group.PutInvitation {
+				p.invs[subKey{c.Peer, c.GroupID}] = c.Invitation
+			}
 		case group.AppendHistory:
 			p.history = append(p.history, c.History)
 		}
@@ -554,6 +612,18 @@ func checkGroupChange(c *group.Change) error {
 		if err := checkText(s.GroupName, s.GroupType, s.Role, s.HostName, s.Lifecycle, s.Access); err != nil {
 			return err
 		}
+	case group.PutInvitation:
+		needPeer = true
+		inv := c.Invitation
+		if inv == nil {
+			return fmt.Errorf("without an invitation")
+		}
+		if inv.Host != c.Peer || inv.GroupID != c.GroupID {
+			return fmt.Errorf("invitation (host %q, group %q) differs from the change's", inv.Host, inv.GroupID)
+		}
+		if err := checkText(inv.GroupName, inv.GroupType, inv.GroupContext, inv.Lifecycle, inv.Access); err != nil {
+			return err
+		}
 	case group.AppendHistory:
 		h := c.History
 		if h == nil {
@@ -565,7 +635,7 @@ func checkGroupChange(c *group.Change) error {
 		if err := checkText(string(h.From), h.Type); err != nil {
 			return err
 		}
-	case group.DeleteMember, group.PutInvite, group.DeleteInvite, group.DeleteSubscription:
+	case group.DeleteMember, group.PutInvite, group.DeleteInvite, group.DeleteSubscription, group.DeleteInvitation:
 		needPeer = true
 	}
 	if needPeer && c.Peer == "" {
@@ -610,6 +680,9 @@ func (s *Store) applyGroupPlan(ctx context.Context, st *stepper, p *groupPlan) e
 	}
 	if err := applySubs(ctx, tx, st, p.subs); err != nil {
 		return fmt.Errorf("subscriptions: %w", err)
+	}
+	if err := applyInvitations(ctx, tx, st, p.invs); err != nil {
+		return fmt.Errorf("invitations: %w", err)
 	}
 	if err := s.appendHistory(ctx, st, p); err != nil {
 		return fmt.Errorf("history: %w", err)
@@ -744,14 +817,53 @@ func (s *Store) applyInvites(ctx context.Context, tx bun.Tx, st *stepper, invite
 	})
 }
 
-func applySubs(ctx context.Context, tx bun.Tx, st *stepper, subs map[subKey]*group.Subscription) error {
-	keys := make([]subKey, 0, len(subs))
-	for k := range subs {
+// sortedSubKeys returns m's keys by host, then group id.
+func sortedSubKeys[V any](m map[subKey]V) []subKey {
+	keys := make([]subKey, 0, len(m))
+	for k := range m {
 		keys = append(keys, k)
 	}
 	slices.SortFunc(keys, func(a, b subKey) int {
 		return cmp.Or(strings.Compare(string(a.host), string(b.host)), strings.Compare(a.group, b.group))
 	})
+	return keys
+}
+
+func applyInvitations(ctx context.Context, tx bun.Tx, st *stepper, invs map[subKey]*group.Invitation) error {
+	var dels [][2]string
+	var puts []invitationRow
+	for _, k := range sortedSubKeys(invs) {
+		inv := invs[k]
+		if inv == nil {
+			dels = append(dels, [2]string{string(k.host), k.group})
+			continue
+		}
+		puts = append(puts, invitationRow{
+			HostPeerID:   string(inv.Host),
+			GroupID:      inv.GroupID,
+			GroupName:    inv.GroupName,
+			GroupType:    inv.GroupType,
+			GroupContext: inv.GroupContext,
+			Volatile:     inv.Volatile,
+			Lifecycle:    inv.Lifecycle,
+			Access:       inv.Access,
+			ReceivedAt:   inv.ReceivedAt.UnixMilli(),
+		})
+	}
+	if err := deletePairs(ctx, tx, st, (*invitationRow)(nil), "host_peer_id", "group_id", dels); err != nil {
+		return err
+	}
+	size := func(r *invitationRow) int {
+		return len(r.HostPeerID) + len(r.GroupID) + len(r.GroupName) + len(r.GroupType) + len(r.GroupContext) +
+			len(r.Lifecycle) + len(r.Access) + 64
+	}
+	return insertChunks(ctx, tx, st, puts, size, func(q *bun.InsertQuery) *bun.InsertQuery {
+		return q.On("CONFLICT (host_peer_id, group_id) DO UPDATE")
+	})
+}
+
+func applySubs(ctx context.Context, tx bun.Tx, st *stepper, subs map[subKey]*group.Subscription) error {
+	keys := sortedSubKeys(subs)
 	var dels [][2]string
 	var puts []subscriptionRow
 	for _, k := range keys {

@@ -5,6 +5,7 @@ import (
 	"io"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/urfave/cli/v2"
 )
@@ -33,6 +34,15 @@ type subRow struct {
 	Members    []struct {
 		PeerID string `json:"peer_id"`
 	} `json:"members"`
+}
+
+type invitationRow struct {
+	GroupID    string `json:"group_id"`
+	GroupName  string `json:"group_name"`
+	HostPeerID string `json:"host_peer_id"`
+	GroupType  string `json:"group_type"`
+	Access     string `json:"access"`
+	ReceivedAt int64  `json:"received_at"`
 }
 
 func groupsCommand(stdout io.Writer) *cli.Command {
@@ -80,6 +90,27 @@ func groupsCommand(stdout io.Writer) *cli.Command {
 				},
 			},
 			{
+				Name: "invitations", Usage: "list the invitations received and neither joined nor declined (newest first)",
+				Flags: apiFlags(false),
+				Action: func(c *cli.Context) error {
+					cl, err := newClient(c, stdout)
+					if err != nil {
+						return err
+					}
+					var invs []invitationRow
+					if err := cl.call(c.Context, "GET", "/api/groups/invitations", nil, &invs); err != nil || cl.raw {
+						return err
+					}
+					tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+					fmt.Fprintln(tw, "HOST_PEER_ID\tGROUP_ID\tNAME\tTYPE\tACCESS\tRECEIVED")
+					for _, inv := range invs {
+						at := time.UnixMilli(inv.ReceivedAt).Local().Format(time.DateTime)
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", inv.HostPeerID, inv.GroupID, inv.GroupName, inv.GroupType, inv.Access, at)
+					}
+					return tw.Flush()
+				},
+			},
+			{
 				Name: "create", Usage: "create a hosted group", ArgsUsage: "NAME",
 				Flags: append(apiFlags(false),
 					&cli.StringFlag{Name: "type", Value: "general", Usage: "group `TYPE`: general, chat, files, cluster, listen, template, realtime"},
@@ -114,6 +145,8 @@ func groupsCommand(stdout io.Writer) *cli.Command {
 			},
 			groupAction(stdout, "join", "join a group hosted by a peer", "HOST_PEER_ID GROUP_ID", "/api/groups/join",
 				func(a []string) map[string]any { return map[string]any{"host_peer_id": a[0], "group_id": a[1]} }, "joined"),
+			groupAction(stdout, "decline", "decline (forget) an invitation; the host is not told", "HOST_PEER_ID GROUP_ID", "/api/groups/invitations/decline",
+				func(a []string) map[string]any { return map[string]any{"host_peer_id": a[0], "group_id": a[1]} }, "declined"),
 			groupAction(stdout, "leave", "leave a group", "HOST_PEER_ID GROUP_ID", "/api/groups/leave",
 				func(a []string) map[string]any { return map[string]any{"host_peer_id": a[0], "group_id": a[1]} }, "left"),
 			groupAction(stdout, "send", "send a message to a group (JSON, or text sent as {\"text\":...})", "HOST_PEER_ID GROUP_ID MESSAGE", "/api/groups/send",

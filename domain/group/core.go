@@ -133,12 +133,35 @@ type Subscription struct {
 	Access       string
 }
 
+// Invitation is a group.invite this node received and has neither accepted
+// (joined) nor declined yet (member side; ours: Goop2 shows an invitation
+// only while its page is open).
+type Invitation struct {
+	Host         PeerID
+	GroupID      string
+	GroupName    string
+	GroupType    string
+	GroupContext string
+	Volatile     bool
+	Lifecycle    string
+	Access       string
+	ReceivedAt   time.Time
+}
+
+// Bounds of the invitations kept: a peer that invites us again and again
+// replaces its own oldest invitations, never everyone else's.
+const (
+	MaxInvitations        = 100 // in all
+	MaxInvitationsPerHost = 20  // from one host
+)
+
 // Snapshot is the core's durable state as loaded at start.
 type Snapshot struct {
 	Groups        []Group
 	Members       map[string][]Member // by group id
 	Invites       map[string][]PeerID // by group id
 	Subscriptions []Subscription
+	Invitations   []Invitation
 }
 
 // ChangeKind names a durable change.
@@ -155,6 +178,8 @@ const (
 	PutSubscription
 	DeleteSubscription
 	AppendHistory
+	PutInvitation
+	DeleteInvitation
 )
 
 // HistoryEntry is one relayed message kept by the host (it outlives the group).
@@ -168,13 +193,14 @@ type HistoryEntry struct {
 
 // Change is one durable change; the runtime persists it before sending.
 type Change struct {
-	Kind    ChangeKind
-	GroupID string
-	Peer    PeerID // member / invitee / subscription host
-	Group   *Group
-	Member  *Member
-	Sub     *Subscription
-	History *HistoryEntry
+	Kind       ChangeKind
+	GroupID    string
+	Peer       PeerID // member / invitee / subscription or invitation host
+	Group      *Group
+	Member     *Member
+	Sub        *Subscription
+	History    *HistoryEntry
+	Invitation *Invitation
 }
 
 // Send is a bus message to send.
@@ -199,6 +225,7 @@ const (
 	EvMemberLeft   = "member_left"   // (host) a member left, was evicted or kicked; From, Reason
 	EvDissolved    = "dissolved"     // (host) an ephemeral group dissolved itself
 	EvInvite       = "invite"        // we were invited; Payload = Invite
+	EvDeclined     = "declined"      // we declined an invitation (it is forgotten)
 	EvCreated      = "created"       // (host) a group was created
 )
 
@@ -268,7 +295,9 @@ type Core struct {
 	cfg    Config
 	hosted map[string]*hosted
 	subs   map[subKey]*subscription
-	out    Ready
+	// invitations received, not yet accepted or declined
+	invitations map[subKey]*Invitation
+	out         Ready
 	// pending is the snapshot still to restore at the first step.
 	pending *Snapshot
 }
@@ -279,8 +308,9 @@ type Core struct {
 // Goop2 does after a restart.
 func NewCore(self PeerID, name string, snap Snapshot, cfg Config) *Core {
 	snap.Subscriptions = slices.Clone(snap.Subscriptions)
+	snap.Invitations = slices.Clone(snap.Invitations)
 	return &Core{self: self, name: name, cfg: cfg.withDefaults(), hosted: map[string]*hosted{},
-		subs: map[subKey]*subscription{}, pending: &snap}
+		subs: map[subKey]*subscription{}, invitations: map[subKey]*Invitation{}, pending: &snap}
 }
 
 // start finishes restoring at the first step.
@@ -327,6 +357,10 @@ func (c *Core) start(now time.Time) {
 		sub := &subscription{s: s, state: subJoined, lastHeard: now, restored: true, stored: true, nextRejoin: now.Add(c.cfg.RejoinInterval)}
 		c.subs[subKey{s.Host, s.GroupID}] = sub
 		c.sendJoin(s.Host, s.GroupID)
+	}
+	for i := range snap.Invitations {
+		inv := snap.Invitations[i]
+		c.invitations[subKey{inv.Host, inv.GroupID}] = &inv
 	}
 }
 
@@ -908,7 +942,7 @@ func (c *Core) relay(now time.Time, h *hosted, from PeerID, kind string, payload
 func (c *Core) Receive(now time.Time, from PeerID, topic string, payload []byte, origin PeerID) bool {
 	c.start(now)
 	if topic == TopicInvite {
-		c.onInvite(from, payload)
+		c.onInvite(now, from, payload)
 		return true
 	}
 	id, typ, ok := ParseTopic(topic)
@@ -938,14 +972,66 @@ func (c *Core) sendError(to PeerID, id string, e *Error) {
 	c.send(to, Topic(id, TypeError), mustJSON(control{Type: TypeError, Group: id, Payload: e}), "")
 }
 
-func (c *Core) onInvite(from PeerID, payload []byte) {
+func (c *Core) onInvite(now time.Time, from PeerID, payload []byte) {
 	var inv Invite
 	if json.Unmarshal(payload, &inv) != nil || !ValidID(inv.GroupID) || PeerID(inv.HostPeerID) != from ||
 		!validText(inv.GroupName, MaxNameBytes) || !validText(inv.GroupContext, MaxContextBytes) {
 		return // a peer can only invite to its own groups
 	}
+	inv.GroupType = cleanWord(inv.GroupType)
+	inv.Lifecycle, inv.Access = cleanEnum(inv.Lifecycle, Persistent, Ephemeral), cleanEnum(inv.Access, Open, InviteOnly)
+	k := subKey{from, inv.GroupID}
+	if s := c.subs[k]; s == nil || s.state != subJoined {
+		c.keepInvitation(&Invitation{Host: from, GroupID: inv.GroupID, GroupName: inv.GroupName, GroupType: inv.GroupType,
+			GroupContext: inv.GroupContext, Volatile: inv.Volatile, Lifecycle: inv.Lifecycle, Access: inv.Access, ReceivedAt: now})
+	}
 	c.event(Event{Type: EvInvite, Group: inv.GroupID, Host: from, From: from, Payload: mustJSON(inv), GroupType: inv.GroupType})
 }
+
+// keepInvitation stores inv (replacing an earlier invitation to the same
+// group), then drops the oldest invitations beyond the bounds: first the
+// host's own beyond MaxInvitationsPerHost, then any beyond MaxInvitations.
+func (c *Core) keepInvitation(inv *Invitation) {
+	c.invitations[subKey{inv.Host, inv.GroupID}] = inv
+	c.change(Change{Kind: PutInvitation, GroupID: inv.GroupID, Peer: inv.Host, Invitation: ptr(*inv)})
+	for _, host := range []PeerID{inv.Host, ""} {
+		limit := MaxInvitations
+		if host != "" {
+			limit = MaxInvitationsPerHost
+		}
+		list := c.Invitations()
+		if host != "" {
+			list = slices.DeleteFunc(list, func(x Invitation) bool { return x.Host != host })
+		}
+		for i := limit; i < len(list); i++ { // newest first: these are the oldest
+			c.dropInvitation(subKey{list[i].Host, list[i].GroupID})
+		}
+	}
+}
+
+// dropInvitation forgets the invitation of k, if any.
+func (c *Core) dropInvitation(k subKey) bool {
+	if c.invitations[k] == nil {
+		return false
+	}
+	delete(c.invitations, k)
+	c.change(Change{Kind: DeleteInvitation, GroupID: k.id, Peer: k.host})
+	return true
+}
+
+// DeclineInvitation forgets the invitation of host to group id. The host is
+// not told: Goop2's protocol has no message for it, and the invitation
+// lets us join until the host revokes it.
+func (c *Core) DeclineInvitation(now time.Time, host PeerID, id string) error {
+	c.start(now)
+	if !c.dropInvitation(subKey{host, id}) {
+		return Errorf(CodeNotFound, "no invitation to %s from %s", id, host)
+	}
+	c.event(Event{Type: EvDeclined, Group: id, Host: host})
+	return nil
+}
+
+func ptr[T any](v T) *T { return &v }
 
 func (c *Core) hostReceive(now time.Time, h *hosted, from PeerID, typ string, payload []byte) {
 	ms := h.members[from]
@@ -1053,6 +1139,7 @@ func (c *Core) memberReceive(now time.Time, s *subscription, host PeerID, id, ty
 			c.change(Change{Kind: PutSubscription, GroupID: id, Peer: host, Sub: &cp})
 			s.stored = true
 		}
+		c.dropInvitation(k) // accepted
 		if wasJoined {
 			c.event(Event{Type: EvMembers, Group: id, Host: host, Members: w.Members, GroupType: sub.GroupType})
 			return
@@ -1064,6 +1151,9 @@ func (c *Core) memberReceive(now time.Time, s *subscription, host PeerID, id, ty
 			return
 		}
 		ge := &Error{Code: truncate(e.Payload.Code, 64), Message: truncate(e.Payload.Message, 512)}
+		if ge.Code == CodeNotFound || ge.Code == CodeNotInvited {
+			c.dropInvitation(k) // the group is gone, or the host revoked it
+		}
 		switch {
 		case ge.Code == CodeNotMember && s.state == subJoining && !s.restored:
 			// The answer to a msg/state sent before this join (e.g. while we
@@ -1366,4 +1456,23 @@ func (c *Core) Subscription(host PeerID, id string) (SubView, bool) {
 		return SubView{}, false
 	}
 	return SubView{Sub: s.s, Joined: s.state == subJoined, Members: slices.Clone(s.members)}, true
+}
+
+// Invitations lists the invitations received and neither accepted nor
+// declined, newest first (then by host and group id).
+func (c *Core) Invitations() []Invitation {
+	out := make([]Invitation, 0, len(c.invitations))
+	for _, inv := range c.invitations {
+		out = append(out, *inv)
+	}
+	slices.SortFunc(out, func(a, b Invitation) int {
+		if d := b.ReceivedAt.Compare(a.ReceivedAt); d != 0 {
+			return d
+		}
+		if a.Host != b.Host {
+			return strings.Compare(string(a.Host), string(b.Host))
+		}
+		return strings.Compare(a.GroupID, b.GroupID)
+	})
+	return out
 }

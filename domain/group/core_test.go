@@ -18,11 +18,14 @@ type store struct {
 	members map[string]map[PeerID]Member
 	invites map[string]map[PeerID]bool
 	subs    map[string]Subscription
-	history []HistoryEntry
+	// received invitations by host/group
+	invitations map[string]Invitation
+	history     []HistoryEntry
 }
 
 func newStore() *store {
-	return &store{groups: map[string]Group{}, members: map[string]map[PeerID]Member{}, invites: map[string]map[PeerID]bool{}, subs: map[string]Subscription{}}
+	return &store{groups: map[string]Group{}, members: map[string]map[PeerID]Member{}, invites: map[string]map[PeerID]bool{},
+		subs: map[string]Subscription{}, invitations: map[string]Invitation{}}
 }
 
 func (s *store) apply(cs []Change) {
@@ -54,6 +57,10 @@ func (s *store) apply(cs []Change) {
 			delete(s.subs, string(c.Peer)+"/"+c.GroupID)
 		case AppendHistory:
 			s.history = append(s.history, *c.History)
+		case PutInvitation:
+			s.invitations[string(c.Peer)+"/"+c.GroupID] = *c.Invitation
+		case DeleteInvitation:
+			delete(s.invitations, string(c.Peer)+"/"+c.GroupID)
 		}
 	}
 }
@@ -75,6 +82,9 @@ func (s *store) snapshot() Snapshot {
 	}
 	for _, sub := range s.subs {
 		snap.Subscriptions = append(snap.Subscriptions, sub)
+	}
+	for _, inv := range s.invitations {
+		snap.Invitations = append(snap.Invitations, inv)
 	}
 	return snap
 }
@@ -347,12 +357,112 @@ func TestInviteLetsPeerJoinInviteOnlyGroup(t *testing.T) {
 	assert.True(t, w.nodes["H"].store.invites[gid]["A"], "invites are durable")
 }
 
+// An invitation is kept (durably) until it is accepted or declined, so a
+// user who was not watching when it came still finds it.
+func TestInvitationIsKeptUntilAcceptedOrDeclined(t *testing.T) {
+	w := newWorld(t, "H", "A")
+	w.create("H", CreateSpec{Access: InviteOnly, Lifecycle: Ephemeral, Context: "chess"})
+	w.create("H", CreateSpec{ID: "1111111111111111", Name: "second"})
+	require.NoError(t, w.nodes["H"].core.Invite(w.now, gid, "A"))
+	w.settle()
+	w.now = w.now.Add(time.Second)
+	require.NoError(t, w.nodes["H"].core.Invite(w.now, "1111111111111111", "A"))
+	w.settle()
+
+	a := w.nodes["A"]
+	want := []Invitation{
+		{Host: "H", GroupID: "1111111111111111", GroupName: "second", GroupType: AppGeneral, Lifecycle: Persistent,
+			Access: Open, ReceivedAt: w.now},
+		{Host: "H", GroupID: gid, GroupName: "game", GroupType: AppGeneral, GroupContext: "chess", Lifecycle: Ephemeral,
+			Access: InviteOnly, ReceivedAt: t0},
+	}
+	assert.Equal(t, want, a.core.Invitations(), "newest first")
+	w.restart("A")
+	assert.Equal(t, want, a.core.Invitations(), "kept across a restart")
+
+	w.join("A", "H", gid)
+	assert.Equal(t, want[:1], a.core.Invitations(), "joining accepts it")
+	assert.Len(t, a.store.invitations, 1)
+
+	require.NoError(t, a.core.DeclineInvitation(w.now, "H", "1111111111111111"))
+	w.settle()
+	assert.Empty(t, a.core.Invitations())
+	assert.Empty(t, a.store.invitations)
+	assert.Len(t, a.eventsOf(EvDeclined), 1)
+	var ge *Error
+	require.ErrorAs(t, a.core.DeclineInvitation(w.now, "H", "1111111111111111"), &ge)
+	assert.Equal(t, CodeNotFound, ge.Code)
+
+	// An invitation to a group we are in already is not kept.
+	require.NoError(t, w.nodes["H"].core.Invite(w.now, gid, "A"))
+	w.settle()
+	assert.Len(t, a.eventsOf(EvInvite), 1, "(events since the restart)")
+	assert.Empty(t, a.core.Invitations())
+}
+
+// A refused join drops the invitation when the group is gone or the host
+// revoked it; a join that times out keeps it.
+func TestInvitationDroppedWhenTheHostRefuses(t *testing.T) {
+	w := newWorld(t, "H", "A")
+	w.create("H", CreateSpec{Access: InviteOnly})
+	require.NoError(t, w.nodes["H"].core.Invite(w.now, gid, "A"))
+	w.settle()
+	w.cut["H"] = true
+	w.join("A", "H", gid)
+	w.advance(6 * time.Second)
+	require.Len(t, w.nodes["A"].eventsOf(EvJoinFailed), 1)
+	assert.Len(t, w.nodes["A"].core.Invitations(), 1, "a timeout says nothing of the invitation")
+
+	delete(w.cut, "H")
+	require.NoError(t, w.nodes["H"].core.Close(w.now, gid))
+	w.settle()
+	w.join("A", "H", gid)
+	f := w.nodes["A"].eventsOf(EvJoinFailed)
+	require.Len(t, f, 2)
+	assert.Equal(t, CodeNotFound, f[1].Err.Code)
+	assert.Empty(t, w.nodes["A"].core.Invitations())
+	assert.Empty(t, w.nodes["A"].store.invitations)
+}
+
+// A peer that invites us again and again replaces its own oldest
+// invitations, never other hosts'; the total is bounded too.
+func TestInvitationsAreBounded(t *testing.T) {
+	w := newWorld(t, "A")
+	a := w.nodes["A"].core
+	invite := func(host PeerID, i int) {
+		w.now = w.now.Add(time.Millisecond)
+		inv := mustJSON(Invite{GroupID: fmt.Sprintf("%016x", i), GroupName: "g", HostPeerID: string(host)})
+		a.Receive(w.now, host, TopicInvite, inv, "")
+	}
+	invite("GOOD", 0)
+	for i := 1; i <= 3*MaxInvitationsPerHost; i++ {
+		invite("SPAM", i)
+	}
+	w.settle()
+	byHost := map[PeerID]int{}
+	for _, inv := range a.Invitations() {
+		byHost[inv.Host]++
+	}
+	assert.Equal(t, map[PeerID]int{"GOOD": 1, "SPAM": MaxInvitationsPerHost}, byHost)
+	assert.Equal(t, fmt.Sprintf("%016x", 3*MaxInvitationsPerHost), a.Invitations()[0].GroupID, "the newest are kept")
+	assert.Len(t, w.nodes["A"].store.invitations, 1+MaxInvitationsPerHost, "the store holds what the core holds")
+
+	for i := 0; i < 2*MaxInvitations; i++ {
+		invite(PeerID(fmt.Sprintf("H%03d", i)), i)
+	}
+	w.settle()
+	assert.Len(t, a.Invitations(), MaxInvitations)
+	assert.Len(t, w.nodes["A"].store.invitations, MaxInvitations)
+	assert.Equal(t, PeerID(fmt.Sprintf("H%03d", 2*MaxInvitations-1)), a.Invitations()[0].Host)
+}
+
 func TestForgedInviteIgnored(t *testing.T) {
 	w := newWorld(t, "A")
 	inv := mustJSON(Invite{GroupID: gid, GroupName: "x", HostPeerID: "SOMEONE-ELSE"})
 	w.nodes["A"].core.Receive(w.now, "M", TopicInvite, inv, "")
 	w.settle()
 	assert.Empty(t, w.nodes["A"].eventsOf(EvInvite), "a peer can only invite to its own groups")
+	assert.Empty(t, w.nodes["A"].core.Invitations())
 }
 
 func TestLeaveUpdatesMembersAndEphemeralDissolves(t *testing.T) {

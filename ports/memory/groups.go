@@ -14,7 +14,9 @@ type Groups struct {
 	members map[string]map[group.PeerID]group.Member
 	invites map[string]map[group.PeerID]bool
 	subs    map[[2]string]group.Subscription
-	History []group.HistoryEntry
+	// received invitations, by (host, group id)
+	invitations map[[2]string]group.Invitation
+	History     []group.HistoryEntry
 	// historyCount is the number of History entries per group.
 	historyCount map[string]int
 }
@@ -22,7 +24,8 @@ type Groups struct {
 // NewGroups returns empty group state.
 func NewGroups() *Groups {
 	return &Groups{groups: map[string]group.Group{}, members: map[string]map[group.PeerID]group.Member{},
-		invites: map[string]map[group.PeerID]bool{}, subs: map[[2]string]group.Subscription{}}
+		invites: map[string]map[group.PeerID]bool{}, subs: map[[2]string]group.Subscription{},
+		invitations: map[[2]string]group.Invitation{}}
 }
 
 // Apply applies changes in order.
@@ -58,6 +61,10 @@ func (s *Groups) Apply(cs []group.Change) {
 		case group.AppendHistory:
 			s.History = append(s.History, *c.History)
 			s.pruneHistory(c.History.GroupID)
+		case group.PutInvitation:
+			s.invitations[[2]string{string(c.Peer), c.GroupID}] = *c.Invitation
+		case group.DeleteInvitation:
+			delete(s.invitations, [2]string{string(c.Peer), c.GroupID})
 		}
 	}
 }
@@ -85,6 +92,12 @@ func (s *Groups) Snapshot() group.Snapshot {
 		snap.Subscriptions = append(snap.Subscriptions, sub)
 	}
 	slices.SortFunc(snap.Subscriptions, func(a, b group.Subscription) int {
+		return compare(string(a.Host)+"/"+a.GroupID, string(b.Host)+"/"+b.GroupID)
+	})
+	for _, inv := range s.invitations {
+		snap.Invitations = append(snap.Invitations, inv)
+	}
+	slices.SortFunc(snap.Invitations, func(a, b group.Invitation) int {
 		return compare(string(a.Host)+"/"+a.GroupID, string(b.Host)+"/"+b.GroupID)
 	})
 	return snap

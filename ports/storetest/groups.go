@@ -69,6 +69,24 @@ func TestSub(host group.PeerID, id string) *group.Subscription {
 	}
 }
 
+// TestInvitation returns a received invitation with every field set.
+func TestInvitation(host group.PeerID, id string) *group.Invitation {
+	return &group.Invitation{
+		Host: host, GroupID: id, GroupName: "invited to " + id, GroupType: group.AppChat, GroupContext: `{"topic":"books"}`,
+		Volatile: false, Lifecycle: group.Ephemeral, Access: group.InviteOnly, ReceivedAt: baseTime.Add(2 * time.Minute),
+	}
+}
+
+// PutInvitation is the PutInvitation change of inv.
+func PutInvitation(inv *group.Invitation) group.Change {
+	return group.Change{Kind: group.PutInvitation, GroupID: inv.GroupID, Peer: inv.Host, Invitation: inv}
+}
+
+// DeleteInvitation is the DeleteInvitation change of (host, id).
+func DeleteInvitation(host group.PeerID, id string) group.Change {
+	return group.Change{Kind: group.DeleteInvitation, GroupID: id, Peer: host}
+}
+
 // PutGroup is the PutGroup change of g.
 func PutGroup(g *group.Group) group.Change {
 	return group.Change{Kind: group.PutGroup, GroupID: g.ID, Group: g}
@@ -124,7 +142,9 @@ type GroupModel struct {
 	Members map[string]map[group.PeerID]group.Member
 	Invites map[string]map[group.PeerID]bool
 	Subs    map[[2]string]group.Subscription
-	History []group.HistoryEntry
+	// Invitations received, by (host, group id).
+	Invitations map[[2]string]group.Invitation
+	History     []group.HistoryEntry
 	// Limit, when positive, replaces HistoryLimit as the history a store
 	// keeps per group (for stores tested with a smaller bound).
 	Limit int
@@ -133,7 +153,8 @@ type GroupModel struct {
 // NewGroupModel returns an empty model.
 func NewGroupModel() *GroupModel {
 	return &GroupModel{Groups: map[string]group.Group{}, Members: map[string]map[group.PeerID]group.Member{},
-		Invites: map[string]map[group.PeerID]bool{}, Subs: map[[2]string]group.Subscription{}}
+		Invites: map[string]map[group.PeerID]bool{}, Subs: map[[2]string]group.Subscription{},
+		Invitations: map[[2]string]group.Invitation{}}
 }
 
 // Apply applies cs in order.
@@ -166,6 +187,10 @@ func (m *GroupModel) Apply(cs []group.Change) {
 			delete(m.Subs, [2]string{string(c.Peer), c.GroupID})
 		case group.AppendHistory:
 			m.History = append(m.History, *c.History)
+		case group.PutInvitation:
+			m.Invitations[[2]string{string(c.Peer), c.GroupID}] = *c.Invitation
+		case group.DeleteInvitation:
+			delete(m.Invitations, [2]string{string(c.Peer), c.GroupID})
 		}
 	}
 }
@@ -188,6 +213,9 @@ func (m *GroupModel) Snapshot() group.Snapshot {
 	}
 	for _, s := range m.Subs {
 		snap.Subscriptions = append(snap.Subscriptions, s)
+	}
+	for _, inv := range m.Invitations {
+		snap.Invitations = append(snap.Invitations, inv)
 	}
 	return NormalizeGroups(snap)
 }
@@ -265,7 +293,7 @@ func normalizeHistory(hs []group.HistoryEntry) []group.HistoryEntry {
 // NormalizeGroups returns snap in the form stores are compared in: times to
 // the millisecond in UTC, empty roles, state, lists and slices as nil,
 // groups by id, members by joined_at then peer id, invites by peer id,
-// subscriptions by host then group id. Its maps are non-nil.
+// subscriptions and invitations by host then group id. Its maps are non-nil.
 func NormalizeGroups(snap group.Snapshot) group.Snapshot {
 	out := group.Snapshot{Members: map[string][]group.Member{}, Invites: map[string][]group.PeerID{}}
 	for _, g := range snap.Groups {
@@ -295,6 +323,13 @@ func NormalizeGroups(snap group.Snapshot) group.Snapshot {
 		out.Subscriptions = append(out.Subscriptions, s)
 	}
 	slices.SortFunc(out.Subscriptions, func(a, b group.Subscription) int {
+		return cmp.Or(strings.Compare(string(a.Host), string(b.Host)), strings.Compare(a.GroupID, b.GroupID))
+	})
+	for _, inv := range snap.Invitations {
+		inv.ReceivedAt = ms(inv.ReceivedAt)
+		out.Invitations = append(out.Invitations, inv)
+	}
+	slices.SortFunc(out.Invitations, func(a, b group.Invitation) int {
 		return cmp.Or(strings.Compare(string(a.Host), string(b.Host)), strings.Compare(a.GroupID, b.GroupID))
 	})
 	return out
@@ -363,6 +398,7 @@ var groupScenarios = []scenario{
 		assert.Empty(t, snap.Members)
 		assert.Empty(t, snap.Invites)
 		assert.Empty(t, snap.Subscriptions)
+		assert.Empty(t, snap.Invitations)
 		if gs, ok := st.(GroupStore); ok {
 			assert.Empty(t, loadHistory(t, gs, "g1", 0))
 			assert.Empty(t, loadPublic(t, gs))
@@ -376,6 +412,8 @@ var groupScenarios = []scenario{
 		g2.CreatedAt = baseTime.Add(1500 * time.Millisecond)
 		sub2 := TestSub("12D3KooWOther", "g9")
 		sub2.Volatile, sub2.Access, sub2.MaxMembers = true, group.Open, 0
+		inv2 := TestInvitation("12D3KooWOther", "g8")
+		inv2.Volatile, inv2.Access, inv2.GroupContext, inv2.Lifecycle = true, group.Open, "", ""
 		t0 := baseTime.UnixMilli()
 		applyGroups(t, st, m,
 			PutGroup(TestGroup("g1")), PutGroup(g2),
@@ -386,6 +424,7 @@ var groupScenarios = []scenario{
 			PutMember("g2", "12D3KooWAmy", "amy", group.DefaultRoleName, t0+5),
 			PutInvite("g2", "12D3KooWBob"), PutInvite("g2", "12D3KooWAmy"),
 			PutSub(TestSub("12D3KooWRemote", "g7")), PutSub(sub2),
+			PutInvitation(TestInvitation("12D3KooWRemote", "g8")), PutInvitation(inv2),
 			History("g1", "12D3KooWAmy", group.TypeMsg, `{"move":"e2e4"}`, baseTime.Add(time.Second)),
 			History("g1", "12D3KooWZed", group.TypeState, `{"board":"x","turn":2}`, baseTime.Add(2*time.Second)),
 			History("g2", "12D3KooWAmy", group.TypeMsg, `"hi"`, baseTime.Add(3*time.Second)),
@@ -399,21 +438,27 @@ var groupScenarios = []scenario{
 		assert.Equal(t, []group.PeerID{"12D3KooWAmy", "12D3KooWBob"}, snap.Invites["g2"])
 		require.Len(t, snap.Subscriptions, 2)
 		assert.Equal(t, *TestSub("12D3KooWRemote", "g7"), snap.Subscriptions[1], "every field of the subscription round-trips")
+		require.Len(t, snap.Invitations, 2)
+		assert.Equal(t, *TestInvitation("12D3KooWRemote", "g8"), snap.Invitations[1], "every field of the invitation round-trips")
 
 		// A later batch updates and deletes one of each.
 		g1 := TestGroup("g1")
 		g1.Name, g1.State, g1.Roles, g1.HostJoined = "renamed", json.RawMessage(`[1,2,3]`), []string{"player"}, false
+		renamedInv := TestInvitation("12D3KooWRemote", "g8")
+		renamedInv.GroupName, renamedInv.ReceivedAt = "invited again", baseTime.Add(time.Hour)
 		applyGroups(t, st, m,
 			PutGroup(g1),
 			PutMember("g1", "12D3KooWAmy", "amy b.", "player", t0+10),
 			DeleteMember("g1", "12D3KooWZed"),
 			DeleteInvite("g2", "12D3KooWBob"),
 			DeleteSub("12D3KooWOther", "g9"),
+			DeleteInvitation("12D3KooWOther", "g8"), PutInvitation(renamedInv),
 			History("g1", "12D3KooWAmy", group.TypeMsg, `{"move":"e7e5"}`, baseTime.Add(4*time.Second)),
 		)
 		RequireGroups(t, m, st)
 		// Deletes of rows that do not exist are no-ops.
-		applyGroups(t, st, m, DeleteGroup("nope"), DeleteMember("nope", "P"), DeleteInvite("nope", "P"), DeleteSub("P", "nope"))
+		applyGroups(t, st, m, DeleteGroup("nope"), DeleteMember("nope", "P"), DeleteInvite("nope", "P"), DeleteSub("P", "nope"),
+			DeleteInvitation("P", "nope"))
 		RequireGroups(t, m, st)
 	}},
 	{"DeleteGroupKeepsHistory", func(t *testing.T, st ports.Store) {
@@ -471,6 +516,8 @@ var groupScenarios = []scenario{
 			DeleteSub("H1", "r1"), PutSub(sub),
 			PutSub(TestSub("H2", "r2")), DeleteSub("H2", "r2"),
 			PutInvite("g4", "Z"), DeleteInvite("g4", "Z"),
+			PutInvitation(TestInvitation("H3", "r3")), DeleteInvitation("H3", "r3"),
+			DeleteInvitation("H4", "r4"), PutInvitation(TestInvitation("H4", "r4")),
 			PutMember("g4", "Q", "q1", "viewer", 1), DeleteMember("g4", "Q"), PutMember("g4", "Q", "q2", "viewer", 2),
 		)
 		RequireGroups(t, m, st)
@@ -484,6 +531,8 @@ var groupScenarios = []scenario{
 		assert.Equal(t, "q2", snap.Members["g4"][0].Name)
 		require.Len(t, snap.Subscriptions, 1)
 		assert.Equal(t, "editor", snap.Subscriptions[0].Role)
+		require.Len(t, snap.Invitations, 1)
+		assert.Equal(t, group.PeerID("H4"), snap.Invitations[0].Host)
 	}},
 	{"BusAndGroupChangesInOneBatch", func(t *testing.T, st ports.Store) {
 		bm, gm := NewModel(), NewGroupModel()
@@ -510,14 +559,16 @@ var groupScenarios = []scenario{
 			g.CreatedAt = baseTime.Add(time.Duration(i) * time.Second)
 			sub := TestSub(group.PeerID(s), s)
 			sub.GroupName, sub.GroupType, sub.Role, sub.HostName, sub.Lifecycle, sub.Access = s, s, s, s, s, s
+			inv := TestInvitation(group.PeerID(s), s)
+			inv.GroupName, inv.GroupType, inv.GroupContext, inv.Lifecycle, inv.Access = s, s, s, s, s
 			cs = append(cs, PutGroup(g), PutMember(s, group.PeerID(s), s, s, int64(i)), PutInvite(s, group.PeerID(s)),
-				PutInvite(s, "other"), PutSub(sub), History(s, group.PeerID(s), s, string(enc), baseTime))
+				PutInvite(s, "other"), PutSub(sub), PutInvitation(inv), History(s, group.PeerID(s), s, string(enc), baseTime))
 		}
 		applyGroups(t, st, m, cs...)
 		RequireGroups(t, m, st)
 		// Deletes keyed by awkward strings hit exactly their rows.
 		applyGroups(t, st, m, DeleteGroup(odd[2]), DeleteInvite(odd[0], "other"), DeleteMember(odd[1], group.PeerID(odd[1])),
-			DeleteSub(group.PeerID(odd[3]), odd[3]))
+			DeleteSub(group.PeerID(odd[3]), odd[3]), DeleteInvitation(group.PeerID(odd[4]), odd[4]))
 		RequireGroups(t, m, st)
 		if gs, ok := st.(GroupStore); ok {
 			assert.Equal(t, m.Public(), loadPublic(t, gs))
@@ -614,6 +665,13 @@ var groupScenarios = []scenario{
 					cs = append(cs, PutSub(s))
 				case r < 82:
 					cs = append(cs, DeleteSub(p, id))
+				case r < 86:
+					inv := TestInvitation(p, id)
+					inv.GroupName = fmt.Sprintf("i%d", batch)
+					inv.ReceivedAt = at
+					cs = append(cs, PutInvitation(inv))
+				case r < 88:
+					cs = append(cs, DeleteInvitation(p, id))
 				default:
 					cs = append(cs, History(id, p, group.TypeMsg, fmt.Sprintf(`[%d,%d]`, batch, i), at))
 				}

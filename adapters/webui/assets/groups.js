@@ -4,7 +4,8 @@
   var selfId = '';
   var logs = {};      // "host/group" -> [{from, text, sys}]
   var names = {};     // peer id -> display name, learned from member lists
-  var invites = [];
+  var labels = {};    // peer id -> label, from the peer table
+  var invites = [];   // invitations received, neither joined nor declined (from the node)
   var historyAsked = {}; // "host/group" -> true once the host's history was asked for
   var historyLimit = 100;
 
@@ -16,7 +17,7 @@
     return e;
   }
   function short(id) { return id && id.length > 16 ? id.slice(0, 8) + '…' + id.slice(-6) : (id || ''); }
-  function who(id) { return id === selfId ? 'me' : (names[id] || short(id)); }
+  function who(id) { return id === selfId ? 'me' : (names[id] || labels[id] || short(id)); }
   function key(host, id) { return host + '/' + id; }
   function text(payload) {
     if (payload && typeof payload === 'object' && typeof payload.text === 'string') return payload.text;
@@ -89,7 +90,7 @@
       if (hosted && m.peer_id !== selfId) {
         var kick = el('button', 'small danger', 'kick');
         kick.onclick = function () {
-          Goop.api('POST', '/api/groups/kick', { group_id: g.id, peer_id: m.peer_id }).then(refresh, function (e) { showError($('.error', node), e); });
+          Goop.api('POST', '/api/groups/kick', { group_id: g.id, peer_id: m.peer_id }).then(refresh, function (e) { showError(live('.error'), e); });
         };
         li.appendChild(kick);
       }
@@ -101,14 +102,25 @@
     if (!amMember) $('.leave', node).remove();
     renderLog($('.log', node), logs[node.dataset.key]);
     if (hosted) loadHistory(g.id);
-    var err = $('.error', node);
+    // The card may be rebuilt while a request runs: answers go to the
+    // card on the page now.
+    var k = node.dataset.key;
+    function live(sel) { return document.querySelector('[data-key="' + CSS.escape(k) + '"] ' + sel) || $(sel, node); }
+    function fail(e) { showError(live('.error'), e); }
+    // clearBox empties a box once its text went out, unless the user typed on.
+    function clearBox(sel, sent) {
+      var b = live(sel);
+      if (b && b.value.trim() === sent.trim()) b.value = '';
+      showError(live('.error'), null);
+    }
     var inv = $('form.invite', node);
     if (inv) inv.onsubmit = function (e) {
       e.preventDefault();
-      Goop.api('POST', '/api/groups/invite', { group_id: g.id, peer_id: inv.peer.value.trim() }).then(function () {
-        log(host, g.id, { sys: true, text: 'invited ' + short(inv.peer.value.trim()) });
-        inv.reset(); showError(err, null);
-      }, function (e) { showError(err, e); });
+      var p = inv.peer.value.trim();
+      Goop.api('POST', '/api/groups/invite', { group_id: g.id, peer_id: p }).then(function () {
+        log(host, g.id, { sys: true, text: 'invited ' + who(p) });
+        clearBox('form.invite input[name=peer]', p);
+      }, fail);
     };
     var say = $('form.say', node);
     say.onsubmit = function (e) {
@@ -116,43 +128,99 @@
       var t = say.text.value;
       Goop.api('POST', '/api/groups/send', { host_peer_id: host, group_id: g.id, payload: { text: t } }).then(function () {
         log(host, g.id, { from: selfId, text: t });
-        say.reset(); showError(err, null);
-      }, function (e) { showError(err, e); });
+        clearBox('form.say input[name=text]', t);
+      }, fail);
     };
     var close = $('button.close', node);
     if (close) close.onclick = function () {
       if (!confirm('Close "' + (g.name || g.id) + '" for everyone?')) return;
-      Goop.api('POST', '/api/groups/close', { group_id: g.id }).then(refresh, function (e) { showError(err, e); });
+      Goop.api('POST', '/api/groups/close', { group_id: g.id }).then(refresh, fail);
     };
     var leave = $('button.leave', node);
     if (leave) leave.onclick = function () {
-      Goop.api('POST', '/api/groups/leave', { host_peer_id: host, group_id: g.id }).then(refresh, function (e) { showError(err, e); });
+      Goop.api('POST', '/api/groups/leave', { host_peer_id: host, group_id: g.id }).then(refresh, fail);
     };
     return node;
   }
 
+  // render rebuilds the cards; what the user was typing in a card's boxes,
+  // and which box had the focus, survive it.
   function render(box, list, hosted) {
+    var typed = {}, focus = null;
+    box.querySelectorAll('.group').forEach(function (c) {
+      c.querySelectorAll('input').forEach(function (i) {
+        if (i.value) typed[c.dataset.key + ' ' + i.name] = i.value;
+        if (i === document.activeElement) focus = { key: c.dataset.key, name: i.name, start: i.selectionStart, end: i.selectionEnd };
+      });
+    });
     box.textContent = '';
     if (!list.length) { box.appendChild(el('p', 'muted', 'none yet')); return; }
-    list.forEach(function (g) { box.appendChild(card(g, hosted)); });
+    list.forEach(function (g) {
+      var c = card(g, hosted);
+      box.appendChild(c);
+      c.querySelectorAll('input').forEach(function (i) {
+        var v = typed[c.dataset.key + ' ' + i.name];
+        if (v !== undefined) i.value = v;
+        if (focus && focus.key === c.dataset.key && focus.name === i.name) {
+          i.focus();
+          try { i.setSelectionRange(focus.start, focus.end); } catch (e) { /* not a text box */ }
+        }
+      });
+    });
+  }
+  // renderLogs redraws the open cards' logs (names may have changed).
+  function renderLogs() {
+    document.querySelectorAll('.group').forEach(function (c) { renderLog($('.log', c), logs[c.dataset.key]); });
   }
 
   function renderInvites() {
     var ul = $('#invites');
     ul.textContent = '';
     if (!invites.length) { ul.appendChild(el('li', 'muted', 'none')); return; }
-    invites.forEach(function (inv, i) {
+    invites.forEach(function (inv) {
       var li = el('li');
-      li.appendChild(el('span', '', (inv.group_name || inv.group_id) + ' from ' + short(inv.host_peer_id) + ' '));
+      var what = (inv.group_name || inv.group_id) + (inv.group_type ? ' (' + inv.group_type + ')' : '') +
+        ' from ' + who(inv.host_peer_id) + ' ';
+      var label = el('span', '', what);
+      label.title = 'group ' + inv.group_id + ' · host ' + inv.host_peer_id +
+        (inv.received_at ? ' · ' + new Date(inv.received_at).toLocaleString() : '');
+      li.appendChild(label);
       var b = el('button', 'small', 'join');
       b.onclick = function (e) {
         e.preventDefault();
-        Goop.group.join(inv.host_peer_id, inv.group_id).then(function () { invites.splice(i, 1); renderInvites(); refresh(); },
-          function (err) { showError($('#join-error'), err); });
+        Goop.group.join(inv.host_peer_id, inv.group_id).then(function () { showError($('#join-error'), null); loadInvites(); refresh(); },
+          function (err) { showError($('#join-error'), err); loadInvites(); });
       };
       li.appendChild(b);
+      var d = el('button', 'small danger', 'decline');
+      d.onclick = function (e) {
+        e.preventDefault();
+        Goop.group.decline(inv.host_peer_id, inv.group_id).then(loadInvites, function (err) { showError($('#join-error'), err); });
+      };
+      li.appendChild(d);
       ul.appendChild(li);
     });
+  }
+  // loadInvites shows the invitations the node keeps: those that came while
+  // no page was open too.
+  function loadInvites() {
+    return Goop.group.invitations().then(function (list) { invites = list || []; renderInvites(); },
+      function (e) { console.error('invitations', e); });
+  }
+  // loadPeers offers the peer table's peers to the invite boxes, and their
+  // labels for senders no member list names.
+  function loadPeers() {
+    return Goop.api('GET', '/api/peers').then(function (list) {
+      var dl = $('#known-peers');
+      dl.textContent = '';
+      (list || []).forEach(function (p) {
+        if (p.label) labels[p.peer_id] = p.label;
+        var o = el('option');
+        o.value = p.peer_id;
+        o.label = (p.label || short(p.peer_id)) + (p.online ? '' : ' (offline)');
+        dl.appendChild(o);
+      });
+    }, function (e) { console.error('peers', e); });
   }
 
   var pending = null;
@@ -178,8 +246,8 @@
     e.preventDefault();
     var f = e.target;
     Goop.group.join(f.host_peer_id.value.trim(), f.group_id.value.trim()).then(function () {
-      f.reset(); showError($('#join-error'), null); refresh();
-    }, function (err) { showError($('#join-error'), err); });
+      f.reset(); showError($('#join-error'), null); refresh(); loadInvites();
+    }, function (err) { showError($('#join-error'), err); loadInvites(); });
   };
 
   Goop.self().then(function (s) {
@@ -190,8 +258,8 @@
         case 'msg': case 'state':
           log(ev.host, ev.group, { from: ev.from, text: (ev.type === 'state' ? '[state] ' : '') + text(ev.payload) });
           break;
-        case 'invite':
-          invites.push(ev.payload); renderInvites();
+        case 'invite': case 'declined':
+          loadInvites();
           break;
         case 'member_joined':
           log(ev.host, ev.group, { sys: true, text: who(ev.from) + ' joined' }); refresh();
@@ -207,5 +275,7 @@
       }
     });
     refresh();
+    loadInvites();
+    loadPeers().then(function () { renderInvites(); renderLogs(); });
   });
 })();

@@ -9,6 +9,9 @@
  *   Goop.group.create({name, group_type, lifecycle, access, max_members, id})
  *   Goop.group.subscribe(fn) -> unsubscribe   every group event {type, group, host, from, payload, members, error}
  *   Goop.group.subscriptions()                groups this node has joined
+ *   Goop.group.invitations()                  invitations received, neither joined nor declined
+ *                                             (newest first; joining one accepts it)
+ *   Goop.group.decline(hostPeerId, groupId)   forget an invitation (the host is not told)
  *   Goop.data.query(table[, params])          rows of a table of this page's peer ("_groups")
  *   Goop.self()                               {id, label, addrs} of the local node
  */
@@ -23,7 +26,7 @@
   var listeners = [];
   var source = null;
   var EVENT_TYPES = ['joined', 'join_failed', 'members', 'msg', 'state', 'meta', 'left', 'close',
-    'member_joined', 'member_left', 'dissolved', 'invite', 'created'];
+    'member_joined', 'member_left', 'dissolved', 'invite', 'declined', 'created'];
 
   function api(method, path, body) {
     var opts = { method: method, headers: { 'Accept': 'application/json' }, credentials: 'same-origin' };
@@ -149,7 +152,11 @@
       leave: leave,
       create: function (opts) { return api('POST', '/api/groups', opts || {}); },
       subscribe: subscribe,
-      subscriptions: function () { return api('GET', '/api/groups/subscriptions'); }
+      subscriptions: function () { return api('GET', '/api/groups/subscriptions'); },
+      invitations: function () { return api('GET', '/api/groups/invitations'); },
+      decline: function (host, groupId) {
+        return api('POST', '/api/groups/invitations/decline', { host_peer_id: host, group_id: groupId });
+      }
     },
     data: { query: query }
   };
