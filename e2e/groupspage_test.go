@@ -129,6 +129,9 @@ func TestGroupsPageInvitations(t *testing.T) {
 	require.NoError(t, chromedp.Do(gctx, chromedp.Navigate(guestURL+"/")))
 	_, err = poll[bool](gctx, fmt.Sprintf(`fetch('/api/groups/invitations').then(r => r.json()).then(l => l.some(i => i.group_id === %q))`, club))
 	require.NoError(t, err)
+	_, err = poll[bool](gctx, `document.getElementById('invited').textContent === '1' &&
+		document.getElementById('self').textContent.startsWith('guest · ')`)
+	require.NoError(t, err, "the home page counts the invitation waiting")
 	require.NoError(t, chromedp.Do(gctx, chromedp.Navigate(guestURL+"/groups"), chromedp.WaitVisible("#join")))
 	_, err = poll[bool](gctx, `document.querySelector('#invites').innerText.includes('secret club (general) from host')`)
 	require.NoError(t, err, "the guest's page lists the invitation, naming the host by its label")
