@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/goop-p2p/goop/domain/group"
 	"github.com/goop-p2p/goop/domain/mq"
 	"github.com/goop-p2p/goop/ports"
 )
@@ -140,7 +142,23 @@ type Runtime struct {
 	mu      sync.Mutex
 	subs    map[*Subscription]struct{}
 	waiters map[string]waiter
+
+	// Members' history questions, answered from the store by one goroutine
+	// (historyWorker); nil when the store keeps no history.
+	history chan historyJob
 }
+
+// historyJob is a member's question about a hosted group's history.
+type historyJob struct {
+	group string
+	from  mq.PeerID
+	q     group.HistoryQuestion
+}
+
+// historyQueue bounds the history questions waiting: more are dropped
+// (the member's request times out), so members asking in a loop cost the
+// host a bounded amount of work.
+const historyQueue = 32
 
 // NewRuntime prepares a runtime; call Run to start it.
 func NewRuntime(node *Node, tr ports.Transport, store ports.Store, clock ports.Clock, log *slog.Logger) *Runtime {
@@ -178,6 +196,22 @@ func (r *Runtime) Self() mq.PeerID { return r.node.Self() }
 func (r *Runtime) Run(ctx context.Context) error {
 	defer r.stop()
 	go r.persister(ctx)
+	if hr, ok := r.store.(ports.HistoryReader); ok {
+		hctx, stopHistory := context.WithCancel(ctx)
+		done := make(chan struct{})
+		r.mu.Lock()
+		r.history = make(chan historyJob, historyQueue)
+		jobs := r.history
+		r.mu.Unlock()
+		go func() {
+			defer close(done)
+			r.historyWorker(hctx, hr, jobs)
+		}()
+		defer func() {
+			stopHistory()
+			<-done
+		}()
+	}
 	defer func() {
 		close(r.jobs)
 		<-r.persisted
@@ -835,6 +869,10 @@ func (r *Runtime) publish(evs []Event) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, ev := range evs {
+		if ev.Kind == EventGroup && ev.Group != nil && ev.Group.Type == group.EvHistoryRequest {
+			r.askHistory(ev.Group)
+			continue // for the history worker only
+		}
 		if ev.Kind == EventDelivered || ev.Kind == EventFailed || ev.Kind == EventReceived {
 			if w, ok := r.waiters[ev.MsgID]; ok && (ev.Kind != EventReceived || w.early) {
 				delete(r.waiters, ev.MsgID)
@@ -848,6 +886,49 @@ func (r *Runtime) publish(evs []Event) {
 				r.log.Warn("event subscriber too slow; closing it")
 				delete(r.subs, s)
 				s.closeLocked()
+			}
+		}
+	}
+}
+
+// askHistory queues a member's history question for historyWorker, or
+// drops it when the queue is full or there is no worker. Called with r.mu
+// held.
+func (r *Runtime) askHistory(ev *group.Event) {
+	var q group.HistoryQuestion
+	if r.history == nil || json.Unmarshal(ev.Payload, &q) != nil {
+		return
+	}
+	select {
+	case r.history <- historyJob{group: ev.Group, from: ev.From, q: q}:
+	default:
+		r.log.Debug("history question dropped: too many waiting", "group", ev.Group, "from", ev.From)
+	}
+}
+
+// historyWorker answers members' history questions one at a time: it reads
+// the store, then hands the entries to the group core, which checks that
+// the asker is still a member and sends them.
+func (r *Runtime) historyWorker(ctx context.Context, hr ports.HistoryReader, jobs <-chan historyJob) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case j := <-jobs:
+			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			entries, err := hr.GroupHistory(rctx, j.group, j.q.Limit)
+			cancel()
+			if err != nil {
+				r.log.Warn("group history for a member", "group", j.group, "from", j.from, "err", err)
+				continue
+			}
+			err = r.Do(ctx, func(now time.Time, n *Node) {
+				if err := n.Group(now).AnswerHistory(now, j.group, j.from, j.q.Req, entries); err != nil {
+					r.log.Debug("history answer", "group", j.group, "from", j.from, "err", err)
+				}
+			})
+			if err != nil && ctx.Err() == nil {
+				r.log.Debug("history answer", "group", j.group, "err", err)
 			}
 		}
 	}

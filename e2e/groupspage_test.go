@@ -75,6 +75,20 @@ func TestGroupsPageInTwoBrowsers(t *testing.T) {
 	assert.Contains(t, lines[1], "hello from the host")
 	require.NoError(t, chromedp.Do(hctx, screenshot(t, "groups-page-host.png")))
 
+	// The guest's page, reloaded, asks the host for the conversation.
+	require.NoError(t, chromedp.Do(gctx, chromedp.Navigate(guestURL+"/groups"), chromedp.WaitVisible(joined)))
+	got = logOf("guest", joined, "hello from the host")
+	lines = strings.Split(strings.TrimSpace(got), "\n")
+	require.Len(t, lines, 2, "guest's log after reload: %q", got)
+	assert.Contains(t, lines[0], "me:")
+	assert.Contains(t, lines[0], "hello from the guest")
+	assert.Contains(t, lines[1], "host:")
+	assert.Contains(t, lines[1], "hello from the host")
+	hist, err := eval[[]map[string]any](gctx, `Goop.group.history('`+host.PeerID.String()+`', '`+id+`', 1)`)
+	require.NoError(t, err)
+	require.Len(t, hist, 1, "the SDK's history, newest first within the limit")
+	assert.Equal(t, map[string]any{"text": "hello from the host"}, hist[0]["payload"])
+
 	require.NoError(t, chromedp.Do(hctx, chromedp.Click(card+` .members button.danger`)))
 	_, err = poll[bool](gctx, `document.querySelectorAll('`+joined+`').length === 0`)
 	require.NoError(t, err, "the kicked guest's card goes away")

@@ -141,6 +141,14 @@ type Store interface {
 	Close() error
 }
 
+// HistoryReader is a Store that keeps the history of the groups this node
+// hosts (the messages it relayed), which members may ask for.
+type HistoryReader interface {
+	// GroupHistory returns the newest entries of groupID, oldest first: at
+	// most limit of them.
+	GroupHistory(ctx context.Context, groupID string, limit int) ([]group.HistoryEntry, error)
+}
+
 // GroupTypeHandler plugs a group app type (files, cluster, listen, ...) into
 // the node without touching the group core. The node calls its hooks on its
 // own goroutine, in event order, while it collects a step's outputs (before

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/goop-p2p/goop/app"
 	"github.com/goop-p2p/goop/domain/group"
 	"github.com/goop-p2p/goop/domain/mq"
@@ -46,11 +48,32 @@ type HistoryJSON struct {
 	At      int64           `json:"at"` // unix ms
 }
 
-func (s *server) groupsHistory(w http.ResponseWriter, r *http.Request) {
-	if s.d.GroupHistory == nil {
-		writeError(w, http.StatusNotImplemented, "this node keeps no group history")
-		return
+// errNodeStopped ends a wait for a group event when the node stops.
+var errNodeStopped = errors.New("node is stopped")
+
+// awaitGroupEvent returns the first event of group id at host on sub that
+// match accepts, or ctx's error, or errNodeStopped.
+func awaitGroupEvent(ctx context.Context, sub *app.Subscription, host mq.PeerID, id string, match func(*group.Event) bool) (*group.Event, error) {
+	for {
+		select {
+		case ev, ok := <-sub.C:
+			if !ok {
+				return nil, errNodeStopped
+			}
+			if ev.Kind == app.EventGroup && ev.Group.Group == id && ev.Group.Host == host && match(ev.Group) {
+				return ev.Group, nil
+			}
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
+}
+
+// historyWait bounds how long GET /api/groups/history waits for a remote
+// host's answer.
+const historyWait = 5 * time.Second
+
+func (s *server) groupsHistory(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	id := q.Get("group_id")
 	if !requireGroupID(w, id) {
@@ -65,6 +88,18 @@ func (s *server) groupsHistory(w http.ResponseWriter, r *http.Request) {
 		}
 		limit = n
 	}
+	host, ok := s.hostOf(w, q.Get("host_peer_id"))
+	if !ok {
+		return
+	}
+	if host != s.d.Runtime.Self() {
+		s.remoteHistory(w, r, host, id, min(limit, group.MaxHistoryItems))
+		return
+	}
+	if s.d.GroupHistory == nil {
+		writeError(w, http.StatusNotImplemented, "this node keeps no group history")
+		return
+	}
 	hist, err := s.d.GroupHistory(r.Context(), id, limit)
 	if err != nil {
 		s.d.Log.Warn("group history", "group", id, "err", err)
@@ -76,6 +111,48 @@ func (s *server) groupsHistory(w http.ResponseWriter, r *http.Request) {
 		out = append(out, HistoryJSON{From: string(h.From), Type: h.Type, Payload: h.Payload, At: h.At.UnixMilli()})
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// remoteHistory asks the host of a group this node joined for its newest
+// messages (at most limit; 0: group.MaxHistoryItems) and waits for the
+// answer.
+func (s *server) remoteHistory(w http.ResponseWriter, r *http.Request, host mq.PeerID, id string, limit int) {
+	if limit <= 0 {
+		limit = group.MaxHistoryItems
+	}
+	req := uuid.NewString()
+	sub := s.d.Runtime.Subscribe(s.d.EventBuffer) // before asking: the answer cannot slip past
+	defer sub.Close()
+	if !s.do(w, r, func(now time.Time, n *app.Node) error {
+		return n.Group(now).RequestHistory(now, host, id, req, limit)
+	}) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), historyWait)
+	defer cancel()
+	var a group.HistoryAnswer
+	_, err := awaitGroupEvent(ctx, sub, host, id, func(ev *group.Event) bool {
+		var got group.HistoryAnswer
+		if ev.Type != group.EvHistory || json.Unmarshal(ev.Payload, &got) != nil || got.Req != req {
+			return false
+		}
+		a = got
+		return true
+	})
+	switch {
+	case errors.Is(err, errNodeStopped):
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+	case err != nil:
+		groupError(w, group.Errorf(group.CodeTimeout, "host %s did not answer with the history in time", host))
+	case a.Error != nil:
+		groupError(w, a.Error)
+	default:
+		out := make([]HistoryJSON, 0, len(a.Items))
+		for _, it := range a.Items {
+			out = append(out, HistoryJSON(it))
+		}
+		writeJSON(w, http.StatusOK, out)
+	}
 }
 
 // GroupJSON is a hosted group row: Goop2's _groups columns plus ours.
@@ -384,40 +461,30 @@ func (s *server) groupsJoin(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), joinWait)
 	defer cancel()
-	for {
-		select {
-		case ev, ok := <-sub.C:
-			if !ok {
-				writeError(w, http.StatusServiceUnavailable, "node is stopped")
-				return
-			}
-			if ev.Kind != app.EventGroup || ev.Group.Group != req.GroupID || ev.Group.Host != host {
-				continue
-			}
-			switch ev.Group.Type {
-			case group.EvJoined:
-				writeJSON(w, http.StatusOK, map[string]any{"status": "joined", "group_id": req.GroupID,
-					"host_peer_id": string(host), "members": ev.Group.Members, "state": ev.Group.Payload})
-				return
-			case group.EvJoinFailed:
-				groupError(w, ev.Group.Err)
-				return
-			}
-		case <-ctx.Done():
-			// Already a member (no new welcome comes), or the host is slow.
-			var view group.SubView
-			var found bool
-			_ = s.d.Runtime.Do(context.Background(), func(now time.Time, n *app.Node) {
-				view, found = n.Groups().Subscription(host, req.GroupID)
-			})
-			if found && view.Joined {
-				writeJSON(w, http.StatusOK, map[string]any{"status": "joined", "group_id": req.GroupID,
-					"host_peer_id": string(host), "members": view.Members})
-				return
-			}
-			groupError(w, group.Errorf(group.CodeTimeout, "host %s did not answer the join in time", host))
+	ev, err := awaitGroupEvent(ctx, sub, host, req.GroupID, func(ev *group.Event) bool {
+		return ev.Type == group.EvJoined || ev.Type == group.EvJoinFailed
+	})
+	switch {
+	case errors.Is(err, errNodeStopped):
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+	case err == nil && ev.Type == group.EvJoined:
+		writeJSON(w, http.StatusOK, map[string]any{"status": "joined", "group_id": req.GroupID,
+			"host_peer_id": string(host), "members": ev.Members, "state": ev.Payload})
+	case err == nil:
+		groupError(w, ev.Err)
+	default:
+		// Already a member (no new welcome comes), or the host is slow.
+		var view group.SubView
+		var found bool
+		_ = s.d.Runtime.Do(context.Background(), func(now time.Time, n *app.Node) {
+			view, found = n.Groups().Subscription(host, req.GroupID)
+		})
+		if found && view.Joined {
+			writeJSON(w, http.StatusOK, map[string]any{"status": "joined", "group_id": req.GroupID,
+				"host_peer_id": string(host), "members": view.Members})
 			return
 		}
+		groupError(w, group.Errorf(group.CodeTimeout, "host %s did not answer the join in time", host))
 	}
 }
 

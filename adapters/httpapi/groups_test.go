@@ -35,6 +35,15 @@ func (g *groupFixture) postB(t *testing.T, path string, v any) reply {
 	return g.post(t, path, v)
 }
 
+// getBReply gets path from B's API.
+func (g *groupFixture) getBReply(t *testing.T, path string) reply {
+	t.Helper()
+	saved := g.srv
+	g.srv = g.bsrv
+	defer func() { g.srv = saved }()
+	return g.do(t, http.MethodGet, path, "", nil)
+}
+
 func (g *groupFixture) getB(t *testing.T, path string) []map[string]any {
 	t.Helper()
 	resp, err := http.Get(g.bsrv.URL + path)
@@ -190,6 +199,42 @@ func TestGroupsInvitationsListedUntilJoinedOrDeclined(t *testing.T) {
 	assert.Equal(t, http.StatusNotFound, r.status, "%v", r.body)
 	assert.Equal(t, "not_found", r.body["code"])
 	assert.Contains(t, r.body["error"], "no invitation")
+}
+
+// A member's viewer asks the host for the group's newest messages: what
+// the member's page shows after a reload, or after being away.
+func TestGroupsHistoryFromTheHost(t *testing.T) {
+	g := newGroupFixture(t)
+	r := g.post(t, "/api/groups", map[string]any{"name": "chat", "group_type": "chat", "host_join": true})
+	require.Equal(t, http.StatusOK, r.status, "%v", r.body)
+	id := r.body["id"].(string)
+	host := string(g.a.id)
+	path := "/api/groups/history?group_id=" + id + "&host_peer_id=" + host
+
+	r = g.getBReply(t, path)
+	assert.Equal(t, http.StatusConflict, r.status, "%v", r.body)
+	assert.Equal(t, "not_member", r.body["code"])
+
+	r = g.postB(t, "/api/groups/join", map[string]any{"host_peer_id": host, "group_id": id})
+	require.Equal(t, http.StatusOK, r.status, "%v", r.body)
+	for i := range 3 {
+		r = g.post(t, "/api/groups/send", map[string]any{"group_id": id, "payload": map[string]any{"n": i}})
+		require.Equal(t, http.StatusOK, r.status, "%v", r.body)
+	}
+	// Each send returned once its history row was stored.
+
+	got := g.getB(t, path+"&limit=2")
+	require.Len(t, got, 2, "%v", got)
+	assert.Equal(t, map[string]any{"n": float64(1)}, got[0]["payload"], "oldest first")
+	assert.Equal(t, map[string]any{"n": float64(2)}, got[1]["payload"])
+	assert.Equal(t, host, got[1]["from"])
+	assert.Equal(t, "msg", got[1]["type"])
+	assert.NotZero(t, got[1]["at"])
+	assert.Len(t, g.getB(t, path), 3, "no limit: up to 200")
+
+	r = g.getBReply(t, "/api/groups/history?group_id="+id+"&host_peer_id=nope")
+	assert.Equal(t, http.StatusBadRequest, r.status)
+	assert.Contains(t, r.body["error"], "host_peer_id")
 }
 
 func TestGroupsRejectBadInput(t *testing.T) {

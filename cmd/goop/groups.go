@@ -1,8 +1,10 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
+	"net/url"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -159,6 +161,45 @@ func groupsCommand(stdout io.Writer) *cli.Command {
 				func(a []string) map[string]any { return map[string]any{"group_id": a[0], "peer_id": a[1]} }, "kicked"),
 			groupAction(stdout, "close", "close a hosted group for everyone", "GROUP_ID", "/api/groups/close",
 				func(a []string) map[string]any { return map[string]any{"group_id": a[0]} }, "closed"),
+			{
+				Name:      "history",
+				Usage:     "print a group's newest messages, oldest first: of a group hosted here, or asked of the host of a group joined",
+				ArgsUsage: "[HOST_PEER_ID] GROUP_ID",
+				Flags:     append(apiFlags(false), &cli.IntFlag{Name: "limit", Value: 20, Usage: "at most `N` messages (a remote host answers up to 200)"}),
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 && c.NArg() != 2 {
+						return cli.Exit("usage: goop "+c.Command.FullName()+" [HOST_PEER_ID] GROUP_ID", exitUsage)
+					}
+					if c.Int("limit") < 1 {
+						return cli.Exit("--limit must be at least 1", exitUsage)
+					}
+					cl, err := newClient(c, stdout)
+					if err != nil {
+						return err
+					}
+					q := url.Values{"group_id": {c.Args().Get(c.NArg() - 1)}, "limit": {fmt.Sprint(c.Int("limit"))}}
+					if c.NArg() == 2 {
+						q.Set("host_peer_id", c.Args().First())
+					}
+					var items []struct {
+						From    string          `json:"from"`
+						Type    string          `json:"type"`
+						Payload json.RawMessage `json:"payload"`
+						At      int64           `json:"at"`
+					}
+					if err := cl.call(c.Context, "GET", "/api/groups/history?"+q.Encode(), nil, &items); err != nil || cl.raw {
+						return err
+					}
+					for _, it := range items {
+						kind := ""
+						if it.Type != "msg" {
+							kind = "[" + it.Type + "] "
+						}
+						fmt.Fprintf(stdout, "%s  %s  %s%s\n", time.UnixMilli(it.At).Local().Format(time.DateTime), shortID(it.From), kind, it.Payload)
+					}
+					return nil
+				},
+			},
 		},
 	}
 }

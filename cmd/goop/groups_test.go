@@ -143,6 +143,13 @@ func TestGroupsAcrossThreeRealNodesWithTheCLI(t *testing.T) {
 	got = waitGroupEvent(t, hostEv, "msg")
 	assert.Equal(t, a.PeerID.String(), got.From)
 
+	// bob asks the host for the conversation.
+	hist := goopOK(t, "groups", "history", api(b), h.PeerID.String(), id)
+	assert.Contains(t, hist, shortID(a.PeerID.String())+`  {"text":"hello from alice"}`)
+	assert.Equal(t, hist, goopOK(t, "groups", "history", api(h), id), "the host reads its own store")
+	code, _, errOut := runGoop(t, "groups", "history", api(a), h.PeerID.String(), id, "extra")
+	assert.Equal(t, 2, code, errOut)
+
 	list := goopOK(t, "groups", "list", api(b))
 	assert.Contains(t, list, id)
 	assert.Contains(t, list, "book club")
@@ -153,7 +160,7 @@ func TestGroupsAcrossThreeRealNodesWithTheCLI(t *testing.T) {
 	for members := waitGroupEvent(t, aEv, "members"); len(members.Members) != 2; members = waitGroupEvent(t, aEv, "members") {
 	} // alice sees bob gone
 
-	code, _, errOut := runGoop(t, "groups", "join", api(b), h.PeerID.String(), id)
+	code, _, errOut = runGoop(t, "groups", "join", api(b), h.PeerID.String(), id)
 	assert.Equal(t, 1, code)
 	assert.Contains(t, errOut, "not_invited", "the error code reaches the caller")
 

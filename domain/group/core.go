@@ -226,7 +226,13 @@ const (
 	EvDissolved    = "dissolved"     // (host) an ephemeral group dissolved itself
 	EvInvite       = "invite"        // we were invited; Payload = Invite
 	EvDeclined     = "declined"      // we declined an invitation (it is forgotten)
-	EvCreated      = "created"       // (host) a group was created
+	// EvHistoryRequest (host): member From asks for the newest messages of
+	// a hosted group; Payload = HistoryQuestion. The application reads its
+	// store and calls AnswerHistory.
+	EvHistoryRequest = "history_request"
+	// EvHistory: the host answered our RequestHistory; Payload = HistoryAnswer.
+	EvHistory = "history"
+	EvCreated = "created" // (host) a group was created
 )
 
 // Event is published to the node's local subscribers.
@@ -1096,9 +1102,80 @@ func (c *Core) hostReceive(now time.Time, h *hosted, from PeerID, typ string, pa
 				c.sendError(from, h.g.ID, ge)
 			}
 		}
+	case TypeHistory:
+		var q historyPayload
+		if json.Unmarshal(payload, &q) != nil || !validReq(q.Req) {
+			return
+		}
+		if ms == nil {
+			c.send(from, Topic(h.g.ID, TypeHistory), mustJSON(historyPayload{Type: TypeHistory, Group: h.g.ID, Req: q.Req,
+				Error: Errorf(CodeNotMember, "%s is not a member of %s", from, h.g.ID)}), "")
+			return
+		}
+		limit := min(max(q.Limit, 1), MaxHistoryItems)
+		if h.g.Volatile { // nothing kept: answer at once
+			c.send(from, Topic(h.g.ID, TypeHistory), mustJSON(historyPayload{Type: TypeHistory, Group: h.g.ID, Req: q.Req,
+				Items: []HistoryItem{}}), "")
+			return
+		}
+		c.event(Event{Type: EvHistoryRequest, Group: h.g.ID, Host: c.self, From: from,
+			Payload: mustJSON(HistoryQuestion{Req: q.Req, Limit: limit}), GroupType: h.g.Type})
 	case TypePong, TypePing:
 		// lastSeen already updated
 	}
+}
+
+// validReq reports whether s can be a history request id.
+func validReq(s string) bool { return ValidID(s) }
+
+// RequestHistory asks the host of a group we joined for its newest limit
+// messages (1..MaxHistoryItems); the answer comes as an EvHistory event
+// whose payload carries req.
+func (c *Core) RequestHistory(now time.Time, host PeerID, id, req string, limit int) error {
+	c.start(now)
+	if !validReq(req) {
+		return Errorf(CodeInvalid, "history request id %q is not valid", req)
+	}
+	if limit < 1 || limit > MaxHistoryItems {
+		return Errorf(CodeInvalid, "limit must be 1..%d", MaxHistoryItems)
+	}
+	s := c.subs[subKey{host, id}]
+	if s == nil || s.state != subJoined {
+		return Errorf(CodeNotMember, "not a member of %s at %s", id, host)
+	}
+	c.send(host, Topic(id, TypeHistory), mustJSON(historyPayload{Type: TypeHistory, Group: id, Req: req, Limit: limit}), "")
+	return nil
+}
+
+// AnswerHistory sends member `to` the answer to its history request req:
+// entries (oldest first, as the store returns them), of which the newest
+// that fit in MaxHistoryItems and MaxHistoryBytes go. A peer that is no
+// longer a member gets a not_member error instead.
+func (c *Core) AnswerHistory(now time.Time, id string, to PeerID, req string, entries []HistoryEntry) error {
+	c.start(now)
+	h, err := c.group(id)
+	if err != nil {
+		return err
+	}
+	ans := historyPayload{Type: TypeHistory, Group: id, Req: req, Items: []HistoryItem{}}
+	if h.members[to] == nil {
+		ans.Items, ans.Error = nil, Errorf(CodeNotMember, "%s is not a member of %s", to, id)
+	} else {
+		first, size := len(entries), 0
+		for first > 0 && len(entries)-first < MaxHistoryItems {
+			e := entries[first-1]
+			if size+len(e.Payload) > MaxHistoryBytes {
+				break
+			}
+			size += len(e.Payload)
+			first--
+		}
+		for _, e := range entries[first:] {
+			ans.Items = append(ans.Items, HistoryItem{From: string(e.From), Type: e.Type, Payload: e.Payload, At: e.At.UnixMilli()})
+		}
+	}
+	c.send(to, Topic(id, TypeHistory), mustJSON(ans), "")
+	return nil
 }
 
 func (c *Core) memberReceive(now time.Time, s *subscription, host PeerID, id, typ string, payload []byte, origin PeerID) {
@@ -1213,6 +1290,23 @@ func (c *Core) memberReceive(now time.Time, s *subscription, host PeerID, id, ty
 			c.change(Change{Kind: PutSubscription, GroupID: id, Peer: host, Sub: &cp})
 		}
 		c.event(Event{Type: EvMeta, Group: id, Host: host, Payload: payload, GroupType: s.s.GroupType})
+	case TypeHistory:
+		var a historyPayload
+		if json.Unmarshal(payload, &a) != nil || !validReq(a.Req) || len(a.Items) > MaxHistoryItems {
+			return
+		}
+		ans := HistoryAnswer{Req: a.Req, Items: make([]HistoryItem, 0, len(a.Items))}
+		if a.Error != nil {
+			ans.Error = &Error{Code: truncate(a.Error.Code, 64), Message: truncate(a.Error.Message, 512)}
+		}
+		for _, it := range a.Items {
+			if (it.Type != TypeMsg && it.Type != TypeState) || len(it.From) > mq.MaxPeerIDBytes || !validText(it.From, mq.MaxPeerIDBytes) ||
+				len(it.Payload) == 0 {
+				continue
+			}
+			ans.Items = append(ans.Items, it)
+		}
+		c.event(Event{Type: EvHistory, Group: id, Host: host, Payload: mustJSON(ans), GroupType: s.s.GroupType})
 	case TypePing:
 		c.send(host, Topic(id, TypePong), controlPayload(TypePong, id), "")
 	case TypeClose:

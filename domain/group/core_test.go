@@ -3,6 +3,7 @@ package group
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -887,4 +888,112 @@ func TestTimedOutRejoinRemovesStoredSubscription(t *testing.T) {
 	w2.advance(10 * time.Second)
 	require.Len(t, w2.nodes["B"].eventsOf(EvJoinFailed), 1)
 	assert.Empty(t, w2.nodes["B"].store.subs, "the stored row goes with the failed join, so a restart does not revive it")
+}
+
+// A member asks the host for the group's newest messages; the host's
+// application reads its store and answers through AnswerHistory.
+func TestMemberAsksTheHostForHistory(t *testing.T) {
+	w := newWorld(t, "H", "A", "B")
+	w.create("H", CreateSpec{HostJoin: true})
+	w.join("A", "H", gid)
+	for i := range 3 {
+		require.NoError(t, w.nodes["H"].core.SendToGroup(w.now, "H", gid, TypeMsg, []byte(fmt.Sprintf(`{"n":%d}`, i))))
+	}
+	w.settle()
+	require.Len(t, w.nodes["H"].store.history, 3)
+
+	require.NoError(t, w.nodes["A"].core.RequestHistory(w.now, "H", gid, "req1", 2))
+	w.settle()
+	q := w.nodes["H"].eventsOf(EvHistoryRequest)
+	require.Len(t, q, 1)
+	assert.Equal(t, PeerID("A"), q[0].From)
+	assert.JSONEq(t, `{"req":"req1","limit":2}`, string(q[0].Payload))
+
+	hist := w.nodes["H"].store.history
+	require.NoError(t, w.nodes["H"].core.AnswerHistory(w.now, gid, "A", "req1", hist[len(hist)-2:]))
+	w.settle()
+	ans := w.nodes["A"].eventsOf(EvHistory)
+	require.Len(t, ans, 1)
+	var a HistoryAnswer
+	require.NoError(t, json.Unmarshal(ans[0].Payload, &a))
+	assert.Equal(t, "req1", a.Req)
+	assert.Nil(t, a.Error)
+	require.Len(t, a.Items, 2)
+	assert.JSONEq(t, `{"n":1}`, string(a.Items[0].Payload), "oldest first")
+	assert.JSONEq(t, `{"n":2}`, string(a.Items[1].Payload))
+	assert.Equal(t, "H", a.Items[1].From)
+	assert.Equal(t, TypeMsg, a.Items[1].Type)
+	assert.Equal(t, t0.UnixMilli(), a.Items[1].At)
+
+	// Only members ask, and only members are answered.
+	var ge *Error
+	require.ErrorAs(t, w.nodes["B"].core.RequestHistory(w.now, "H", gid, "req2", 5), &ge)
+	assert.Equal(t, CodeNotMember, ge.Code)
+	w.nodes["B"].core.Receive(w.now, "H", Topic(gid, TypeHistory), []byte(`{"type":"history","req":"x","items":[]}`), "")
+	w.nodes["H"].core.Receive(w.now, "B", Topic(gid, TypeHistory), []byte(`{"type":"history","group":"`+gid+`","req":"req3","limit":5}`), "")
+	w.settle()
+	assert.Len(t, w.nodes["H"].eventsOf(EvHistoryRequest), 1, "a non-member's question reaches no application")
+	assert.Empty(t, w.nodes["B"].eventsOf(EvHistory), "an answer to a group we are not in is ignored")
+	require.NoError(t, w.nodes["H"].core.Leave(w.now, "H", gid))
+	require.NoError(t, w.nodes["A"].core.Leave(w.now, "H", gid))
+	w.settle()
+	require.NoError(t, w.nodes["H"].core.AnswerHistory(w.now, gid, "A", "req1", hist))
+	sends := w.nodes["H"].core.Drain().Sends
+	require.Len(t, sends, 1)
+	assert.Contains(t, string(sends[0].Payload), `"code":"not_member"`, "a peer that left meanwhile gets no history")
+
+	require.ErrorAs(t, w.nodes["A"].core.RequestHistory(w.now, "H", gid, "bad id!", 5), &ge)
+	assert.Equal(t, CodeInvalid, ge.Code)
+}
+
+// An answer holds at most MaxHistoryItems messages, the newest that fit in
+// MaxHistoryBytes; a member drops malformed items; a volatile group answers
+// at once with nothing.
+func TestHistoryAnswerIsBounded(t *testing.T) {
+	w := newWorld(t, "H", "A")
+	w.create("H", CreateSpec{})
+	w.join("A", "H", gid)
+	var many []HistoryEntry
+	for i := range MaxHistoryItems + 50 {
+		many = append(many, HistoryEntry{GroupID: gid, From: "A", Type: TypeMsg, Payload: json.RawMessage(fmt.Sprint(i)), At: t0})
+	}
+	answer := func(entries []HistoryEntry) HistoryAnswer {
+		t.Helper()
+		require.NoError(t, w.nodes["H"].core.AnswerHistory(w.now, gid, "A", "r", entries))
+		w.settle()
+		evs := w.nodes["A"].eventsOf(EvHistory)
+		var a HistoryAnswer
+		require.NoError(t, json.Unmarshal(evs[len(evs)-1].Payload, &a))
+		return a
+	}
+	a := answer(many)
+	require.Len(t, a.Items, MaxHistoryItems)
+	assert.Equal(t, json.RawMessage("50"), a.Items[0].Payload, "the newest are kept")
+
+	big := json.RawMessage(`"` + strings.Repeat("x", 300<<10) + `"`)
+	a = answer([]HistoryEntry{{From: "A", Type: TypeMsg, Payload: big}, {From: "A", Type: TypeMsg, Payload: big},
+		{From: "A", Type: TypeMsg, Payload: big}, {From: "A", Type: TypeMsg, Payload: json.RawMessage(`1`)}})
+	assert.Len(t, a.Items, 3, "within MaxHistoryBytes")
+
+	bad := `{"type":"history","req":"r","items":[{"from":"A","type":"msg","payload":1},{"from":"A","type":"join","payload":1},` +
+		`{"from":"A","type":"msg"}]}`
+	w.nodes["A"].core.Receive(w.now, "H", Topic(gid, TypeHistory), []byte(bad), "")
+	w.settle()
+	evs := w.nodes["A"].eventsOf(EvHistory)
+	require.NoError(t, json.Unmarshal(evs[len(evs)-1].Payload, &a))
+	assert.Len(t, a.Items, 1, "items of other types, or without payload, are dropped")
+	for _, junk := range []string{`nope`, `{"req":"bad id!"}`, `{"req":"r","items":` + strings.Repeat(`{},`, MaxHistoryItems) + `{}]}`} {
+		w.nodes["A"].core.Receive(w.now, "H", Topic(gid, TypeHistory), []byte(junk), "")
+	}
+	w.settle()
+	assert.Len(t, w.nodes["A"].eventsOf(EvHistory), len(evs), "malformed answers are ignored")
+
+	w2 := newWorld(t, "H", "A")
+	w2.create("H", CreateSpec{Type: AppCluster, ID: "2222222222222222"})
+	w2.join("A", "H", "2222222222222222")
+	require.NoError(t, w2.nodes["A"].core.RequestHistory(w2.now, "H", "2222222222222222", "r", 10))
+	w2.settle()
+	assert.Empty(t, w2.nodes["H"].eventsOf(EvHistoryRequest))
+	require.Len(t, w2.nodes["A"].eventsOf(EvHistory), 1, "a volatile group keeps no history")
+	assert.JSONEq(t, `{"req":"r","items":[]}`, string(w2.nodes["A"].eventsOf(EvHistory)[0].Payload))
 }

@@ -26,6 +26,10 @@ const (
 	TypeLeave   = "leave"
 	TypeClose   = "close"
 	TypeError   = "error"
+	// TypeHistory is ours: a member asks the host for the group's recent
+	// messages, and the host answers, on the same topic. A Goop2 host
+	// ignores the question.
+	TypeHistory = "history"
 )
 
 // TopicInvite carries invitations (host → peer).
@@ -166,6 +170,45 @@ type Welcome struct {
 	Lifecycle string `json:"lifecycle,omitempty"`
 	Access    string `json:"access,omitempty"`
 	Role      string `json:"role,omitempty"`
+}
+
+// Limits of a history answer: at most MaxHistoryItems messages, and the
+// newest of them that fit in MaxHistoryBytes of payloads.
+const (
+	MaxHistoryItems = 200
+	MaxHistoryBytes = 768 << 10
+)
+
+// HistoryItem is one relayed message in a history answer.
+type HistoryItem struct {
+	From    string          `json:"from"`
+	Type    string          `json:"type"`
+	Payload json.RawMessage `json:"payload"`
+	At      int64           `json:"at"` // unix ms
+}
+
+// historyPayload is the payload of a history question (req, limit) and of
+// its answer (req, items oldest first, or error).
+type historyPayload struct {
+	Type  string        `json:"type"`
+	Group string        `json:"group"`
+	Req   string        `json:"req"`
+	Limit int           `json:"limit,omitempty"`
+	Items []HistoryItem `json:"items,omitempty"`
+	Error *Error        `json:"error,omitempty"`
+}
+
+// HistoryAnswer is the payload of an EvHistory event.
+type HistoryAnswer struct {
+	Req   string        `json:"req"`
+	Items []HistoryItem `json:"items"`
+	Error *Error        `json:"error,omitempty"`
+}
+
+// HistoryQuestion is the payload of an EvHistoryRequest event.
+type HistoryQuestion struct {
+	Req   string `json:"req"`
+	Limit int    `json:"limit"`
 }
 
 type membersPayload struct {

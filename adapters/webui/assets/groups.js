@@ -40,15 +40,17 @@
     });
     box.scrollTop = box.scrollHeight;
   }
-  // loadHistory fills a hosted group's log, once per page, with the newest
-  // messages the node kept for it (the host keeps the history of its
-  // groups; members keep none). Entries that arrived live meanwhile stay
-  // after it, except messages the history already holds.
-  function loadHistory(id) {
-    var k = key(selfId, id);
+  // loadHistory fills a group's log, once per page, with its newest
+  // messages: from this node's store for a group it hosts, from the host
+  // for a group it joined. Entries that arrived live meanwhile stay after
+  // them, except messages the history already holds.
+  function loadHistory(host, id) {
+    var k = key(host, id);
     if (historyAsked[k]) return;
     historyAsked[k] = true;
-    Goop.api('GET', '/api/groups/history?group_id=' + encodeURIComponent(id) + '&limit=' + historyLimit).then(function (hist) {
+    var q = '/api/groups/history?group_id=' + encodeURIComponent(id) + '&limit=' + historyLimit +
+      (host === selfId ? '' : '&host_peer_id=' + encodeURIComponent(host));
+    Goop.api('GET', q).then(function (hist) {
       var entries = (hist || []).map(function (h) {
         return { from: h.from, text: (h.type === 'state' ? '[state] ' : '') + text(h.payload) };
       });
@@ -63,7 +65,10 @@
       logs[k] = entries.slice(-200);
       var box = document.querySelector('[data-key="' + CSS.escape(k) + '"] .log');
       if (box) renderLog(box, logs[k]);
-    }, function (e) { console.error('group history', e); });
+    }, function (e) {
+      historyAsked[k] = false; // e.g. the host is away: try again at the next redraw
+      console.error('group history', e);
+    });
   }
   function showError(p, err) { p.textContent = err ? (err.code ? err.code + ': ' : '') + err.message : ''; }
 
@@ -101,7 +106,7 @@
     var amMember = !hosted || (g.members || []).some(function (m) { return m.peer_id === selfId; });
     if (!amMember) $('.leave', node).remove();
     renderLog($('.log', node), logs[node.dataset.key]);
-    if (hosted) loadHistory(g.id);
+    if (hosted || g.joined) loadHistory(host, g.id);
     // The card may be rebuilt while a request runs: answers go to the
     // card on the page now.
     var k = node.dataset.key;

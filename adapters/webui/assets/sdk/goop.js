@@ -9,6 +9,8 @@
  *   Goop.group.create({name, group_type, lifecycle, access, max_members, id})
  *   Goop.group.subscribe(fn) -> unsubscribe   every group event {type, group, host, from, payload, members, error}
  *   Goop.group.subscriptions()                groups this node has joined
+ *   Goop.group.history([groupId][, limit])    newest messages of a group, oldest first: [{from, type, payload, at}]
+ *   Goop.group.history(hostPeerId, groupId[, limit])   (asked of the host; a group this node hosts: its store)
  *   Goop.group.invitations()                  invitations received, neither joined nor declined
  *                                             (newest first; joining one accepts it)
  *   Goop.group.decline(hostPeerId, groupId)   forget an invitation (the host is not told)
@@ -132,6 +134,26 @@
     });
   }
 
+  function history(a, b, c) {
+    var g, limit, hostP;
+    if (typeof b === 'string') {
+      g = { id: b };
+      hostP = Promise.resolve(a);
+      limit = c;
+    } else {
+      g = resolveGroup(a);
+      hostP = g.host ? Promise.resolve(g.host) : pageHost();
+      limit = b;
+    }
+    return hostP.then(function (host) {
+      return self().then(function (s) {
+        var q = '/api/groups/history?group_id=' + encodeURIComponent(g.id) + (limit ? '&limit=' + limit : '') +
+          (host === s.id ? '' : '&host_peer_id=' + encodeURIComponent(host));
+        return api('GET', q);
+      });
+    });
+  }
+
   function query(table, params) {
     var body = { op: 'query', table: table };
     if (params) Object.keys(params).forEach(function (k) { body[k] = params[k]; });
@@ -152,6 +174,7 @@
       leave: leave,
       create: function (opts) { return api('POST', '/api/groups', opts || {}); },
       subscribe: subscribe,
+      history: history,
       subscriptions: function () { return api('GET', '/api/groups/subscriptions'); },
       invitations: function () { return api('GET', '/api/groups/invitations'); },
       decline: function (host, groupId) {
