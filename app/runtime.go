@@ -868,6 +868,7 @@ func (s *Subscription) closeLocked() {
 func (r *Runtime) publish(evs []Event) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.logFailures(evs)
 	for _, ev := range evs {
 		if ev.Kind == EventGroup && ev.Group != nil && ev.Group.Type == group.EvHistoryRequest {
 			r.askHistory(ev.Group)
@@ -931,5 +932,36 @@ func (r *Runtime) historyWorker(ctx context.Context, hr ports.HistoryReader, job
 				r.log.Debug("history answer", "group", j.group, "err", err)
 			}
 		}
+	}
+}
+
+// logFailures logs the messages given up among evs: one line per
+// destination (a dead peer's whole queue fails at once), with the count and
+// the first one's id and reason.
+func (r *Runtime) logFailures(evs []Event) {
+	type failure struct {
+		n          int
+		id, reason string
+	}
+	var failed map[mq.PeerID]*failure
+	var order []mq.PeerID
+	for _, ev := range evs {
+		if ev.Kind != EventFailed {
+			continue
+		}
+		if failed == nil {
+			failed = map[mq.PeerID]*failure{}
+		}
+		f := failed[ev.Peer]
+		if f == nil {
+			f = &failure{id: ev.MsgID, reason: ev.Reason}
+			failed[ev.Peer] = f
+			order = append(order, ev.Peer)
+		}
+		f.n++
+	}
+	for _, p := range order {
+		f := failed[p]
+		r.log.Warn("messages given up", "to", p, "count", f.n, "first_msg_id", f.id, "reason", f.reason)
 	}
 }

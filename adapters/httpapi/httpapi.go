@@ -465,12 +465,17 @@ type MessageJSON struct {
 }
 
 // EventJSON is the data of an SSE `message` event: type "message" (Msg,
-// From) or "delivered" (MsgID: the peer's application confirmed our message).
+// From), "delivered" (MsgID: the peer's application confirmed our
+// message) or, ours, "failed" (MsgID, PeerID, Topic, Reason: the node gave
+// the message up after its retries, or could not send it at all).
 type EventJSON struct {
-	Type  string       `json:"type"`
-	Msg   *MessageJSON `json:"msg,omitempty"`
-	From  string       `json:"from,omitempty"`
-	MsgID string       `json:"msg_id,omitempty"`
+	Type   string       `json:"type"`
+	Msg    *MessageJSON `json:"msg,omitempty"`
+	From   string       `json:"from,omitempty"`
+	MsgID  string       `json:"msg_id,omitempty"`
+	PeerID string       `json:"peer_id,omitempty"`
+	Topic  string       `json:"topic,omitempty"`
+	Reason string       `json:"reason,omitempty"`
 }
 
 func encodeEvent(ev app.Event) []byte {
@@ -487,6 +492,8 @@ func encodeEvent(ev app.Event) []byte {
 		}}
 	case app.EventReceipt:
 		e = EventJSON{Type: "delivered", MsgID: ev.MsgID}
+	case app.EventFailed:
+		e = EventJSON{Type: "failed", MsgID: ev.MsgID, PeerID: string(ev.Peer), Topic: ev.Topic, Reason: ev.Reason}
 	default:
 		return nil
 	}
