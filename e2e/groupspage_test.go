@@ -154,6 +154,8 @@ func TestGroupsPageInvitations(t *testing.T) {
 	_, err = poll[bool](gctx, fmt.Sprintf(`!!document.querySelector('#joined .group[data-key$=%q]') &&
 		document.querySelector('#invites').innerText.trim() === 'none'`, "/"+club))
 	require.NoError(t, err, "joined, and the invitation is gone")
+	_, err = poll[bool](gctx, fmt.Sprintf(`document.querySelector('#joined .group[data-key$=%q] .meta').textContent.includes('host host')`, "/"+club))
+	require.NoError(t, err, "the card names the host by its label")
 
 	// A second invitation comes while the page is open; the guest declines it.
 	spare := create("spare")

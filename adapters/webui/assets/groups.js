@@ -81,7 +81,7 @@
     [g.group_type, g.lifecycle, g.access, g.volatile ? 'volatile' : ''].forEach(function (b) {
       if (b) badges.appendChild(el('span', 'badge', b));
     });
-    var meta = 'id ' + g.id + (hosted ? '' : ' · host ' + short(host)) +
+    var meta = 'id ' + g.id + (hosted ? '' : ' · host ' + who(host)) +
       (g.max_members ? ' · max ' + g.max_members : '') + (g.role ? ' · my role ' + g.role : '');
     $('.meta', node).textContent = meta;
     var ul = $('.members', node);
