@@ -144,8 +144,10 @@ type Runtime struct {
 	waiters map[string]waiter
 
 	// Members' history questions, answered from the store by one goroutine
-	// (historyWorker); nil when the store keeps no history.
+	// (historyWorker); nil when the store keeps no history. asking counts
+	// each member's questions waiting or being answered.
 	history chan historyJob
+	asking  map[mq.PeerID]int
 }
 
 // historyJob is a member's question about a hosted group's history.
@@ -155,10 +157,14 @@ type historyJob struct {
 	q     group.HistoryQuestion
 }
 
-// historyQueue bounds the history questions waiting: more are dropped
-// (the member's request times out), so members asking in a loop cost the
-// host a bounded amount of work.
-const historyQueue = 32
+// historyQueue bounds the history questions waiting, and historyPerPeer
+// those of one member: more are dropped (the member's request times out),
+// so members asking in a loop cost the host a bounded amount of work, and
+// one member cannot crowd the others out.
+const (
+	historyQueue   = 32
+	historyPerPeer = 2
+)
 
 // NewRuntime prepares a runtime; call Run to start it.
 func NewRuntime(node *Node, tr ports.Transport, store ports.Store, clock ports.Clock, log *slog.Logger) *Runtime {
@@ -900,10 +906,27 @@ func (r *Runtime) askHistory(ev *group.Event) {
 	if r.history == nil || json.Unmarshal(ev.Payload, &q) != nil {
 		return
 	}
+	if r.asking[ev.From] >= historyPerPeer {
+		r.log.Debug("history question dropped: the member has others waiting", "group", ev.Group, "from", ev.From)
+		return
+	}
 	select {
 	case r.history <- historyJob{group: ev.Group, from: ev.From, q: q}:
+		if r.asking == nil {
+			r.asking = map[mq.PeerID]int{}
+		}
+		r.asking[ev.From]++
 	default:
 		r.log.Debug("history question dropped: too many waiting", "group", ev.Group, "from", ev.From)
+	}
+}
+
+// answered ends j's count in r.asking.
+func (r *Runtime) answered(j historyJob) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.asking[j.from]--; r.asking[j.from] <= 0 {
+		delete(r.asking, j.from)
 	}
 }
 
@@ -916,22 +939,29 @@ func (r *Runtime) historyWorker(ctx context.Context, hr ports.HistoryReader, job
 		case <-ctx.Done():
 			return
 		case j := <-jobs:
-			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			entries, err := hr.GroupHistory(rctx, j.group, j.q.Limit)
-			cancel()
-			if err != nil {
-				r.log.Warn("group history for a member", "group", j.group, "from", j.from, "err", err)
-				continue
-			}
-			err = r.Do(ctx, func(now time.Time, n *Node) {
-				if err := n.Group(now).AnswerHistory(now, j.group, j.from, j.q.Req, entries); err != nil {
-					r.log.Debug("history answer", "group", j.group, "from", j.from, "err", err)
-				}
-			})
-			if err != nil && ctx.Err() == nil {
-				r.log.Debug("history answer", "group", j.group, "err", err)
-			}
+			r.answerHistory(ctx, hr, j)
 		}
+	}
+}
+
+// answerHistory reads the entries j asks for and hands them to the group
+// core to send.
+func (r *Runtime) answerHistory(ctx context.Context, hr ports.HistoryReader, j historyJob) {
+	defer r.answered(j)
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	entries, err := hr.GroupHistory(rctx, j.group, j.q.Limit)
+	cancel()
+	if err != nil {
+		r.log.Warn("group history for a member", "group", j.group, "from", j.from, "err", err)
+		return
+	}
+	err = r.Do(ctx, func(now time.Time, n *Node) {
+		if err := n.Group(now).AnswerHistory(now, j.group, j.from, j.q.Req, entries); err != nil {
+			r.log.Debug("history answer", "group", j.group, "from", j.from, "err", err)
+		}
+	})
+	if err != nil && ctx.Err() == nil {
+		r.log.Debug("history answer", "group", j.group, "err", err)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/goop-p2p/goop/adapters/system"
 	"github.com/goop-p2p/goop/domain/group"
+	"github.com/goop-p2p/goop/domain/mq"
 )
 
 // Members' history questions wait in a bounded queue: a member asking in a
@@ -24,12 +25,25 @@ func TestHistoryQuestionsAreBounded(t *testing.T) {
 	sub := r.Subscribe(1)
 	q, err := json.Marshal(group.HistoryQuestion{Req: "r", Limit: 5})
 	require.NoError(t, err)
-	for range 3 * historyQueue {
-		r.publish([]Event{{Kind: EventGroup, Group: &group.Event{Type: group.EvHistoryRequest, Group: "g", From: "A", Payload: q}}})
+	ask := func(from mq.PeerID) {
+		r.publish([]Event{{Kind: EventGroup, Group: &group.Event{Type: group.EvHistoryRequest, Group: "g", From: from, Payload: q}}})
+	}
+	for range 10 {
+		ask("A")
+	}
+	assert.Len(t, r.history, historyPerPeer, "one member cannot crowd the others out")
+	for i := range 3 * historyQueue {
+		ask(mq.PeerID(fmt.Sprint("M", i)))
 	}
 	assert.Len(t, r.history, historyQueue)
-	assert.Equal(t, historyJob{group: "g", from: "A", q: group.HistoryQuestion{Req: "r", Limit: 5}}, <-r.history)
-	assert.Empty(t, sub.C)
+	j := <-r.history
+	assert.Equal(t, historyJob{group: "g", from: "A", q: group.HistoryQuestion{Req: "r", Limit: 5}}, j)
+	ask("A")
+	assert.Len(t, r.history, historyQueue-1, "A still has one waiting and one being answered")
+	r.answered(j)
+	ask("A")
+	assert.Len(t, r.history, historyQueue, "answered: A may ask again")
+	assert.Empty(t, sub.C, "questions reach no subscriber")
 }
 
 // A message given up is logged (quiet logs show warnings): one line per
