@@ -161,7 +161,8 @@ func (s *server) allowScoped(w http.ResponseWriter, r *http.Request, label strin
 			return false
 		case p == "/api/groups/events":
 			s.stream(w, r, func(ev app.Event) (string, []byte) {
-				if ev.Kind != app.EventGroup || ev.Group == nil || PeerLabel(s.hostOrSelf(ev.Group.Host)) != label {
+				if ev.Kind != app.EventGroup || ev.Group == nil || PeerLabel(s.hostOrSelf(ev.Group.Host)) != label ||
+					ev.Group.Type == group.EvDeclined { // the host is not told; its page must not learn it
 					return "", nil
 				}
 				return encodeGroupEvent(ev)

@@ -618,3 +618,42 @@ func TestRemoteSiteRanges(t *testing.T) {
 	assert.Equal(t, http.StatusOK, r.status)
 	assert.Equal(t, "", r.text)
 }
+
+// A peer's page sees that peer's invitations to us, but not that we
+// declined one: the host is not told, and its page must not learn it.
+func TestPeerOriginDoesNotSeeWhatWeDecline(t *testing.T) {
+	f := newSiteFixture(t)
+	a, b := string(f.a.id), string(f.b.id)
+	origin := f.originOf(f.b.id)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	events := openSSEHost(t, ctx, f, origin, "/api/groups/events")
+	require.Equal(t, "connected", nextSSE(t, events).event)
+	mine := openSSEHost(t, ctx, f, "", "/api/groups/events")
+	require.Equal(t, "connected", nextSSE(t, mine).event)
+
+	var ids []string
+	for _, name := range []string{"first", "second"} {
+		id := postTo(t, f.bsrv, "/api/groups", map[string]any{"name": name, "access": "invite-only"})["id"].(string)
+		postTo(t, f.bsrv, "/api/groups/invite", map[string]any{"group_id": id, "peer_id": a})
+		ids = append(ids, id)
+	}
+	for _, id := range ids {
+		ev := nextSSE(t, events)
+		assert.Equal(t, "invite", ev.event)
+		assert.Contains(t, ev.data, id)
+	}
+	r := f.req(t, http.MethodPost, "", "/api/groups/invitations/decline", map[string]any{"host_peer_id": b, "group_id": ids[0]}, nil)
+	require.Equal(t, http.StatusOK, r.status, r.text)
+	for ev := nextSSE(t, mine); ev.event != "declined"; ev = nextSSE(t, mine) {
+	} // our own page hears it
+	// Then the second invitation is declined too: bob's page hears nothing
+	// in between, and still nothing after.
+	r = f.req(t, http.MethodPost, "", "/api/groups/invitations/decline", map[string]any{"host_peer_id": b, "group_id": ids[1]}, nil)
+	require.Equal(t, http.StatusOK, r.status, r.text)
+	for ev := nextSSE(t, mine); ev.event != "declined"; ev = nextSSE(t, mine) {
+	}
+	postTo(t, f.bsrv, "/api/groups/invite", map[string]any{"group_id": ids[1], "peer_id": a})
+	ev := nextSSE(t, events)
+	assert.Equal(t, "invite", ev.event, "the next event bob's page gets is the new invitation: %s", ev.data)
+}
