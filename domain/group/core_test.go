@@ -9,6 +9,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/goop-p2p/goop/domain/mq"
 )
 
 var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -970,10 +972,13 @@ func TestHistoryAnswerIsBounded(t *testing.T) {
 	require.Len(t, a.Items, MaxHistoryItems)
 	assert.Equal(t, json.RawMessage("50"), a.Items[0].Payload, "the newest are kept")
 
-	big := json.RawMessage(`"` + strings.Repeat("x", 300<<10) + `"`)
+	big := json.RawMessage(`"` + strings.Repeat("<", 300<<10) + `"`)
 	a = answer([]HistoryEntry{{From: "A", Type: TypeMsg, Payload: big}, {From: "A", Type: TypeMsg, Payload: big},
 		{From: "A", Type: TypeMsg, Payload: big}, {From: "A", Type: TypeMsg, Payload: json.RawMessage(`1`)}})
 	assert.Len(t, a.Items, 3, "within MaxHistoryBytes")
+	last := w.sent[len(w.sent)-1]
+	require.Equal(t, Topic(gid, TypeHistory), last.Topic)
+	assert.LessOrEqual(t, len(last.Payload), mq.MaxPayloadBytes, "'<' is not escaped into six bytes: the answer fits the bus")
 
 	bad := `{"type":"history","req":"r","items":[{"from":"A","type":"msg","payload":1},{"from":"A","type":"join","payload":1},` +
 		`{"from":"A","type":"msg"}]}`

@@ -7,6 +7,7 @@
 package group
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -245,4 +246,16 @@ func mustJSON(v any) []byte {
 
 func controlPayload(typ, groupID string) []byte {
 	return mustJSON(control{Type: typ, Group: groupID})
+}
+
+// jsonNoEscape is mustJSON without HTML escaping: a payload full of '<'
+// would otherwise grow sixfold on its way out, past the bus's limit.
+func jsonNoEscape(v any) []byte {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		panic(fmt.Sprintf("group: marshal %T: %v", v, err))
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n"))
 }
