@@ -1174,7 +1174,7 @@ func (c *Core) AnswerHistory(now time.Time, id string, to PeerID, req string, en
 			ans.Items = append(ans.Items, HistoryItem{From: string(e.From), Type: e.Type, Payload: e.Payload, At: e.At.UnixMilli()})
 		}
 	}
-	c.send(to, Topic(id, TypeHistory), jsonNoEscape(ans), "")
+	c.send(to, Topic(id, TypeHistory), mustJSON(ans), "")
 	return nil
 }
 

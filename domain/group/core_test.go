@@ -651,6 +651,31 @@ func TestWelcomeCarriesState(t *testing.T) {
 	assert.JSONEq(t, `{"board":"rnbqkbnr"}`, string(j[0].Payload))
 }
 
+// The largest state a member may set, made of the characters JSON encoders
+// like to escape, still fits the welcome in one bus message: otherwise one
+// member could keep everyone else from joining.
+func TestWelcomeWithTheLargestStateFitsTheBus(t *testing.T) {
+	w := newWorld(t, "H", "A", "B")
+	w.create("H", CreateSpec{})
+	w.join("A", "H", gid)
+	state := []byte(`"` + strings.Repeat("<&>", (MaxStateBytes-2)/3) + `"`)
+	require.LessOrEqual(t, len(state), MaxStateBytes)
+	require.NoError(t, w.nodes["A"].core.SendToGroup(w.now, "H", gid, TypeState, state))
+	w.settle()
+	w.join("B", "H", gid)
+	var welcome []byte
+	for _, s := range w.sent {
+		if s.To == "B" && s.Topic == Topic(gid, TypeWelcome) {
+			welcome = s.Payload
+		}
+	}
+	require.NotNil(t, welcome)
+	assert.LessOrEqual(t, len(welcome), mq.MaxPayloadBytes)
+	j := w.nodes["B"].eventsOf(EvJoined)
+	require.Len(t, j, 1)
+	assert.JSONEq(t, string(state), string(j[0].Payload))
+}
+
 func TestRolesAndMeta(t *testing.T) {
 	w := newWorld(t, "H", "A")
 	w.create("H", CreateSpec{Roles: []string{"player", "judge"}, HostJoin: true})
