@@ -652,6 +652,21 @@ func (c *Core) broadcastMembers(h *hosted, except PeerID) {
 	c.event(Event{Type: EvMembers, Group: h.g.ID, Host: c.self, Members: list, GroupType: h.g.Type})
 }
 
+// roomFor refuses (code full) a new member m when the group's member list
+// with m would no longer fit one bus message beside the largest state:
+// every welcome and member list sent after it would be refused by the bus,
+// leaving the joiner waiting and everyone's member list stale. With
+// typical names that is several thousand members.
+func (c *Core) roomFor(h *hosted, m Member) *Error {
+	w := Welcome{GroupName: h.g.Name, GroupType: h.g.Type, GroupContext: h.g.Context, MaxMembers: h.g.MaxMembers,
+		Volatile: h.g.Volatile, Members: append(c.memberList(h), m), Lifecycle: h.g.Lifecycle, Access: h.g.Access,
+		Role: m.Role}
+	if len(mustJSON(w))+MaxStateBytes+len(`,"state":`) > mq.MaxPayloadBytes {
+		return Errorf(CodeFull, "group is full: its member list of %d would no longer fit in one message", len(h.members)+1)
+	}
+	return nil
+}
+
 func (c *Core) welcome(h *hosted, to PeerID) {
 	w := Welcome{GroupName: h.g.Name, GroupType: h.g.Type, GroupContext: h.g.Context, MaxMembers: h.g.MaxMembers,
 		Volatile: h.g.Volatile, Members: c.memberList(h), State: h.g.State, Lifecycle: h.g.Lifecycle,
@@ -835,6 +850,9 @@ func (c *Core) Join(now time.Time, host PeerID, id string) error {
 		}
 		if h.g.MaxMembers > 0 && len(h.members) >= h.g.MaxMembers {
 			return Errorf(CodeFull, "group is full")
+		}
+		if err := c.roomFor(h, Member{PeerID: string(c.self), Name: c.name, Role: RoleOwner, JoinedAt: now.UnixMilli()}); err != nil {
+			return err
 		}
 		h.g.HostJoined = true
 		c.putGroup(h)
@@ -1075,6 +1093,10 @@ func (c *Core) hostReceive(now time.Time, h *hosted, from PeerID, typ string, pa
 		}
 		if h.g.MaxMembers > 0 && len(h.members) >= h.g.MaxMembers {
 			c.sendError(from, h.g.ID, &Error{Code: CodeFull, Message: "group is full"})
+			return
+		}
+		if err := c.roomFor(h, Member{PeerID: string(from), Name: name, Role: h.g.DefaultRole, JoinedAt: now.UnixMilli()}); err != nil {
+			c.sendError(from, h.g.ID, err)
 			return
 		}
 		c.addMember(now, h, from, name, h.g.DefaultRole)

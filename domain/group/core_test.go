@@ -1027,3 +1027,42 @@ func TestHistoryAnswerIsBounded(t *testing.T) {
 	require.Len(t, w2.nodes["A"].eventsOf(EvHistory), 1, "a volatile group keeps no history")
 	assert.JSONEq(t, `{"req":"r","items":[]}`, string(w2.nodes["A"].eventsOf(EvHistory)[0].Payload))
 }
+
+// A group whose member list would no longer fit one bus message beside the
+// largest state refuses the next joiner with `full`, instead of adding a
+// member that no welcome or member list could ever reach.
+func TestMemberListMustFitOneMessage(t *testing.T) {
+	g := Group{ID: gid, Name: "huge", Owner: "H", Type: AppChat, CreatedAt: t0, DefaultRole: DefaultRoleName,
+		Lifecycle: Persistent, Access: Open}
+	long := strings.Repeat("n", MaxNameBytes)
+	member := func(i int) Member {
+		return Member{PeerID: fmt.Sprintf("12D3KooW%044d", i), Name: long, Role: DefaultRoleName, JoinedAt: 1_700_000_000_000 + int64(i)}
+	}
+	each := len(mustJSON(member(0))) + 1
+	var members []Member
+	for i := 0; i < (mq.MaxPayloadBytes-MaxStateBytes)/each; i++ { // just short of the limit
+		members = append(members, member(i))
+	}
+	require.Less(t, len(mustJSON(membersPayload{Members: members})), mq.MaxPayloadBytes-MaxStateBytes)
+	w := newWorld(t, "H", "A")
+	w.nodes["H"].core = NewCore("H", "host", Snapshot{Groups: []Group{g}, Members: map[string][]Member{gid: members}}, w.cfg)
+	w.nodes["H"].core.Tick(w.now)
+	w.settle()
+
+	require.NoError(t, w.nodes["A"].core.Join(w.now, "H", gid))
+	w.nodes["A"].core.SetName(long)
+	w.settle()
+	f := w.nodes["A"].eventsOf(EvJoinFailed)
+	require.Len(t, f, 1)
+	assert.Equal(t, CodeFull, f[0].Err.Code)
+	assert.Contains(t, f[0].Err.Message, "would no longer fit in one message")
+	hv, _ := w.nodes["H"].core.HostedGroup(gid)
+	assert.Len(t, hv.Members, len(members), "the refused joiner was not added")
+
+	// With a short list there is room, and the welcome fits.
+	w2 := newWorld(t, "H", "A")
+	w2.nodes["H"].core = NewCore("H", "host", Snapshot{Groups: []Group{g}, Members: map[string][]Member{gid: members[:len(members)/2]}}, w2.cfg)
+	w2.nodes["H"].core.Tick(w2.now)
+	w2.join("A", "H", gid)
+	assert.Len(t, w2.nodes["A"].eventsOf(EvJoined), 1)
+}
