@@ -6,7 +6,7 @@
   var names = {};     // peer id -> display name, learned from member lists
   var labels = {};    // peer id -> label, from the peer table
   var invites = [];   // invitations received, neither joined nor declined (from the node)
-  var historyAsked = {}; // "host/group" -> true once the host's history was asked for
+  var historyAsked = {}; // "host/group" -> when it may be asked again (Infinity once loaded)
   var historyLimit = 100;
 
   function $(sel, root) { return (root || document).querySelector(sel); }
@@ -46,8 +46,8 @@
   // them, except messages the history already holds.
   function loadHistory(host, id) {
     var k = key(host, id);
-    if (historyAsked[k]) return;
-    historyAsked[k] = true;
+    if (historyAsked[k] && Date.now() < historyAsked[k]) return;
+    historyAsked[k] = Infinity;
     var q = '/api/groups/history?group_id=' + encodeURIComponent(id) + '&limit=' + historyLimit +
       (host === selfId ? '' : '&host_peer_id=' + encodeURIComponent(host));
     Goop.api('GET', q).then(function (hist) {
@@ -66,7 +66,9 @@
       var box = document.querySelector('[data-key="' + CSS.escape(k) + '"] .log');
       if (box) renderLog(box, logs[k]);
     }, function (e) {
-      historyAsked[k] = false; // e.g. the host is away: try again at the next redraw
+      // e.g. the host is away, or a Goop2 host that does not answer: try
+      // again at a redraw a minute from now at the earliest.
+      historyAsked[k] = Date.now() + 60000;
       console.error('group history', e);
     });
   }
