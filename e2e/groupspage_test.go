@@ -168,4 +168,14 @@ func TestGroupsPageInvitations(t *testing.T) {
 	list, err := eval[[]any](gctx, `Goop.group.invitations()`)
 	require.NoError(t, err)
 	assert.Empty(t, list, "declined on the node, not only on the page")
+
+	// A third one goes away by itself when the host closes the group.
+	gone := create("gone soon")
+	invite(gone)
+	_, err = poll[bool](gctx, `document.querySelector('#invites').innerText.includes('gone soon')`)
+	require.NoError(t, err)
+	card := fmt.Sprintf(`#hosted .group[data-key$=%q]`, "/"+gone)
+	require.NoError(t, chromedp.Do(hctx, evalOK(`window.confirm = () => true`), chromedp.Click(card+` button.close`)))
+	_, err = poll[bool](gctx, `document.querySelector('#invites').innerText.trim() === 'none'`)
+	require.NoError(t, err, "the invitation to a closed group is withdrawn")
 }

@@ -690,6 +690,18 @@ func (c *Core) closeGroup(h *hosted, evType, reason string) {
 	for _, p := range c.remote(h, "") {
 		c.send(p, Topic(h.g.ID, TypeClose), controlPayload(TypeClose, h.g.ID), "")
 	}
+	// Peers invited and not joined keep the invitation until they act on
+	// it: tell them too (ours; a peer that is not in the group ignores it).
+	invited := make([]PeerID, 0, len(h.invites))
+	for p := range h.invites {
+		if h.members[p] == nil && p != c.self {
+			invited = append(invited, p)
+		}
+	}
+	slices.Sort(invited) // deterministic order
+	for _, p := range invited {
+		c.send(p, Topic(h.g.ID, TypeClose), controlPayload(TypeClose, h.g.ID), "")
+	}
 	delete(c.hosted, h.g.ID)
 	c.change(Change{Kind: DeleteGroup, GroupID: h.g.ID})
 	c.event(Event{Type: evType, Group: h.g.ID, Host: c.self, Reason: reason, GroupType: h.g.Type})
@@ -988,6 +1000,13 @@ func (c *Core) Receive(now time.Time, from PeerID, topic string, payload []byte,
 	case TypeWelcome, TypePing:
 		// A host that thinks we are a member of a group we left: tell it.
 		c.send(from, Topic(id, TypeLeave), controlPayload(TypeLeave, id), "")
+	case TypeClose:
+		// A group we were invited to is gone: so is the invitation.
+		if inv := c.invitations[subKey{from, id}]; inv != nil {
+			c.dropInvitation(subKey{from, id})
+			c.event(Event{Type: EvClosed, Group: id, Host: from, GroupType: inv.GroupType,
+				Err: Errorf(CodeClosed, "the group you were invited to was closed")})
+		}
 	}
 	return true
 }

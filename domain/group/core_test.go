@@ -1066,3 +1066,29 @@ func TestMemberListMustFitOneMessage(t *testing.T) {
 	w2.join("A", "H", gid)
 	assert.Len(t, w2.nodes["A"].eventsOf(EvJoined), 1)
 }
+
+// Closing (or dissolving) a group tells the peers invited and not joined,
+// whose invitations then go; members are told as before.
+func TestClosingAGroupWithdrawsItsInvitations(t *testing.T) {
+	w := newWorld(t, "H", "A", "B", "C")
+	w.create("H", CreateSpec{Access: InviteOnly})
+	for _, p := range []PeerID{"A", "B"} {
+		require.NoError(t, w.nodes["H"].core.Invite(w.now, gid, p))
+	}
+	w.settle()
+	w.join("B", "H", gid)
+	require.Len(t, w.nodes["A"].core.Invitations(), 1)
+	require.NoError(t, w.nodes["H"].core.Close(w.now, gid))
+	w.settle()
+	assert.Empty(t, w.nodes["A"].core.Invitations())
+	assert.Empty(t, w.nodes["A"].store.invitations)
+	closed := w.nodes["A"].eventsOf(EvClosed)
+	require.Len(t, closed, 1)
+	assert.Equal(t, CodeClosed, closed[0].Err.Code)
+	assert.Len(t, w.nodes["B"].eventsOf(EvClosed), 1, "the member hears of it once")
+	assert.Empty(t, w.nodes["C"].eventsOf(EvClosed), "nobody else hears of it")
+	// A close for a group we were neither in nor invited to changes nothing.
+	w.nodes["C"].core.Receive(w.now, "H", Topic(gid, TypeClose), controlPayload(TypeClose, gid), "")
+	w.settle()
+	assert.Empty(t, w.nodes["C"].eventsOf(EvClosed))
+}

@@ -276,6 +276,7 @@
           break;
         case 'close': case 'dissolved':
           log(ev.host, ev.group, { sys: true, text: 'group ' + ev.type + (ev.error ? ': ' + ev.error.message : '') }); refresh();
+          if (invites.some(function (i) { return i.group_id === ev.group && i.host_peer_id === ev.host; })) loadInvites();
           break;
         default:
           refresh();
