@@ -133,7 +133,24 @@ func parsePayload(s string) json.RawMessage {
 
 func needArgs(c *cli.Context, n int, usage string) error {
 	if c.NArg() != n {
-		return cli.Exit("usage: goop "+c.Command.FullName()+" "+usage, exitUsage)
+		return usageExit(c, usage)
 	}
 	return nil
+}
+
+// usageExit is the usage error of c's command, named with its parents
+// ("goop groups join ..."): urfave/cli's FullName gives only "join" here.
+func usageExit(c *cli.Context, usage string) error {
+	return cli.Exit("usage: goop "+cmdPath(c)+" "+usage, exitUsage)
+}
+
+// cmdPath is the path of c's command below the app: "groups join".
+func cmdPath(c *cli.Context) string {
+	var names []string
+	for _, x := range c.Lineage() {
+		if x.Command != nil && x.Command.Name != "" && x.Command.Name != c.App.Name && (len(names) == 0 || names[0] != x.Command.Name) {
+			names = append([]string{x.Command.Name}, names...)
+		}
+	}
+	return strings.Join(names, " ")
 }

@@ -161,6 +161,61 @@ func groupsCommand(stdout io.Writer) *cli.Command {
 				func(a []string) map[string]any { return map[string]any{"group_id": a[0], "peer_id": a[1]} }, "kicked"),
 			groupAction(stdout, "close", "close a hosted group for everyone", "GROUP_ID", "/api/groups/close",
 				func(a []string) map[string]any { return map[string]any{"group_id": a[0]} }, "closed"),
+			groupAction(stdout, "set-role", "give a member of a hosted group a role (one of the group's roles, or the default role)", "GROUP_ID PEER_ID ROLE", "/api/groups/set-role",
+				func(a []string) map[string]any {
+					return map[string]any{"group_id": a[0], "peer_id": a[1], "role": a[2]}
+				}, "ok"),
+			groupAction(stdout, "set-default-role", "set the role a hosted group gives those who join", "GROUP_ID ROLE", "/api/groups/set-default-role",
+				func(a []string) map[string]any { return map[string]any{"group_id": a[0], "role": a[1]} }, "ok"),
+			{
+				Name: "set-roles", Usage: "set the custom roles of a hosted group (none: no custom roles)", ArgsUsage: "GROUP_ID [ROLE...]",
+				Flags: apiFlags(false),
+				Action: func(c *cli.Context) error {
+					if c.NArg() < 1 {
+						return usageExit(c, "GROUP_ID [ROLE...]")
+					}
+					cl, err := newClient(c, stdout)
+					if err != nil {
+						return err
+					}
+					roles := append([]string{}, c.Args().Slice()[1:]...)
+					if err := cl.call(c.Context, "POST", "/api/groups/set-roles", map[string]any{"group_id": c.Args().First(), "roles": roles}, nil); err != nil || cl.raw {
+						return err
+					}
+					fmt.Fprintln(stdout, "ok")
+					return nil
+				},
+			},
+			{
+				Name: "meta", Usage: "rename a hosted group or change its member limit (members are told)", ArgsUsage: "GROUP_ID",
+				Flags: append(apiFlags(false),
+					&cli.StringFlag{Name: "name", Usage: "the group's new `NAME`"},
+					&cli.IntFlag{Name: "max-members", Usage: "the new member limit `N` (0 = unlimited)"}),
+				Action: func(c *cli.Context) error {
+					if err := needArgs(c, 1, "GROUP_ID"); err != nil {
+						return err
+					}
+					body := map[string]any{"group_id": c.Args().First()}
+					if c.IsSet("name") {
+						body["name"] = c.String("name")
+					}
+					if c.IsSet("max-members") {
+						body["max_members"] = c.Int("max-members")
+					}
+					if len(body) == 1 {
+						return cli.Exit("goop "+cmdPath(c)+": nothing to change: give --name or --max-members", exitUsage)
+					}
+					cl, err := newClient(c, stdout)
+					if err != nil {
+						return err
+					}
+					if err := cl.call(c.Context, "POST", "/api/groups/meta", body, nil); err != nil || cl.raw {
+						return err
+					}
+					fmt.Fprintln(stdout, "ok")
+					return nil
+				},
+			},
 			{
 				Name:      "history",
 				Usage:     "print a group's newest messages, oldest first: of a group hosted here, or asked of the host of a group joined",
@@ -168,7 +223,7 @@ func groupsCommand(stdout io.Writer) *cli.Command {
 				Flags:     append(apiFlags(false), &cli.IntFlag{Name: "limit", Value: 20, Usage: "at most `N` messages (a remote host answers up to 200)"}),
 				Action: func(c *cli.Context) error {
 					if c.NArg() != 1 && c.NArg() != 2 {
-						return cli.Exit("usage: goop "+c.Command.FullName()+" [HOST_PEER_ID] GROUP_ID", exitUsage)
+						return usageExit(c, "[HOST_PEER_ID] GROUP_ID")
 					}
 					if c.Int("limit") < 1 {
 						return cli.Exit("--limit must be at least 1", exitUsage)

@@ -143,16 +143,34 @@ func TestGroupsAcrossThreeRealNodesWithTheCLI(t *testing.T) {
 	got = waitGroupEvent(t, hostEv, "msg")
 	assert.Equal(t, a.PeerID.String(), got.From)
 
+	// Roles and metadata from the CLI.
+	assert.Equal(t, "ok", goopOK(t, "groups", "set-roles", api(h), id, "reader", "moderator"))
+	assert.Equal(t, "ok", goopOK(t, "groups", "set-role", api(h), id, a.PeerID.String(), "moderator"))
+	assert.Contains(t, goopOK(t, "groups", "list", api(h)), shortID(a.PeerID.String())+"(moderator)")
+	code, _, errOut := runGoop(t, "groups", "set-role", api(h), id, a.PeerID.String(), "emperor")
+	assert.Equal(t, 1, code)
+	assert.Contains(t, errOut, "emperor", "the error names the unknown role")
+	assert.Equal(t, "ok", goopOK(t, "groups", "set-default-role", api(h), id, "reader"))
+	assert.Equal(t, "ok", goopOK(t, "groups", "meta", api(h), "--name", "book club II", id))
+	waitGroupEvent(t, bEv, "meta")
+	assert.Contains(t, goopOK(t, "groups", "list", api(b)), "book club II", "members hear of the new name")
+	code, _, errOut = runGoop(t, "groups", "meta", api(h), id)
+	assert.Equal(t, 2, code)
+	assert.Contains(t, errOut, "goop groups meta: nothing to change: give --name or --max-members")
+	code, _, errOut = runGoop(t, "groups", "set-role", api(h), id)
+	assert.Equal(t, 2, code)
+	assert.Contains(t, errOut, "usage: goop groups set-role GROUP_ID PEER_ID ROLE", "the usage names the whole command")
+
 	// bob asks the host for the conversation.
 	hist := goopOK(t, "groups", "history", api(b), h.PeerID.String(), id)
 	assert.Contains(t, hist, shortID(a.PeerID.String())+`  {"text":"hello from alice"}`)
 	assert.Equal(t, hist, goopOK(t, "groups", "history", api(h), id), "the host reads its own store")
-	code, _, errOut := runGoop(t, "groups", "history", api(a), h.PeerID.String(), id, "extra")
+	code, _, errOut = runGoop(t, "groups", "history", api(a), h.PeerID.String(), id, "extra")
 	assert.Equal(t, 2, code, errOut)
 
 	list := goopOK(t, "groups", "list", api(b))
 	assert.Contains(t, list, id)
-	assert.Contains(t, list, "book club")
+	assert.Contains(t, list, "book club II")
 
 	goopOK(t, "groups", "kick", api(h), id, b.PeerID.String())
 	closed := waitGroupEvent(t, bEv, "close")
