@@ -25,6 +25,7 @@ func TestGroupsPageInTwoBrowsers(t *testing.T) {
 	require.NoError(t, chromedp.Do(hctx, chromedp.Navigate(hostURL+"/groups"), chromedp.WaitVisible("#create"),
 		chromedp.SetValue(`#create input[name=name]`, "book club"),
 		chromedp.SetValue(`#create select[name=group_type]`, "chat"),
+		chromedp.SetValue(`#create input[name=roles]`, "player, judge"),
 		chromedp.Click(`#create button`),
 		chromedp.WaitVisible(card)))
 	id, err := poll[string](hctx, `document.querySelector('`+card+`').dataset.key.split('/')[1]`)
@@ -45,6 +46,15 @@ func TestGroupsPageInTwoBrowsers(t *testing.T) {
 		(document.activeElement && document.activeElement.name)`)
 	require.NoError(t, err)
 	assert.Equal(t, "a draft|text", draft, "what the host was typing, and the focus, survived the redraw")
+
+	// The host makes the guest a player; the guest's card says so.
+	require.NoError(t, chromedp.Do(hctx, evalOK(`(function (s) { s.value = 'player'; s.dispatchEvent(new Event('change')); })(
+		document.querySelector('`+card+` .members select.role'))`)))
+	_, err = poll[bool](gctx, `document.querySelector('`+joined+` .meta').textContent.includes('my role player')`)
+	require.NoError(t, err, "the guest's card shows its new role")
+	opts, err := eval[[]string](hctx, `Array.from(document.querySelectorAll('`+card+` .members select.role option')).map(o => o.value)`)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"viewer", "player", "judge"}, opts, "the default role, then the custom ones")
 
 	tabs := map[string]context.Context{"host": hctx, "guest": gctx}
 	say := func(who, sel, text string) {

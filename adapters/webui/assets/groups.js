@@ -93,7 +93,27 @@
       var label = el('span', '', (m.name || short(m.peer_id)) + (m.peer_id === selfId ? ' (me)' : ''));
       label.title = m.peer_id;
       li.appendChild(label);
-      li.appendChild(el('span', 'badge', m.role));
+      if (hosted && m.peer_id !== selfId && m.role !== 'owner') {
+        // The host gives members a role: the default one or a custom one.
+        var sel = el('select', 'role');
+        sel.setAttribute('aria-label', 'role of ' + (m.name || m.peer_id));
+        [g.default_role].concat(g.roles || [], [m.role]).forEach(function (r) {
+          if (!r || Array.prototype.some.call(sel.options, function (o) { return o.value === r; })) return;
+          var o = el('option', '', r);
+          o.value = r;
+          sel.appendChild(o);
+        });
+        sel.value = m.role;
+        sel.onchange = function () {
+          Goop.api('POST', '/api/groups/set-role', { group_id: g.id, peer_id: m.peer_id, role: sel.value }).then(function () {
+            log(host, g.id, { sys: true, text: who(m.peer_id) + ' is now ' + sel.value });
+            refresh();
+          }, function (e) { fail(e); refresh(); });
+        };
+        li.appendChild(sel);
+      } else {
+        li.appendChild(el('span', 'badge', m.role));
+      }
       if (hosted && m.peer_id !== selfId) {
         var kick = el('button', 'small danger', 'kick');
         kick.onclick = function () {
@@ -245,8 +265,9 @@
     var f = e.target;
     Goop.group.create({
       name: f.name.value, group_type: f.group_type.value, lifecycle: f.lifecycle.value,
-      access: f.access.value, max_members: parseInt(f.max_members.value || '0', 10), host_join: f.host_join.checked
-    }).then(function () { f.name.value = ''; showError($('#create-error'), null); refresh(); },
+      access: f.access.value, max_members: parseInt(f.max_members.value || '0', 10), host_join: f.host_join.checked,
+      roles: f.roles.value.split(',').map(function (r) { return r.trim(); }).filter(Boolean)
+    }).then(function () { f.name.value = ''; f.roles.value = ''; showError($('#create-error'), null); refresh(); },
       function (err) { showError($('#create-error'), err); });
   };
   $('#join').onsubmit = function (e) {
