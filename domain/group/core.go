@@ -691,7 +691,8 @@ func (c *Core) closeGroup(h *hosted, evType, reason string) {
 		c.send(p, Topic(h.g.ID, TypeClose), controlPayload(TypeClose, h.g.ID), "")
 	}
 	// Peers invited and not joined keep the invitation until they act on
-	// it: tell them too (ours; a peer that is not in the group ignores it).
+	// it: tell them too (ours: our node drops the invitation; to a peer
+	// neither in the group nor invited, a close means nothing).
 	invited := make([]PeerID, 0, len(h.invites))
 	for p := range h.invites {
 		if h.members[p] == nil && p != c.self {

@@ -28,8 +28,8 @@ const (
 	TypeClose   = "close"
 	TypeError   = "error"
 	// TypeHistory is ours: a member asks the host for the group's recent
-	// messages, and the host answers, on the same topic. A Goop2 host
-	// ignores the question.
+	// messages, and the host answers, on the same topic. A Goop2 host does
+	// not answer (the asker's wait times out).
 	TypeHistory = "history"
 )
 
