@@ -148,7 +148,7 @@ func usageExit(c *cli.Context, usage string) error {
 func cmdPath(c *cli.Context) string {
 	var names []string
 	for _, x := range c.Lineage() {
-		if x.Command != nil && x.Command.Name != "" && x.Command.Name != c.App.Name && (len(names) == 0 || names[0] != x.Command.Name) {
+		if x.Command != nil && x.Command.Name != "" && x.Command.Name != c.App.Name {
 			names = append([]string{x.Command.Name}, names...)
 		}
 	}
