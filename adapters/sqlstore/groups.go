@@ -228,7 +228,7 @@ func (s *Store) LoadGroups(ctx context.Context) (group.Snapshot, error) {
 			snap.Subscriptions = append(snap.Subscriptions, r.subscription())
 		}
 		slices.SortFunc(snap.Subscriptions, func(a, b group.Subscription) int {
-			return cmp.Or(strings.Compare(string(a.Host), string(b.Host)), strings.Compare(a.GroupID, b.GroupID))
+			return byHostGroup(a.Host, a.GroupID, b.Host, b.GroupID)
 		})
 
 		var invs []invitationRow
@@ -239,7 +239,7 @@ func (s *Store) LoadGroups(ctx context.Context) (group.Snapshot, error) {
 			snap.Invitations = append(snap.Invitations, r.invitation())
 		}
 		slices.SortFunc(snap.Invitations, func(a, b group.Invitation) int {
-			return cmp.Or(strings.Compare(string(a.Host), string(b.Host)), strings.Compare(a.GroupID, b.GroupID))
+			return byHostGroup(a.Host, a.GroupID, b.Host, b.GroupID)
 		})
 		return nil
 	})
@@ -823,78 +823,56 @@ func sortedSubKeys[V any](m map[subKey]V) []subKey {
 	for k := range m {
 		keys = append(keys, k)
 	}
-	slices.SortFunc(keys, func(a, b subKey) int {
-		return cmp.Or(strings.Compare(string(a.host), string(b.host)), strings.Compare(a.group, b.group))
-	})
+	slices.SortFunc(keys, func(a, b subKey) int { return byHostGroup(a.host, a.group, b.host, b.group) })
 	return keys
 }
 
-func applyInvitations(ctx context.Context, tx bun.Tx, st *stepper, invs map[subKey]*group.Invitation) error {
+// byHostGroup orders by host, then group id (byte order).
+func byHostGroup(h1 group.PeerID, g1 string, h2 group.PeerID, g2 string) int {
+	return cmp.Or(strings.Compare(string(h1), string(h2)), strings.Compare(g1, g2))
+}
+
+// applyByHostGroup applies the puts and deletes (nil values) of rows keyed
+// by (host_peer_id, group_id): subscriptions and invitations. row makes the
+// row of a value, size estimates a row's bytes.
+func applyByHostGroup[V, R any](ctx context.Context, tx bun.Tx, st *stepper, m map[subKey]*V, row func(*V) R, size func(*R) int) error {
 	var dels [][2]string
-	var puts []invitationRow
-	for _, k := range sortedSubKeys(invs) {
-		inv := invs[k]
-		if inv == nil {
+	var puts []R
+	for _, k := range sortedSubKeys(m) {
+		if v := m[k]; v != nil {
+			puts = append(puts, row(v))
+		} else {
 			dels = append(dels, [2]string{string(k.host), k.group})
-			continue
 		}
-		puts = append(puts, invitationRow{
-			HostPeerID:   string(inv.Host),
-			GroupID:      inv.GroupID,
-			GroupName:    inv.GroupName,
-			GroupType:    inv.GroupType,
-			GroupContext: inv.GroupContext,
-			Volatile:     inv.Volatile,
-			Lifecycle:    inv.Lifecycle,
-			Access:       inv.Access,
-			ReceivedAt:   inv.ReceivedAt.UnixMilli(),
-		})
 	}
-	if err := deletePairs(ctx, tx, st, (*invitationRow)(nil), "host_peer_id", "group_id", dels); err != nil {
+	if err := deletePairs(ctx, tx, st, (*R)(nil), "host_peer_id", "group_id", dels); err != nil {
 		return err
-	}
-	size := func(r *invitationRow) int {
-		return len(r.HostPeerID) + len(r.GroupID) + len(r.GroupName) + len(r.GroupType) + len(r.GroupContext) +
-			len(r.Lifecycle) + len(r.Access) + 64
 	}
 	return insertChunks(ctx, tx, st, puts, size, func(q *bun.InsertQuery) *bun.InsertQuery {
 		return q.On("CONFLICT (host_peer_id, group_id) DO UPDATE")
+	})
+}
+
+func applyInvitations(ctx context.Context, tx bun.Tx, st *stepper, invs map[subKey]*group.Invitation) error {
+	return applyByHostGroup(ctx, tx, st, invs, func(inv *group.Invitation) invitationRow {
+		return invitationRow{HostPeerID: string(inv.Host), GroupID: inv.GroupID, GroupName: inv.GroupName,
+			GroupType: inv.GroupType, GroupContext: inv.GroupContext, Volatile: inv.Volatile, Lifecycle: inv.Lifecycle,
+			Access: inv.Access, ReceivedAt: inv.ReceivedAt.UnixMilli()}
+	}, func(r *invitationRow) int {
+		return len(r.HostPeerID) + len(r.GroupID) + len(r.GroupName) + len(r.GroupType) + len(r.GroupContext) +
+			len(r.Lifecycle) + len(r.Access) + 64
 	})
 }
 
 func applySubs(ctx context.Context, tx bun.Tx, st *stepper, subs map[subKey]*group.Subscription) error {
-	keys := sortedSubKeys(subs)
-	var dels [][2]string
-	var puts []subscriptionRow
-	for _, k := range keys {
-		sub := subs[k]
-		if sub == nil {
-			dels = append(dels, [2]string{string(k.host), k.group})
-			continue
-		}
-		puts = append(puts, subscriptionRow{
-			HostPeerID:   string(sub.Host),
-			GroupID:      sub.GroupID,
-			GroupName:    sub.GroupName,
-			GroupType:    sub.GroupType,
-			Role:         sub.Role,
-			SubscribedAt: sub.SubscribedAt.UnixMilli(),
-			MaxMembers:   int64(sub.MaxMembers),
-			Volatile:     sub.Volatile,
-			HostName:     sub.HostName,
-			Lifecycle:    sub.Lifecycle,
-			Access:       sub.Access,
-		})
-	}
-	if err := deletePairs(ctx, tx, st, (*subscriptionRow)(nil), "host_peer_id", "group_id", dels); err != nil {
-		return err
-	}
-	size := func(r *subscriptionRow) int {
+	return applyByHostGroup(ctx, tx, st, subs, func(sub *group.Subscription) subscriptionRow {
+		return subscriptionRow{HostPeerID: string(sub.Host), GroupID: sub.GroupID, GroupName: sub.GroupName,
+			GroupType: sub.GroupType, Role: sub.Role, SubscribedAt: sub.SubscribedAt.UnixMilli(),
+			MaxMembers: int64(sub.MaxMembers), Volatile: sub.Volatile, HostName: sub.HostName,
+			Lifecycle: sub.Lifecycle, Access: sub.Access}
+	}, func(r *subscriptionRow) int {
 		return len(r.HostPeerID) + len(r.GroupID) + len(r.GroupName) + len(r.GroupType) + len(r.Role) +
 			len(r.HostName) + len(r.Lifecycle) + len(r.Access) + 96
-	}
-	return insertChunks(ctx, tx, st, puts, size, func(q *bun.InsertQuery) *bun.InsertQuery {
-		return q.On("CONFLICT (host_peer_id, group_id) DO UPDATE")
 	})
 }
 
