@@ -1038,18 +1038,15 @@ func (c *Core) onInvite(now time.Time, from PeerID, payload []byte) {
 func (c *Core) keepInvitation(inv *Invitation) {
 	c.invitations[subKey{inv.Host, inv.GroupID}] = inv
 	c.change(Change{Kind: PutInvitation, GroupID: inv.GroupID, Peer: inv.Host, Invitation: ptr(*inv)})
-	for _, host := range []PeerID{inv.Host, ""} {
-		limit := MaxInvitations
-		if host != "" {
-			limit = MaxInvitationsPerHost
-		}
-		list := c.Invitations()
-		if host != "" {
-			list = slices.DeleteFunc(list, func(x Invitation) bool { return x.Host != host })
-		}
-		for i := limit; i < len(list); i++ { // newest first: these are the oldest
-			c.dropInvitation(subKey{list[i].Host, list[i].GroupID})
-		}
+	fromHost := slices.DeleteFunc(c.Invitations(), func(x Invitation) bool { return x.Host != inv.Host })
+	c.dropOldest(fromHost, MaxInvitationsPerHost)
+	c.dropOldest(c.Invitations(), MaxInvitations)
+}
+
+// dropOldest drops the invitations of list (newest first) past the first limit.
+func (c *Core) dropOldest(list []Invitation, limit int) {
+	for _, x := range list[min(limit, len(list)):] {
+		c.dropInvitation(subKey{x.Host, x.GroupID})
 	}
 }
 
