@@ -75,12 +75,23 @@ type Ready struct {
 	// peers to connect to; both after Batch is persisted.
 	Publish []presence.Msg
 	Dial    []presence.DialHint
+	// History holds members' questions about the history of groups this
+	// node hosts: the runtime reads its store and answers each through
+	// group.Core.AnswerHistory.
+	History []HistoryQuestion
+}
+
+// HistoryQuestion is member From's question about hosted group Group.
+type HistoryQuestion struct {
+	Group string
+	From  mq.PeerID
+	Q     group.HistoryQuestion
 }
 
 // Empty reports whether there is nothing to do.
 func (r *Ready) Empty() bool {
 	return r.Batch.Empty() && len(r.EarlyFrames) == 0 && len(r.Frames) == 0 && len(r.Events) == 0 &&
-		len(r.Publish) == 0 && len(r.Dial) == 0
+		len(r.Publish) == 0 && len(r.Dial) == 0 && len(r.History) == 0
 }
 
 // NodeOptions configure a Node.
@@ -115,6 +126,7 @@ type Node struct {
 	groups   *group.Core
 	now      time.Time // time of the latest step, for outputs produced in Ready
 	events   []Event
+	history  []HistoryQuestion // for the next Ready
 	stats    Stats
 	handlers map[string]ports.GroupTypeHandler
 	presence *presence.Core
@@ -305,8 +317,16 @@ func (n *Node) Ready() Ready {
 		gr := n.groups.Drain()
 		r.Batch.Groups = append(r.Batch.Groups, gr.Changes...)
 		for i := range gr.Events {
-			n.dispatch(gr.Events[i])
-			n.events = append(n.events, Event{Kind: EventGroup, Peer: gr.Events[i].From, Group: &gr.Events[i]})
+			ev := &gr.Events[i]
+			n.dispatch(*ev)
+			if ev.Type == group.EvHistoryRequest {
+				var q group.HistoryQuestion
+				if json.Unmarshal(ev.Payload, &q) == nil {
+					n.history = append(n.history, HistoryQuestion{Group: ev.Group, From: ev.From, Q: q})
+				}
+				continue // work for the runtime, not news for subscribers
+			}
+			n.events = append(n.events, Event{Kind: EventGroup, Peer: ev.From, Group: ev})
 		}
 		for _, s := range gr.Sends {
 			if _, err := n.bus.Send(n.now, s.To, n.newID(), s.Topic, s.Payload, s.Origin); err != nil {
@@ -329,6 +349,7 @@ func (n *Node) Ready() Ready {
 	n.drainPresence(&r)
 	r.Events = n.events
 	n.events = nil
+	r.History, n.history = n.history, nil
 	return r
 }
 

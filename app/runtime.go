@@ -2,7 +2,6 @@ package app
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,7 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/goop-p2p/goop/domain/group"
 	"github.com/goop-p2p/goop/domain/mq"
 	"github.com/goop-p2p/goop/ports"
 )
@@ -66,7 +64,7 @@ type job struct {
 // publish.
 func (j *job) hasWork() bool {
 	return !j.rd.Batch.Empty() || len(j.rd.Frames) > 0 || len(j.events) > 0 || len(j.cmds) > 0 ||
-		len(j.rd.Publish) > 0 || len(j.rd.Dial) > 0
+		len(j.rd.Publish) > 0 || len(j.rd.Dial) > 0 || len(j.rd.History) > 0
 }
 
 // isBarrier reports whether frames of later steps depend on j being stored.
@@ -146,15 +144,8 @@ type Runtime struct {
 	// Members' history questions, answered from the store by one goroutine
 	// (historyWorker); nil when the store keeps no history. asking counts
 	// each member's questions waiting or being answered.
-	history chan historyJob
+	history chan HistoryQuestion
 	asking  map[mq.PeerID]int
-}
-
-// historyJob is a member's question about a hosted group's history.
-type historyJob struct {
-	group string
-	from  mq.PeerID
-	q     group.HistoryQuestion
 }
 
 // historyQueue bounds the history questions waiting, and historyPerPeer
@@ -206,7 +197,7 @@ func (r *Runtime) Run(ctx context.Context) error {
 		hctx, stopHistory := context.WithCancel(ctx)
 		done := make(chan struct{})
 		r.mu.Lock()
-		r.history = make(chan historyJob, historyQueue)
+		r.history = make(chan HistoryQuestion, historyQueue)
 		jobs := r.history
 		r.mu.Unlock()
 		go func() {
@@ -586,6 +577,9 @@ func (r *Runtime) complete(ctx context.Context, j job) {
 func (r *Runtime) send(ctx context.Context, j job) {
 	r.sendFrames(j.rd.Frames, nil)
 	r.discover(ctx, &j.rd)
+	if len(j.rd.History) > 0 {
+		r.askHistory(j.rd.History)
+	}
 	if len(j.events) > 0 {
 		r.publish(j.events)
 	}
@@ -876,10 +870,6 @@ func (r *Runtime) publish(evs []Event) {
 	defer r.mu.Unlock()
 	r.logFailures(evs)
 	for _, ev := range evs {
-		if ev.Kind == EventGroup && ev.Group != nil && ev.Group.Type == group.EvHistoryRequest {
-			r.askHistory(ev.Group)
-			continue // for the history worker only
-		}
 		if ev.Kind == EventDelivered || ev.Kind == EventFailed || ev.Kind == EventReceived {
 			if w, ok := r.waiters[ev.MsgID]; ok && (ev.Kind != EventReceived || w.early) {
 				delete(r.waiters, ev.MsgID)
@@ -898,42 +888,44 @@ func (r *Runtime) publish(evs []Event) {
 	}
 }
 
-// askHistory queues a member's history question for historyWorker, or
-// drops it when the queue is full or there is no worker. Called with r.mu
-// held.
-func (r *Runtime) askHistory(ev *group.Event) {
-	var q group.HistoryQuestion
-	if r.history == nil || json.Unmarshal(ev.Payload, &q) != nil {
-		return
-	}
-	if r.asking[ev.From] >= historyPerPeer {
-		r.log.Debug("history question dropped: the member has others waiting", "group", ev.Group, "from", ev.From)
-		return
-	}
-	select {
-	case r.history <- historyJob{group: ev.Group, from: ev.From, q: q}:
-		if r.asking == nil {
-			r.asking = map[mq.PeerID]int{}
+// askHistory queues members' history questions for historyWorker, dropping
+// those beyond the queue's bounds or when there is no worker.
+func (r *Runtime) askHistory(qs []HistoryQuestion) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, q := range qs {
+		if r.history == nil {
+			return
 		}
-		r.asking[ev.From]++
-	default:
-		r.log.Debug("history question dropped: too many waiting", "group", ev.Group, "from", ev.From)
+		if r.asking[q.From] >= historyPerPeer {
+			r.log.Debug("history question dropped: the member has others waiting", "group", q.Group, "from", q.From)
+			continue
+		}
+		select {
+		case r.history <- q:
+			if r.asking == nil {
+				r.asking = map[mq.PeerID]int{}
+			}
+			r.asking[q.From]++
+		default:
+			r.log.Debug("history question dropped: too many waiting", "group", q.Group, "from", q.From)
+		}
 	}
 }
 
 // answered ends j's count in r.asking.
-func (r *Runtime) answered(j historyJob) {
+func (r *Runtime) answered(j HistoryQuestion) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.asking[j.from]--; r.asking[j.from] <= 0 {
-		delete(r.asking, j.from)
+	if r.asking[j.From]--; r.asking[j.From] <= 0 {
+		delete(r.asking, j.From)
 	}
 }
 
 // historyWorker answers members' history questions one at a time: it reads
 // the store, then hands the entries to the group core, which checks that
 // the asker is still a member and sends them.
-func (r *Runtime) historyWorker(ctx context.Context, hr ports.HistoryReader, jobs <-chan historyJob) {
+func (r *Runtime) historyWorker(ctx context.Context, hr ports.HistoryReader, jobs <-chan HistoryQuestion) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -946,22 +938,22 @@ func (r *Runtime) historyWorker(ctx context.Context, hr ports.HistoryReader, job
 
 // answerHistory reads the entries j asks for and hands them to the group
 // core to send.
-func (r *Runtime) answerHistory(ctx context.Context, hr ports.HistoryReader, j historyJob) {
+func (r *Runtime) answerHistory(ctx context.Context, hr ports.HistoryReader, j HistoryQuestion) {
 	defer r.answered(j)
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	entries, err := hr.GroupHistory(rctx, j.group, j.q.Limit)
+	entries, err := hr.GroupHistory(rctx, j.Group, j.Q.Limit)
 	cancel()
 	if err != nil {
-		r.log.Warn("group history for a member", "group", j.group, "from", j.from, "err", err)
+		r.log.Warn("group history for a member", "group", j.Group, "from", j.From, "err", err)
 		return
 	}
 	err = r.Do(ctx, func(now time.Time, n *Node) {
-		if err := n.Group(now).AnswerHistory(now, j.group, j.from, j.q.Req, entries); err != nil {
-			r.log.Debug("history answer", "group", j.group, "from", j.from, "err", err)
+		if err := n.Group(now).AnswerHistory(now, j.Group, j.From, j.Q.Req, entries); err != nil {
+			r.log.Debug("history answer", "group", j.Group, "from", j.From, "err", err)
 		}
 	})
 	if err != nil && ctx.Err() == nil {
-		r.log.Debug("history answer", "group", j.group, "err", err)
+		r.log.Debug("history answer", "group", j.Group, "err", err)
 	}
 }
 

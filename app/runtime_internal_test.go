@@ -2,11 +2,12 @@ package app
 
 import (
 	"bytes"
-	"encoding/json"
+	"context"
 	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -21,12 +22,11 @@ import (
 // none reaches the node's subscribers.
 func TestHistoryQuestionsAreBounded(t *testing.T) {
 	r := NewRuntime(NewNode("H", State{}, system.Rand{}, NodeOptions{}), nil, nil, system.Clock{}, nil)
-	r.history = make(chan historyJob, historyQueue)
+	r.history = make(chan HistoryQuestion, historyQueue)
 	sub := r.Subscribe(1)
-	q, err := json.Marshal(group.HistoryQuestion{Req: "r", Limit: 5})
-	require.NoError(t, err)
+	q := group.HistoryQuestion{Req: "r", Limit: 5}
 	ask := func(from mq.PeerID) {
-		r.publish([]Event{{Kind: EventGroup, Group: &group.Event{Type: group.EvHistoryRequest, Group: "g", From: from, Payload: q}}})
+		r.send(context.Background(), job{rd: Ready{History: []HistoryQuestion{{Group: "g", From: from, Q: q}}}})
 	}
 	for range 10 {
 		ask("A")
@@ -37,13 +37,33 @@ func TestHistoryQuestionsAreBounded(t *testing.T) {
 	}
 	assert.Len(t, r.history, historyQueue)
 	j := <-r.history
-	assert.Equal(t, historyJob{group: "g", from: "A", q: group.HistoryQuestion{Req: "r", Limit: 5}}, j)
+	assert.Equal(t, HistoryQuestion{Group: "g", From: "A", Q: q}, j)
 	ask("A")
 	assert.Len(t, r.history, historyQueue-1, "A still has one waiting and one being answered")
 	r.answered(j)
 	ask("A")
 	assert.Len(t, r.history, historyQueue, "answered: A may ask again")
 	assert.Empty(t, sub.C, "questions reach no subscriber")
+}
+
+// The node hands a member's history question to the runtime in
+// Ready.History, not among the events its subscribers see.
+func TestHistoryQuestionIsWorkNotAnEvent(t *testing.T) {
+	n := NewNode("H", State{}, system.Rand{}, NodeOptions{})
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	g, err := n.Group(now).Create(now, group.CreateSpec{ID: "0123456789abcdef", Name: "chat"})
+	require.NoError(t, err)
+	n.Group(now).Receive(now, "A", group.Topic(g.ID, group.TypeJoin), []byte(`{"type":"join","group":"0123456789abcdef"}`), "")
+	n.Ready()
+	n.Group(now).Receive(now, "A", group.Topic(g.ID, group.TypeHistory),
+		[]byte(`{"type":"history","group":"0123456789abcdef","req":"r1","limit":7}`), "")
+	rd := n.Ready()
+	assert.Equal(t, []HistoryQuestion{{Group: g.ID, From: "A", Q: group.HistoryQuestion{Req: "r1", Limit: 7}}}, rd.History)
+	for _, ev := range rd.Events {
+		if ev.Group != nil {
+			assert.NotEqual(t, group.EvHistoryRequest, ev.Group.Type)
+		}
+	}
 }
 
 // A message given up is logged (quiet logs show warnings): one line per
