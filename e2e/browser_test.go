@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/goop-p2p/goop/app"
@@ -184,6 +185,19 @@ func TestSDKGroupsInTwoBrowsers(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, map[string]any{"move": "e7e5"}, guestGot[0]["payload"])
 	require.Equal(t, host.PeerID.String(), guestGot[0]["from"])
+
+	// Both pages read the moves back with the SDK's short form: the host's
+	// from its store, the guest's (the group it joined last) from the host.
+	for name, ctx := range map[string]context.Context{"host": hctx, "guest": gctx} {
+		moves, err := poll[[]map[string]any](ctx, `Goop.group.history("chess-42").then(h => h.length === 2 && h)`)
+		require.NoError(t, err, name)
+		assert.Equal(t, map[string]any{"move": "e2e4"}, moves[0]["payload"], name)
+		assert.Equal(t, map[string]any{"move": "e7e5"}, moves[1]["payload"], name)
+	}
+	last, err := eval[[]map[string]any](gctx, `Goop.group.history(undefined, 1)`)
+	require.NoError(t, err)
+	require.Len(t, last, 1, "no group id: the last joined; a limit of 1: the newest")
+	assert.Equal(t, map[string]any{"move": "e7e5"}, last[0]["payload"])
 
 	// The groups pages show it live; keep the pictures.
 	require.NoError(t, chromedp.Do(hctx, chromedp.Navigate(hostURL+"/groups"), chromedp.WaitVisible(".group"), screenshot(t, "groups-host.png")))
