@@ -3,6 +3,7 @@ package app_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -215,5 +216,99 @@ func TestRelayOutboxRowsLinger(t *testing.T) {
 	require.NoError(t, err)
 	for _, e := range snap.Outbox {
 		assert.NotEqual(t, mq.PeerID("B"), e.To, "relay row to B left in the outbox: %+v", e.Frame)
+	}
+}
+
+// pumpFrames carries the frames of rds (each node's last Ready) to their
+// destinations among nodes, and goes on with the Readies that produces,
+// until no frame is left.
+func pumpFrames(now time.Time, nodes map[mq.PeerID]*app.Node, rds map[mq.PeerID]app.Ready) {
+	for len(rds) > 0 {
+		next := map[mq.PeerID]app.Ready{}
+		for from, rd := range rds {
+			for _, o := range append(rd.EarlyFrames, rd.Frames...) {
+				if to := nodes[o.To]; to != nil {
+					to.Handle(now, ports.TransportEvent{Kind: ports.FrameReceived, From: from, Frame: o.Frame})
+				}
+			}
+		}
+		for id, n := range nodes {
+			if rd := n.Ready(); len(rd.EarlyFrames)+len(rd.Frames) > 0 {
+				next[id] = rd
+			}
+		}
+		rds = next
+	}
+}
+
+// topicsTo lists the msg frames of os to peer, by topic.
+func topicsTo(os []mq.Outgoing, peer mq.PeerID) []string {
+	var out []string
+	for _, o := range os {
+		if o.To == peer && o.Frame.IsMsg() {
+			out = append(out, o.Frame.Topic)
+		}
+	}
+	return out
+}
+
+// A group message leaves before the step's changes are stored only when it
+// depends on none of them: the host's own message to its group (its
+// history row is no announcement), not a state (the host announces a
+// state it stores), and not a relay (it waits for the cursor of the
+// member's message, or a host that crashed before storing that cursor
+// would relay the message again when the member resends it).
+func TestGroupMessagesWaitOnlyForWhatTheyDependOn(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	nodes := map[mq.PeerID]*app.Node{}
+	for i, id := range []mq.PeerID{"H", "A", "B"} {
+		nodes[id] = app.NewNode(id, app.State{}, memory.NewRand(uint64(i+1)), app.NodeOptions{})
+		nodes[id].Tick(now)
+		nodes[id].Ready()
+	}
+	h := nodes["H"]
+	persistent, err := h.Group(now).Create(now, group.CreateSpec{ID: "00000000000000aa", Name: "chat", Type: group.AppChat, Lifecycle: group.Persistent})
+	require.NoError(t, err)
+	volatile, err := h.Group(now).Create(now, group.CreateSpec{ID: "00000000000000bb", Name: "jobs", Type: group.AppCluster})
+	require.NoError(t, err)
+	require.True(t, volatile.Volatile)
+	h.Ready()
+	for _, m := range []mq.PeerID{"A", "B"} {
+		for _, id := range []string{persistent.ID, volatile.ID} {
+			require.NoError(t, nodes[m].Group(now).Join(now, "H", id))
+		}
+	}
+	pumpFrames(now, nodes, map[mq.PeerID]app.Ready{"A": nodes["A"].Ready(), "B": nodes["B"].Ready()})
+	v, ok := h.Groups().HostedGroup(volatile.ID)
+	require.True(t, ok)
+	require.Len(t, v.Members, 2)
+
+	msgTopic := group.Topic(persistent.ID, group.TypeMsg)
+	require.NoError(t, h.Group(now).SendToGroup(now, "H", persistent.ID, group.TypeMsg, []byte(`{"text":"hi"}`)))
+	rd := h.Ready()
+	require.Len(t, rd.Batch.Groups, 1)
+	assert.Equal(t, group.AppendHistory, rd.Batch.Groups[0].Kind)
+	assert.Equal(t, []string{msgTopic}, topicsTo(rd.EarlyFrames, "A"), "the host's own message leaves at once")
+	assert.Equal(t, []string{msgTopic}, topicsTo(rd.EarlyFrames, "B"))
+	assert.Empty(t, topicsTo(rd.Frames, "A"))
+	pumpFrames(now, nodes, map[mq.PeerID]app.Ready{"H": rd})
+
+	require.NoError(t, h.Group(now).SendToGroup(now, "H", persistent.ID, group.TypeState, []byte(`{"turn":"A"}`)))
+	rd = h.Ready()
+	assert.Empty(t, topicsTo(rd.EarlyFrames, "A"), "a state waits until the host stored it")
+	assert.Equal(t, []string{group.Topic(persistent.ID, group.TypeState)}, topicsTo(rd.Frames, "A"))
+	pumpFrames(now, nodes, map[mq.PeerID]app.Ready{"H": rd})
+
+	for _, id := range []string{persistent.ID, volatile.ID} {
+		require.NoError(t, nodes["A"].Group(now).SendToGroup(now, "H", id, group.TypeMsg, []byte(`{"text":"from A"}`)))
+		for _, o := range nodes["A"].Ready().EarlyFrames {
+			h.Handle(now, ports.TransportEvent{Kind: ports.FrameReceived, From: "A", Frame: o.Frame})
+		}
+		rd = h.Ready()
+		assert.True(t, slices.ContainsFunc(rd.Batch.Bus, func(c mq.Change) bool { return c.Kind == mq.SetCursor && c.Peer == "A" }),
+			"group %s: the host stores A's cursor", id)
+		assert.Empty(t, topicsTo(rd.EarlyFrames, "B"), "group %s: the relay waits for A's cursor", id)
+		assert.Equal(t, []string{group.Topic(id, group.TypeMsg)}, topicsTo(rd.Frames, "B"), "group %s", id)
+		pumpFrames(now, nodes, map[mq.PeerID]app.Ready{"H": rd})
 	}
 }

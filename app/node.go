@@ -132,6 +132,12 @@ type Node struct {
 	presence *presence.Core
 	// presenceStarted: the first Tick started the presence core.
 	presenceStarted bool
+	// groupDelivered: a delivery went to the group core since the last
+	// Ready. The messages that core sends then wait for the delivery's
+	// cursor to be stored: a host that relayed a member's message and
+	// crashed before storing its cursor would get it again and relay it
+	// twice.
+	groupDelivered bool
 }
 
 // Stats counts what a node did since it started.
@@ -340,17 +346,34 @@ func (n *Node) Ready() Ready {
 			break
 		}
 	}
-	if len(r.Batch.Groups) > 0 && len(r.EarlyFrames) > 0 {
-		// Group messages announce group state (a welcome announces a member
-		// row): nothing leaves before that state is stored.
+	if len(r.EarlyFrames) > 0 && (n.groupDelivered || announcesGroupState(r.Batch.Groups)) {
 		r.Frames = append(r.EarlyFrames, r.Frames...)
 		r.EarlyFrames = nil
 	}
+	n.groupDelivered = false
 	n.drainPresence(&r)
 	r.Events = n.events
 	n.events = nil
 	r.History, n.history = n.history, nil
 	return r
+}
+
+// announcesGroupState reports whether the group messages of a step must
+// wait for its group changes to be stored: they announce group state (a
+// welcome announces a member row, a state message the group's state), and
+// a host that crashed before storing it would have told its members what
+// it no longer knows. History alone does not hold them back: a message the
+// host sends to its group records itself there, and if the host crashed
+// before storing that row the members would have a message its history
+// lacks — as a message of ours whose outbox row was not yet stored is
+// delivered and forgotten — but nothing they were told would be wrong.
+func announcesGroupState(cs []group.Change) bool {
+	for i := range cs {
+		if cs[i].Kind != group.AppendHistory {
+			return true
+		}
+	}
+	return false
 }
 
 // appendOrTake appends b to a, or returns b itself when a is empty (b is
@@ -379,7 +402,9 @@ func (n *Node) route(br mq.Ready) {
 	}
 	for _, d := range br.Deliveries {
 		n.stats.Delivered++
-		n.groups.Receive(n.now, d.From, d.Msg.Topic, d.Msg.Payload, d.Msg.Origin)
+		if n.groups.Receive(n.now, d.From, d.Msg.Topic, d.Msg.Payload, d.Msg.Origin) {
+			n.groupDelivered = true
+		}
 		if d.Msg.Topic == TopicReceipt {
 			var rc struct {
 				MsgID string `json:"msg_id"`
