@@ -69,6 +69,10 @@ func awaitGroupEvent(ctx context.Context, sub *app.Subscription, host mq.PeerID,
 	}
 }
 
+// codeUnsupported is the error code of a request the peer it needs cannot
+// serve: a Goop2 host asked for its group's history.
+const codeUnsupported = "unsupported"
+
 // historyWait bounds how long GET /api/groups/history waits for a remote
 // host's answer.
 const historyWait = 5 * time.Second
@@ -119,6 +123,14 @@ func (s *server) groupsHistory(w http.ResponseWriter, r *http.Request) {
 func (s *server) remoteHistory(w http.ResponseWriter, r *http.Request, host mq.PeerID, id string, limit int) {
 	if limit <= 0 {
 		limit = group.MaxHistoryItems
+	}
+	if s.d.SpeaksOurBus != nil {
+		if ours, known := s.d.SpeaksOurBus(host); known && !ours {
+			// Its answer would never come: say so now, not after historyWait.
+			writeJSON(w, http.StatusNotImplemented, map[string]string{"code": codeUnsupported,
+				"error": fmt.Sprintf("host %s speaks only /goop/mq/1.0.0 (Goop2), which keeps no history for members", host)})
+			return
+		}
 	}
 	req := uuid.NewString()
 	sub := s.d.Runtime.Subscribe(s.d.EventBuffer) // before asking: the answer cannot slip past

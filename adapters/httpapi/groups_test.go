@@ -11,6 +11,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/goop-p2p/goop/domain/mq"
 )
 
 // groupFixture serves both A's and B's APIs.
@@ -235,6 +237,45 @@ func TestGroupsHistoryFromTheHost(t *testing.T) {
 	r = g.getBReply(t, "/api/groups/history?group_id="+id+"&host_peer_id=nope")
 	assert.Equal(t, http.StatusBadRequest, r.status)
 	assert.Contains(t, r.body["error"], "host_peer_id")
+}
+
+// A host known to speak only /goop/mq/1.0.0 (Goop2) never answers a
+// history question: the viewer says so at once instead of waiting for it.
+// A host whose protocols are not known yet is asked.
+func TestGroupsHistoryNotAskedOfGoop2Hosts(t *testing.T) {
+	g := newGroupFixture(t)
+	r := g.post(t, "/api/groups", map[string]any{"name": "chat", "group_type": "chat"})
+	require.Equal(t, http.StatusOK, r.status, "%v", r.body)
+	id := r.body["id"].(string)
+	host := string(g.a.id)
+	r = g.postB(t, "/api/groups/join", map[string]any{"host_peer_id": host, "group_id": id})
+	require.Equal(t, http.StatusOK, r.status, "%v", r.body)
+	path := "/api/groups/history?group_id=" + id + "&host_peer_id=" + host
+
+	for _, tc := range []struct {
+		ours, known bool
+		status      int
+	}{{false, true, http.StatusNotImplemented}, {false, false, http.StatusOK}, {true, true, http.StatusOK}} {
+		srv := httptest.NewServer(New(Deps{Runtime: g.b.rt, SpeaksOurBus: func(p mq.PeerID) (bool, bool) {
+			assert.Equal(t, g.a.id, p, "asked about the group's host")
+			return tc.ours, tc.known
+		}}))
+		resp, err := http.Get(srv.URL + path)
+		require.NoError(t, err)
+		var body any
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&body))
+		resp.Body.Close()
+		srv.Close()
+		require.Equal(t, tc.status, resp.StatusCode, "ours %v known %v: %v", tc.ours, tc.known, body)
+		if tc.status == http.StatusNotImplemented {
+			m := body.(map[string]any)
+			assert.Equal(t, "unsupported", m["code"])
+			assert.Contains(t, m["error"], host)
+			assert.Contains(t, m["error"], "Goop2")
+		} else {
+			assert.Empty(t, body, "no message yet")
+		}
+	}
 }
 
 func TestGroupsRejectBadInput(t *testing.T) {

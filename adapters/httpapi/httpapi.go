@@ -89,6 +89,11 @@ type Deps struct {
 	// GroupHistory reads the messages the host relayed in a group, newest
 	// last (nil: the history route answers 501).
 	GroupHistory func(ctx context.Context, groupID string, limit int) ([]group.HistoryEntry, error)
+	// SpeaksOurBus reports whether a peer speaks our bus protocol, known
+	// false while this node has not learned its protocols (p2p.MQTransport's
+	// SpeaksOurs). A group's history is asked only of hosts that may answer:
+	// a Goop2 host never does (nil: always ask).
+	SpeaksOurBus func(p mq.PeerID) (ours, known bool)
 
 	// SiteRoot is the folder of this node's own site (paths.site_root,
 	// absolute), served at /p/<self>/ (empty: those pages answer 404).

@@ -251,6 +251,28 @@ func NewMQTransport(h host.Host, opts MQOptions) *MQTransport {
 // Self implements ports.Transport.
 func (t *MQTransport) Self() mq.PeerID { return t.self }
 
+// SpeaksOurs reports whether peer p offers /goop/mq/1.1.0, our bus: a
+// Goop2 peer speaks only 1.0.0, and knows none of our protocol extensions
+// (such as a group's history for members). known is false when this node
+// has not learned p's protocols yet (no connection has been identified).
+func (t *MQTransport) SpeaksOurs(p mq.PeerID) (ours, known bool) {
+	id, err := peer.Decode(string(p))
+	if err != nil {
+		return false, false
+	}
+	t.mu.Lock()
+	until, marked := t.only10[id]
+	t.mu.Unlock()
+	if marked && time.Now().Before(until) {
+		return false, true // it refused a 1.1.0 stream
+	}
+	protos, err := t.h.Peerstore().GetProtocols(id)
+	if err != nil || len(protos) == 0 {
+		return false, false
+	}
+	return slices.Contains(protos, ProtocolMQ11), true
+}
+
 // Events implements ports.Transport. The channel is closed by Close.
 func (t *MQTransport) Events() <-chan ports.TransportEvent { return t.events }
 

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/event"
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
@@ -813,4 +815,39 @@ func TestMQSendsOnceThePeerConnectsDuringADial(t *testing.T) {
 			}
 		})
 	}
+}
+
+// SpeaksOurs tells our nodes from Goop2 ones (1.0.0 only) by the protocols
+// identify learned, and knows nothing of a peer it never met.
+func TestSpeaksOurs(t *testing.T) {
+	ha, hb, hc := newTestHost(t), newTestHost(t), newTestHost(t)
+	ta := newTransport(t, ha, MQOptions{})
+	newTransport(t, hb, MQOptions{})
+	newTransport(t, hc, MQOptions{Only10: true})
+	ours, known := ta.SpeaksOurs(pidOf(hb))
+	assert.False(t, known, "never met")
+	assert.False(t, ours)
+	sub, err := ha.EventBus().Subscribe(new(event.EvtPeerIdentificationCompleted))
+	require.NoError(t, err)
+	defer sub.Close()
+	identified := map[peer.ID]bool{}
+	for _, h := range []host.Host{hb, hc} {
+		connect(t, ha, h)
+	}
+	for !identified[hb.ID()] || !identified[hc.ID()] {
+		select {
+		case ev := <-sub.Out():
+			identified[ev.(event.EvtPeerIdentificationCompleted).Peer] = true
+		case <-time.After(waitFor):
+			t.Fatal("identify did not complete")
+		}
+	}
+	ours, known = ta.SpeaksOurs(pidOf(hb))
+	assert.True(t, known)
+	assert.True(t, ours, "b offers /goop/mq/1.1.0")
+	ours, known = ta.SpeaksOurs(pidOf(hc))
+	assert.True(t, known)
+	assert.False(t, ours, "c speaks only /goop/mq/1.0.0, as Goop2 does")
+	_, known = ta.SpeaksOurs("not-a-peer-id")
+	assert.False(t, known)
 }

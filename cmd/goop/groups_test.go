@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/goop-p2p/goop/adapters/p2p"
 	"github.com/goop-p2p/goop/app"
 	"github.com/goop-p2p/goop/cmd/goop/node"
 )
@@ -20,6 +21,13 @@ import (
 // startMesh starts n real nodes on 127.0.0.1 (SQLite, libp2p TCP/QUIC), each
 // knowing the first as a static peer.
 func startMesh(t *testing.T, n int) []*node.Running {
+	t.Helper()
+	return startMeshWith(t, n, p2p.MQOptions{})
+}
+
+// startMeshWith is startMesh with the first node's bus options (Only10: a
+// host that speaks the bus as Goop2 does).
+func startMeshWith(t *testing.T, n int, hostMQ p2p.MQOptions) []*node.Running {
 	t.Helper()
 	var nodes []*node.Running
 	for i := 0; i < n; i++ {
@@ -33,7 +41,11 @@ func startMesh(t *testing.T, n int) []*node.Running {
 			}
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-		r, err := node.Start(ctx, t.TempDir(), node.Options{ListenIP: "127.0.0.1", NoAutoConnect: true, Init: node.InitOptions{
+		var mqOpts p2p.MQOptions
+		if i == 0 {
+			mqOpts = hostMQ
+		}
+		r, err := node.Start(ctx, t.TempDir(), node.Options{ListenIP: "127.0.0.1", NoAutoConnect: true, MQ: mqOpts, Init: node.InitOptions{
 			Label: []string{"host", "alice", "bob", "carol"}[i],
 			Configure: func(c *app.Config) {
 				c.Viewer.HTTPAddr = "127.0.0.1:0"
@@ -265,4 +277,21 @@ func TestChessUseCaseEphemeralGroupKeepsHistory(t *testing.T) {
 	}
 	assert.Equal(t, o.PeerID.String(), hist[1].From)
 	_ = peer.ID("")
+}
+
+// A member of a group whose host speaks the bus as Goop2 does (only
+// /goop/mq/1.0.0) is told at once that this host keeps no history for
+// members, instead of waiting for an answer that never comes. (This host
+// is ours with only 1.0.0 on the wire, so it would answer: the error shows
+// the member did not ask.)
+func TestHistoryOfAGoop2HostIsRefusedAtOnce(t *testing.T) {
+	nodes := startMeshWith(t, 2, p2p.MQOptions{Only10: true})
+	h, a := nodes[0], nodes[1]
+	api := func(r *node.Running) string { return "--api=" + strings.TrimRight(r.ViewerURL, "/") }
+	id := goopOK(t, "groups", "create", api(h), "--type=chat", "lobby")
+	assert.Equal(t, "joined", goopOK(t, "groups", "join", api(a), h.PeerID.String(), id))
+	code, _, errOut := runGoop(t, "groups", "history", api(a), h.PeerID.String(), id)
+	assert.NotEqual(t, 0, code)
+	assert.Contains(t, errOut, "unsupported")
+	assert.Contains(t, errOut, "speaks only /goop/mq/1.0.0 (Goop2)")
 }

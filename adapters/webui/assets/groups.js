@@ -66,8 +66,10 @@
       var box = document.querySelector('[data-key="' + CSS.escape(k) + '"] .log');
       if (box) renderLog(box, logs[k]);
     }, function (e) {
-      // e.g. the host is away, or a Goop2 host that does not answer: try
-      // again at a redraw a minute from now at the earliest.
+      // A Goop2 host keeps no history for members: never ask it again.
+      if (e && e.code === 'unsupported') return;
+      // e.g. the host is away: try again at a redraw a minute from now at
+      // the earliest.
       historyAsked[k] = Date.now() + 60000;
       console.error('group history', e);
     });

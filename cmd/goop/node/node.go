@@ -299,6 +299,7 @@ func Start(ctx context.Context, dir string, opts Options) (_ *Running, err error
 			Addrs:        func() []string { return hostAddrs(h) },
 			Log:          log,
 			GroupHistory: st.GroupHistory,
+			SpeaksOurBus: tr.SpeaksOurs,
 			SiteRoot:     vis.SiteRoot,
 			FetchSite:    vis.FetchSite,
 			QueryData:    vis.QueryData,
