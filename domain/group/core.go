@@ -46,7 +46,10 @@ type Config struct {
 	DefaultIdleTimeout  time.Duration // ephemeral groups without their own timeout
 	MaxHostedPersistent int           // non-volatile hosted groups per peer (Goop2: 50)
 	MaxMembersLimit     int           // upper bound for max_members (0 = unlimited is still allowed)
-	Types               map[string]TypeFlags
+	// MembersInterval: a host sends its members a group's member list at
+	// most once per interval; changes meanwhile go out together at its end.
+	MembersInterval time.Duration
+	Types           map[string]TypeFlags
 }
 
 // DefaultConfig returns Goop2's timings and limits.
@@ -59,6 +62,7 @@ func DefaultConfig() Config {
 		DefaultIdleTimeout:  30 * time.Minute,
 		MaxHostedPersistent: 50,
 		MaxMembersLimit:     100_000,
+		MembersInterval:     100 * time.Millisecond,
 		Types:               DefaultTypes(),
 	}
 }
@@ -76,6 +80,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.RejoinInterval <= 0 {
 		c.RejoinInterval = d.RejoinInterval
+	}
+	if c.MembersInterval <= 0 {
+		c.MembersInterval = d.MembersInterval
 	}
 	if c.DefaultIdleTimeout <= 0 {
 		c.DefaultIdleTimeout = d.DefaultIdleTimeout
@@ -269,6 +276,11 @@ type hosted struct {
 	nextPing     time.Time
 	lastActivity time.Time
 	everJoined   bool
+	// membersSent is when the member list last went to the members;
+	// membersDue, that it changed since and goes out at
+	// membersSent+MembersInterval.
+	membersSent time.Time
+	membersDue  bool
 }
 
 type subState uint8
@@ -641,15 +653,37 @@ func (c *Core) remote(h *hosted, except PeerID) []PeerID {
 	return out
 }
 
-// broadcastMembers sends the member list to every remote member but except,
-// and tells the local app.
-func (c *Core) broadcastMembers(h *hosted, except PeerID) {
+// membersChanged tells a group's members that its member list changed:
+// every remote member but except (a joiner, whose welcome holds the list)
+// gets the list at once, unless one went out less than MembersInterval ago;
+// then all of them get it when that interval ends (Tick), with every change
+// made meanwhile. A burst of joins — all the members of a restarted host
+// re-joining — costs each member a list per interval, not one per join:
+// O(N) lists rather than O(N²). The host's application hears of each
+// change at once (EvMembers).
+func (c *Core) membersChanged(now time.Time, h *hosted, except PeerID) {
 	list := c.memberList(h)
+	c.event(Event{Type: EvMembers, Group: h.g.ID, Host: c.self, Members: list, GroupType: h.g.Type})
+	if h.membersDue || now.Before(h.membersSent.Add(c.cfg.MembersInterval)) {
+		h.membersDue = true
+		return
+	}
+	c.sendMembers(now, h, list, except)
+}
+
+// sendMembers sends list to every remote member but except (if there is
+// one, the interval starts).
+func (c *Core) sendMembers(now time.Time, h *hosted, list []Member, except PeerID) {
+	h.membersDue = false
+	to := c.remote(h, except)
+	if len(to) == 0 {
+		return
+	}
 	payload := mustJSON(membersPayload{Members: list})
-	for _, p := range c.remote(h, except) {
+	for _, p := range to {
 		c.send(p, Topic(h.g.ID, TypeMembers), payload, "")
 	}
-	c.event(Event{Type: EvMembers, Group: h.g.ID, Host: c.self, Members: list, GroupType: h.g.Type})
+	h.membersSent = now
 }
 
 // roomFor refuses (code full) a new member m when the group's member list
@@ -749,7 +783,7 @@ func (c *Core) Kick(now time.Time, id string, peer PeerID) error {
 	c.send(peer, Topic(id, TypeClose), mustJSON(control{Type: TypeClose, Group: id,
 		Payload: &Error{Code: CodeKicked, Message: "removed from the group by the host"}}), "")
 	c.event(Event{Type: EvMemberLeft, Group: id, Host: c.self, From: peer, Reason: "kicked", GroupType: h.g.Type})
-	c.broadcastMembers(h, "")
+	c.membersChanged(now, h, "")
 	c.maybeDissolve(now, h)
 	return nil
 }
@@ -773,7 +807,7 @@ func (c *Core) SetRole(now time.Time, id string, peer PeerID, role string) error
 		m := ms.m
 		c.change(Change{Kind: PutMember, GroupID: id, Peer: peer, Member: &m})
 	}
-	c.broadcastMembers(h, "")
+	c.membersChanged(now, h, "")
 	return nil
 }
 
@@ -871,7 +905,7 @@ func (c *Core) Join(now time.Time, host PeerID, id string) error {
 		c.putGroup(h)
 		c.addMember(now, h, c.self, c.name, RoleOwner)
 		c.event(Event{Type: EvJoined, Group: id, Host: c.self, Members: c.memberList(h), Payload: h.g.State, GroupType: h.g.Type})
-		c.broadcastMembers(h, "")
+		c.membersChanged(now, h, "")
 		return nil
 	}
 	k := subKey{host, id}
@@ -904,7 +938,7 @@ func (c *Core) Leave(now time.Time, host PeerID, id string) error {
 		h.g.HostJoined = false
 		c.putGroup(h)
 		c.event(Event{Type: EvLeft, Group: id, Host: c.self, GroupType: h.g.Type})
-		c.broadcastMembers(h, "")
+		c.membersChanged(now, h, "")
 		c.maybeDissolve(now, h)
 		return nil
 	}
@@ -1095,7 +1129,7 @@ func (c *Core) hostReceive(now time.Time, h *hosted, from PeerID, typ string, pa
 					c.change(Change{Kind: PutMember, GroupID: h.g.ID, Peer: from, Member: &m})
 				}
 				c.welcome(h, from)
-				c.broadcastMembers(h, from)
+				c.membersChanged(now, h, from)
 				return
 			}
 			c.welcome(h, from)
@@ -1119,14 +1153,14 @@ func (c *Core) hostReceive(now time.Time, h *hosted, from PeerID, typ string, pa
 		c.addMember(now, h, from, name, h.g.DefaultRole)
 		c.welcome(h, from)
 		c.event(Event{Type: EvMemberJoined, Group: h.g.ID, Host: c.self, From: from, GroupType: h.g.Type})
-		c.broadcastMembers(h, from)
+		c.membersChanged(now, h, from)
 	case TypeLeave:
 		if ms == nil {
 			return
 		}
 		c.removeMember(h, from)
 		c.event(Event{Type: EvMemberLeft, Group: h.g.ID, Host: c.self, From: from, Reason: "left", GroupType: h.g.Type})
-		c.broadcastMembers(h, "")
+		c.membersChanged(now, h, "")
 		c.maybeDissolve(now, h)
 	case TypeMsg, TypeState:
 		if ms == nil {
@@ -1454,8 +1488,11 @@ func (c *Core) Tick(now time.Time) {
 				c.send(p, Topic(id, TypePing), controlPayload(TypePing, id), "")
 			}
 			if evicted {
-				c.broadcastMembers(h, "")
+				c.membersChanged(now, h, "")
 			}
+		}
+		if h.membersDue && !now.Before(h.membersSent.Add(c.cfg.MembersInterval)) {
+			c.sendMembers(now, h, c.memberList(h), "")
 		}
 		c.maybeDissolve(now, h)
 	}
@@ -1503,6 +1540,9 @@ func (c *Core) NextWake() (time.Time, bool) {
 		}
 		if h.g.Lifecycle == Ephemeral && h.g.IdleTimeout > 0 {
 			consider(h.lastActivity.Add(h.g.IdleTimeout))
+		}
+		if h.membersDue {
+			consider(h.membersSent.Add(c.cfg.MembersInterval))
 		}
 	}
 	for _, s := range c.subs {

@@ -475,6 +475,7 @@ func TestLeaveUpdatesMembersAndEphemeralDissolves(t *testing.T) {
 	w.join("B", "H", gid)
 	require.NoError(t, w.nodes["A"].core.Leave(w.now, "H", gid))
 	w.settle()
+	w.advance(DefaultConfig().MembersInterval) // B got a list at its own join, just now
 	last := w.nodes["B"].eventsOf(EvMembers)
 	assert.Equal(t, []string{"B"}, peersOf(last[len(last)-1].Members))
 	require.NoError(t, w.nodes["B"].core.Leave(w.now, "H", gid))
@@ -512,6 +513,42 @@ func TestPersistentGroupSurvivesIdleAndEmpty(t *testing.T) {
 	assert.True(t, ok)
 }
 
+// A burst of joins costs each member a member list per MembersInterval,
+// not one per join (O(N) lists, not O(N²)); once quiet, every member has
+// the host's list. A change after a quiet interval goes out at once.
+func TestMemberListsOfABurstOfJoinsAreCoalesced(t *testing.T) {
+	ids := []PeerID{"H"}
+	for i := range 20 {
+		ids = append(ids, PeerID(fmt.Sprintf("M%02d", i)))
+	}
+	w := newWorld(t, ids...)
+	w.create("H", CreateSpec{})
+	for _, m := range ids[1:] {
+		w.join(m, "H", gid)
+	}
+	lists := func() int {
+		n := 0
+		for _, m := range ids[1:] {
+			n += len(w.nodes[m].eventsOf(EvMembers))
+		}
+		return n
+	}
+	assert.Equal(t, 1, lists(), "the second join's list went out at once (to the first member); the rest wait")
+	assert.Len(t, w.nodes["H"].eventsOf(EvMembers), 20, "the host's application hears of every join at once")
+	w.advance(DefaultConfig().MembersInterval)
+	assert.Equal(t, 1+20, lists(), "then one list to every member (without coalescing: 190)")
+	hv, _ := w.nodes["H"].core.HostedGroup(gid)
+	for _, m := range ids[1:] {
+		got := w.nodes[m].eventsOf(EvMembers)
+		assert.Equal(t, peersOf(hv.Members), peersOf(got[len(got)-1].Members), "%s has the host's list", m)
+	}
+
+	w.advance(time.Second)
+	require.NoError(t, w.nodes["M00"].core.Leave(w.now, "H", gid))
+	w.settle()
+	assert.Equal(t, 1+20+19, lists(), "after a quiet interval a change goes out at once")
+}
+
 func TestKickAndClose(t *testing.T) {
 	w := newWorld(t, "H", "A", "B")
 	w.create("H", CreateSpec{Access: InviteOnly})
@@ -522,6 +559,7 @@ func TestKickAndClose(t *testing.T) {
 	}
 	require.NoError(t, w.nodes["H"].core.Kick(w.now, gid, "A"))
 	w.settle()
+	w.advance(DefaultConfig().MembersInterval) // B got a list at its own join, just now
 	closed := w.nodes["A"].eventsOf(EvClosed)
 	require.Len(t, closed, 1)
 	assert.Equal(t, CodeKicked, closed[0].Err.Code)
