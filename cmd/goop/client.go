@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/urfave/cli/v2"
 
@@ -141,7 +142,16 @@ func needArgs(c *cli.Context, n int, usage string) error {
 // usageExit is the usage error of c's command, named with its parents
 // ("goop groups join ..."): urfave/cli's FullName gives only "join" here.
 func usageExit(c *cli.Context, usage string) error {
-	return cli.Exit("usage: goop "+cmdPath(c)+" "+usage, exitUsage)
+	msg := "usage: goop " + cmdPath(c) + " " + usage
+	// Flags after the first argument are taken as arguments (urfave/cli):
+	// the likely mistake behind a wrong count.
+	for _, a := range c.Args().Slice() {
+		if len(a) > 1 && a[0] == '-' && (a[1] == '-' || unicode.IsLetter(rune(a[1]))) {
+			msg += fmt.Sprintf("\n(flags go before the arguments: %q came after them)", a)
+			break
+		}
+	}
+	return cli.Exit(msg, exitUsage)
 }
 
 // cmdPath is the path of c's command below the app: "groups join".

@@ -94,6 +94,8 @@ func TestUsageErrors(t *testing.T) {
 	}{
 		{"init without dir", []string{"init"}, exitUsage, "usage: goop init DIR"},
 		{"peer with two dirs", []string{"peer", "a", "b"}, exitUsage, "usage: goop peer DIR"},
+		{"flag after the arguments", []string{"groups", "history", "HOST", "GROUP", "--limit", "5"}, exitUsage,
+			"usage: goop groups history [HOST_PEER_ID] GROUP_ID\n(flags go before the arguments: \"--limit\" came after them)"},
 		{"bad log level", []string{"--log-level", "loud", "init", "x"}, exitUsage, `--log-level: "loud" is not debug, info, warn or error`},
 		{"bench count", []string{"bench", "mq", "--count", "1"}, exitUsage, "--count must be between"},
 		{"bench messages", []string{"bench", "mq", "--messages", "100001"}, exitUsage, "--messages must be between"},
