@@ -713,6 +713,8 @@ func (t *MQTransport) handle10(s network.Stream) {
 		_ = s.Reset()
 		return
 	}
+	// This stream waits for the ack of its one msg: it is never batched.
+	f.AckMode = ""
 	if t.answersReceived(&f) {
 		// Ours, asked by a Goop sender (Goop2 never asks): the transport
 		// ack at once — before the node is even told, so that it leaves

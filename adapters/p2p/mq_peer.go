@@ -613,6 +613,12 @@ func (w *peerWriter) send10(s network.Stream, f *mq.Frame) bool {
 		return false
 	}
 	defer p.setOut10(nil)
+	if f.AckMode != "" {
+		// A 1.0.0 stream waits for the ack of its one msg: never batched.
+		g := *f
+		g.AckMode = ""
+		f = &g
+	}
 	w.scratch = mq.AppendFrame(w.scratch[:0], f)
 	if cap(w.scratch) > 64<<10 {
 		defer func() { w.scratch = nil }()

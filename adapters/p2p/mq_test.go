@@ -80,6 +80,20 @@ func TestCompatClient10(t *testing.T) {
 	assert.ErrorIs(t, err, io.EOF, "the server closes the stream after the ack")
 }
 
+// A msg that comes on a 1.0.0 stream gets its own ack on that stream, even
+// if it says its sender takes cumulative acks: the node is told it does not.
+func TestInbound10IsNeverBatched(t *testing.T) {
+	hs, hc := newTestHost(t), newTestHost(t)
+	connect(t, hc, hs)
+	tr := newTransport(t, hs, MQOptions{})
+	s := rawStream(t, hc, hs.ID(), "/goop/mq/1.0.0")
+	_, err := io.WriteString(s, `{"type":"msg","id":"m-1","seq":1,"topic":"chat","payload":1,"epoch":"e","ack_mode":"batch"}`+"\n")
+	require.NoError(t, err)
+	ev := nextEvent(t, tr, isFrame)
+	assert.Equal(t, "e", ev.Frame.Epoch)
+	assert.Empty(t, ev.Frame.AckMode)
+}
+
 // TestCompatClient10Retry: a Goop2 sender that retries opens a second stream
 // with the same msg id; one ack from the core answers both.
 func TestCompatClient10Retry(t *testing.T) {
@@ -141,10 +155,12 @@ func TestCompatServer10(t *testing.T) {
 
 	for i := int64(1); i <= 2; i++ {
 		f := testMsg(fmt.Sprintf("to-goop2-%d", i), i)
+		f.AckMode = mq.AckBatch // as the bus sends it
 		require.NoError(t, tr.Send(pidOf(hg), f))
 		select {
 		case line := <-lines:
 			assert.True(t, strings.HasPrefix(line, fmt.Sprintf(`{"type":"msg","id":"to-goop2-%d","seq":%d,"topic":"chat","payload":`, i, i)), line)
+			assert.NotContains(t, line, "ack_mode", "a 1.0.0 stream waits for its msg's own ack: never a cumulative one")
 		case <-time.After(waitFor):
 			require.FailNow(t, "the compat server got no msg")
 		}

@@ -220,6 +220,10 @@ type source struct {
 	next  int64
 	buf   map[int64]Frame // out-of-order frames; nil when empty
 	dirty bool
+	// held is the final ack of the last message delivered in this step
+	// whose sender takes cumulative acks (Frame.AckMode): Drain sends it,
+	// one for all of them (see ackFor).
+	held Frame
 	// retired are earlier epochs of this sender seen since start: a late
 	// frame of a retired incarnation is acknowledged, never delivered.
 	retired []string
@@ -404,6 +408,7 @@ func (b *Bus) transmit(to PeerID, d *dest, p *pending) {
 	f.Epoch = b.epoch
 	f.Floor = d.queue[0].f.Seq
 	f.Want = p.want
+	f.AckMode = AckBatch // onAck takes a cumulative ack
 	b.out.Frames = append(b.out.Frames, Outgoing{To: to, Frame: f})
 }
 
@@ -452,7 +457,8 @@ func (b *Bus) Receive(now time.Time, from PeerID, f Frame) {
 		b.out.Deliveries = append(b.out.Deliveries, Delivery{From: from, Msg: f})
 		b.out.Frames = append(b.out.Frames, Outgoing{To: from, Frame: ack})
 	case f.Seq < s.next:
-		b.out.Frames = append(b.out.Frames, Outgoing{To: from, Frame: AckFor(&f)})
+		// Already delivered: acknowledged again.
+		b.ack(from, s, f)
 	case f.Seq == s.next:
 		b.deliver(from, s, f)
 	default:
@@ -487,10 +493,29 @@ func (b *Bus) markSource(from PeerID, s *source) {
 func (b *Bus) deliver(from PeerID, s *source, f Frame) {
 	s.next = f.Seq + 1
 	b.markSource(from, s)
-	ack := AckFor(&f)
-	f.Epoch, f.Floor = "", 0
+	b.ack(from, s, f)
+	f.Epoch, f.Floor, f.AckMode = "", 0, ""
 	b.out.Deliveries = append(b.out.Deliveries, Delivery{From: from, Msg: f})
-	b.out.Frames = append(b.out.Frames, Outgoing{To: from, Frame: ack})
+}
+
+// ack acknowledges msg f (its sender's ordered stream is s). A sender that
+// takes cumulative acks (ours: Frame.AckMode) gets one per step, for the
+// last message delivered or seen again: its Floor, the cursor, acknowledges
+// every message of the sender's epoch below it (Drain sends it; the sender
+// is marked dirty, as every delivery marks it). Any other sender gets each
+// ack at once; ours carry the Floor too, which a sender that does not know
+// it ignores.
+func (b *Bus) ack(from PeerID, s *source, f Frame) {
+	if f.AckMode == AckBatch {
+		if s.held.ID == "" || f.Seq > s.held.Seq {
+			s.held = AckFor(&f) // the newest: the sender surely still has it queued
+		}
+		b.markSource(from, s)
+		return
+	}
+	a := AckFor(&f)
+	a.Floor = s.next
+	b.out.Frames = append(b.out.Frames, Outgoing{To: from, Frame: a})
 }
 
 func (b *Bus) onCompatMsg(from PeerID, f Frame) {
@@ -528,9 +553,19 @@ func (b *Bus) onAck(now time.Time, from PeerID, f Frame) {
 		}
 		return
 	}
-	p.acked = true
-	b.out.Changes = append(b.out.Changes, Change{Kind: DeleteOutbox, Peer: from, Seq: f.Seq})
-	b.out.Results = append(b.out.Results, Result{To: from, ID: p.f.ID, Topic: p.f.Topic})
+	// A cumulative ack (ours) also acknowledges every message below its
+	// Floor: the receiver's cursor in our epoch (p's id vouches for the
+	// epoch) passed them, so each was delivered — or given up by us, and
+	// then it is no longer queued.
+	for _, q := range d.queue {
+		if q.f.Seq >= f.Floor {
+			break
+		}
+		if q != p && !q.acked {
+			b.acked(from, q)
+		}
+	}
+	b.acked(from, p)
 	// Pop acked entries from the head; progress resets the backoff.
 	popped := 0
 	for popped < len(d.queue) && d.queue[popped].acked {
@@ -552,6 +587,13 @@ func (b *Bus) onAck(now time.Time, from PeerID, f Frame) {
 	if len(d.queue) == 0 {
 		b.deactivate(d)
 	}
+}
+
+// acked records the final ack of p, a message to peer to.
+func (b *Bus) acked(to PeerID, p *pending) {
+	p.acked = true
+	b.out.Changes = append(b.out.Changes, Change{Kind: DeleteOutbox, Peer: to, Seq: p.f.Seq})
+	b.out.Results = append(b.out.Results, Result{To: to, ID: p.f.ID, Topic: p.f.Topic})
 }
 
 // Connected tells the bus a connection to p (re)appeared: unacked messages to
@@ -651,6 +693,12 @@ func (b *Bus) Drain() Ready {
 		s := b.sources[p]
 		s.dirty = false
 		b.out.Changes = append(b.out.Changes, Change{Kind: SetCursor, Peer: p, Epoch: s.epoch, Seq: s.next})
+		if s.held.ID != "" {
+			a := s.held
+			a.Floor = s.next
+			s.held = Frame{}
+			b.out.Frames = append(b.out.Frames, Outgoing{To: p, Frame: a})
+		}
 	}
 	b.dirtySources = b.dirtySources[:0]
 	r := b.out

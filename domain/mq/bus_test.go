@@ -190,7 +190,79 @@ func TestDuplicatesAreAckedButDeliveredOnce(t *testing.T) {
 	}
 	acks := b.drain()
 	assert.Len(t, b.delivered, 5)
-	assert.Len(t, acks, 15, "every copy is acked so the sender stops retrying")
+	require.Len(t, acks, 1, "one cumulative ack for the step, so the sender stops retrying")
+	assert.Equal(t, Frame{Type: TypeAck, ID: frames[4].Frame.ID, Seq: 5, Floor: 6}, acks[0].Frame)
+	a.bus.Receive(t0, "B", acks[0].Frame)
+	a.drain()
+	assert.Len(t, a.results, 5, "it acknowledges all five")
+	assert.Equal(t, 0, a.bus.Pending("B"))
+
+	// A sender that does not take cumulative acks (Frame.AckMode: Goop2, an
+	// older Goop, a 1.0.0 stream) gets every copy acked, each on its own.
+	c := newPeer("C", Options{})
+	for round := 0; round < 3; round++ {
+		for _, o := range frames {
+			f := o.Frame
+			f.AckMode = ""
+			c.bus.Receive(t0, "A", f)
+		}
+	}
+	acks = c.drain()
+	assert.Len(t, c.delivered, 5)
+	require.Len(t, acks, 15, "every copy is acked so the sender stops retrying")
+	assert.Equal(t, Frame{Type: TypeAck, ID: frames[0].Frame.ID, Seq: 1, Floor: 2}, acks[0].Frame,
+		"with the cursor as Floor, which such a sender ignores")
+}
+
+// A cumulative ack acknowledges the messages below its Floor only if it
+// names a message still queued: its id vouches for the epoch the Floor
+// belongs to. An ack without a Floor (Goop2, an older Goop) acknowledges
+// its own message only.
+func TestCumulativeAckMustNameAQueuedMessage(t *testing.T) {
+	a := newPeer("A", Options{})
+	send(t, a, t0, "B", 5)
+	frames := a.drain()
+	require.Len(t, frames, 5)
+	for _, f := range frames {
+		assert.Equal(t, AckBatch, f.Frame.AckMode, "our msgs take cumulative acks")
+	}
+	a.bus.Receive(t0, "B", Frame{Type: TypeAck, ID: "not-ours", Seq: 3, Floor: 100})
+	a.bus.Receive(t0, "B", Frame{Type: TypeAck, ID: frames[1].Frame.ID, Seq: 1, Floor: 100})
+	a.drain()
+	assert.Empty(t, a.results, "an ack whose id does not match its seq acknowledges nothing")
+
+	a.bus.Receive(t0, "B", Frame{Type: TypeAck, ID: frames[1].Frame.ID, Seq: 2})
+	a.drain()
+	require.Len(t, a.results, 1, "no Floor: only its own message")
+	assert.Equal(t, frames[1].Frame.ID, a.results[0].ID)
+	assert.Len(t, a.store.outbox["B"], 4)
+
+	a.bus.Receive(t0, "B", Frame{Type: TypeAck, ID: frames[3].Frame.ID, Seq: 4, Floor: 5})
+	a.drain()
+	var ids []string
+	for _, r := range a.results[1:] {
+		ids = append(ids, r.ID)
+	}
+	assert.Equal(t, []string{frames[0].Frame.ID, frames[2].Frame.ID, frames[3].Frame.ID}, ids, "all below the Floor, in order")
+	assert.Equal(t, 1, a.bus.Pending("B"))
+	assert.Len(t, a.store.outbox["B"], 1, "their outbox rows go")
+	assert.Contains(t, a.store.outbox["B"], int64(5))
+}
+
+// The step's cumulative ack names the newest message delivered, even when a
+// duplicate of an older one came after it: the sender may have dropped the
+// older one already, and then it could not trust the Floor.
+func TestCumulativeAckNamesTheNewestMessage(t *testing.T) {
+	a, b := newPeer("A", Options{}), newPeer("B", Options{})
+	send(t, a, t0, "B", 2)
+	frames := a.drain()
+	b.bus.Receive(t0, "A", frames[0].Frame)
+	b.drain()
+	b.bus.Receive(t0, "A", frames[1].Frame)
+	b.bus.Receive(t0, "A", frames[0].Frame) // retransmitted: its ack was lost
+	acks := b.drain()
+	require.Len(t, acks, 1)
+	assert.Equal(t, Frame{Type: TypeAck, ID: frames[1].Frame.ID, Seq: 2, Floor: 3}, acks[0].Frame)
 }
 
 func TestOutOfOrderArrivalIsDeliveredInOrder(t *testing.T) {

@@ -54,6 +54,7 @@ const (
 	fieldEpoch
 	fieldStage
 	fieldWant
+	fieldAckMode
 	numStrFields
 )
 
@@ -152,7 +153,7 @@ func parseFrame(line []byte) (Frame, error) {
 			}
 			valueStart = i
 			switch field {
-			case fieldType, fieldID, fieldTopic, fieldOrigin, fieldEpoch, fieldStage, fieldWant:
+			case fieldType, fieldID, fieldTopic, fieldOrigin, fieldEpoch, fieldStage, fieldWant, fieldAckMode:
 				switch d[i] {
 				case '"':
 					end, flags, err = scanString(d, i+1)
@@ -273,6 +274,7 @@ func assembleStrings(f *Frame, d []byte, strs *[numStrFields]strSpan) {
 	f.Epoch = s[offs[fieldEpoch]:offs[fieldEpoch+1]]
 	f.Stage = s[offs[fieldStage]:offs[fieldStage+1]]
 	f.Want = s[offs[fieldWant]:offs[fieldWant+1]]
+	f.AckMode = s[offs[fieldAckMode]:offs[fieldAckMode+1]]
 }
 
 // writeUnquoted decodes raw string content that needs it into b.
@@ -624,16 +626,25 @@ func matchField(k []byte) int {
 		if eqFold(k, "payload") {
 			return fieldPayload
 		}
+	case 8:
+		if eqFold(k, "ack_mode") {
+			return fieldAckMode
+		}
 	}
 	return fieldUnknown
 }
 
-// eqFold reports whether k equals lower (all lowercase ASCII letters) ignoring
-// ASCII case. For such a target, c|0x20 == lower[i] holds only for the
-// letter and its uppercase form.
+// eqFold reports whether k equals lower (lowercase ASCII letters and other
+// ASCII bytes) ignoring the case of its letters. For a letter target,
+// c|0x20 == lower[i] holds only for the letter and its uppercase form; any
+// other byte must match exactly.
 func eqFold(k []byte, lower string) bool {
 	for i := 0; i < len(k); i++ {
-		if k[i]|0x20 != lower[i] {
+		if c := lower[i]; c >= 'a' && c <= 'z' {
+			if k[i]|0x20 != c {
+				return false
+			}
+		} else if k[i] != c {
 			return false
 		}
 	}

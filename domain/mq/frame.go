@@ -65,7 +65,17 @@ type Frame struct {
 	// waits for it (a round trip), so that pipelined and group traffic costs
 	// one ack per message, not two.
 	Want string `json:"want,omitempty"`
+	// AckMode, on a msg (ours): AckBatch tells a Goop receiver that the
+	// sender takes cumulative final acks — an ack whose Floor acknowledges
+	// every message of the sender's epoch below it — so that the messages
+	// delivered in one step are acknowledged by one ack. Without it (Goop2,
+	// or a Goop peer that predates it, or a 1.0.0 stream, which waits for
+	// its msg's own ack) each message gets its own ack.
+	AckMode string `json:"ack_mode,omitempty"`
 }
+
+// AckBatch is the AckMode of a msg whose sender takes cumulative acks.
+const AckBatch = "batch"
 
 // StageReceived is the Stage of an early transport ack.
 const StageReceived = "received"
@@ -213,7 +223,8 @@ func DecodeFrame(line []byte) (Frame, error) {
 }
 
 // AppendFrame appends the JSON encoding of f and a newline to dst. The field
-// order matches Goop2's encoder; an ack carries exactly type, id and seq.
+// order matches Goop2's encoder; an ack carries type, id and seq, and ours
+// a stage (an early ack) or a floor (a batched one).
 func AppendFrame(dst []byte, f *Frame) []byte {
 	dst = append(dst, `{"type":`...)
 	dst = strconv.AppendQuote(dst, f.Type)
@@ -224,6 +235,10 @@ func AppendFrame(dst []byte, f *Frame) []byte {
 	if f.Type == TypeAck && f.Stage != "" {
 		dst = append(dst, `,"stage":`...)
 		dst = appendJSONString(dst, f.Stage)
+	}
+	if f.Type == TypeAck && f.Floor != 0 {
+		dst = append(dst, `,"floor":`...)
+		dst = strconv.AppendInt(dst, f.Floor, 10)
 	}
 	if f.Type != TypeAck {
 		dst = append(dst, `,"topic":`...)
@@ -249,6 +264,10 @@ func AppendFrame(dst []byte, f *Frame) []byte {
 		if f.Want != "" {
 			dst = append(dst, `,"want":`...)
 			dst = appendJSONString(dst, f.Want)
+		}
+		if f.AckMode != "" {
+			dst = append(dst, `,"ack_mode":`...)
+			dst = appendJSONString(dst, f.AckMode)
 		}
 	}
 	return append(dst, '}', '\n')
