@@ -222,7 +222,7 @@ type source struct {
 	dirty bool
 	// held is the final ack of the last message delivered in this step
 	// whose sender takes cumulative acks (Frame.AckMode): Drain sends it,
-	// one for all of them (see ackFor).
+	// one for all of them (see ack).
 	held Frame
 	// retired are earlier epochs of this sender seen since start: a late
 	// frame of a retired incarnation is acknowledged, never delivered.
