@@ -30,11 +30,21 @@ const maxJobs = 64
 const maxGroup = 32
 
 // commitLinger is how long the runtime gathers changes that nobody waits on
-// — outbox rows of messages already sent, deletions of acknowledged ones
-// (see splitLazy) — before it hands them to the persister. A message
+// — outbox rows of messages already sent, and deletions of acknowledged
+// ones, which wait up to deleteLinger (see splitLazy) — before it hands
+// them to the persister. A message
 // acknowledged within it never costs a row, and the store's work stays off
 // the CPU while round trips are under way. Everything else is stored at once.
 const commitLinger = 2 * time.Millisecond
+
+// deleteLinger is how long deletions of acknowledged outbox rows are
+// gathered (commitLinger applies to the rows themselves). A deletion that
+// waits risks nothing: after a crash the row is sent again, and the
+// receiver, which has it, acknowledges it without delivering it twice. And
+// gathering them for longer spares the store a transaction every
+// commitLinger while messages come one at a time (a group's host deletes
+// its members' rows as their acks arrive).
+const deleteLinger = 100 * time.Millisecond
 
 // maxLazy bounds the lazy changes held at once; more are stored at once.
 const maxLazy = 8192
@@ -130,12 +140,15 @@ type Runtime struct {
 	timer   ports.Timer        // the loop's wake-up timer
 	ds      ports.DirectSender // tr's fast path, if it has one
 	direct  *[]func()          // set during an inline step: writes to run after it
-	// Lazy changes (see splitLazy) gathered for up to linger before they
-	// go to the persister as one job; an outbox row whose deletion comes
-	// meanwhile is dropped here.
-	lazy     ports.Batch
-	lazyPuts map[outKey]int // index in lazy.Bus of a gathered PutOutbox
-	lazyDue  time.Time      // when lazy must be handed over (zero: empty)
+	// Lazy changes (see splitLazy) gathered before they go to the
+	// persister: outbox rows (lazyRows) for up to linger, deletions
+	// (lazyDels) for up to deleteLinger (at least linger); an outbox row
+	// whose deletion comes meanwhile is dropped here, with its deletion.
+	lazyRows []mq.Change
+	lazyDels []mq.Change
+	lazyPuts map[outKey]int // index in lazyRows of a gathered PutOutbox
+	rowsDue  time.Time      // when lazyRows must be handed over (zero: none)
+	delsDue  time.Time      // when lazyDels must be handed over (zero: none)
 
 	mu      sync.Mutex
 	subs    map[*Subscription]struct{}
@@ -322,8 +335,10 @@ func (r *Runtime) stepInline(fn func(now time.Time, n *Node)) (bool, error) {
 
 func (r *Runtime) armTimer(t ports.Timer) {
 	at, ok := r.node.NextWake()
-	if !r.lazyDue.IsZero() && (!ok || r.lazyDue.Before(at)) {
-		at, ok = r.lazyDue, true
+	for _, due := range []time.Time{r.rowsDue, r.delsDue} {
+		if !due.IsZero() && (!ok || due.Before(at)) {
+			at, ok = due, true
+		}
 	}
 	if !t.Stop() {
 		select {
@@ -391,49 +406,65 @@ func (r *Runtime) flush(ctx context.Context, pending []command) error {
 }
 
 // lazyDueNow hands the gathered lazy changes over when their time has come
-// or they are too many.
+// or they are too many: the rows alone when only theirs has come.
 func (r *Runtime) lazyDueNow() error {
-	if !r.lazyDue.IsZero() && (len(r.lazy.Bus) >= maxLazy || !r.clock.Now().Before(r.lazyDue)) {
+	now := r.clock.Now()
+	switch {
+	case len(r.lazyRows)+len(r.lazyDels) >= maxLazy,
+		!r.delsDue.IsZero() && !now.Before(r.delsDue):
 		return r.handOverLazy()
+	case !r.rowsDue.IsZero() && !now.Before(r.rowsDue):
+		return r.handOver(false)
 	}
 	return nil
 }
 
-// gatherLazy adds lazy changes (outbox rows and deletions) to r.lazy. A
-// deletion of a row gathered and not yet handed over drops the row and
-// itself: the row was never stored (PutOutbox is emitted once per message,
-// and (peer, seq) names one message, never reused).
+// gatherLazy adds lazy changes (outbox rows and deletions) to those
+// gathered. A deletion of a row gathered and not yet handed over drops the
+// row and itself: the row was never stored (PutOutbox is emitted once per
+// message, and (peer, seq) names one message, never reused).
 func (r *Runtime) gatherLazy(cs []mq.Change) {
-	if r.lazyDue.IsZero() {
-		r.lazyDue = r.clock.Now().Add(r.linger)
-	}
 	if r.lazyPuts == nil {
 		r.lazyPuts = map[outKey]int{}
 	}
+	now := r.clock.Now()
 	for _, c := range cs {
 		k := outKey{c.Peer, c.Seq}
 		switch c.Kind {
 		case mq.PutOutbox:
-			r.lazyPuts[k] = len(r.lazy.Bus)
+			if r.rowsDue.IsZero() {
+				r.rowsDue = now.Add(r.linger)
+			}
+			r.lazyPuts[k] = len(r.lazyRows)
+			r.lazyRows = append(r.lazyRows, c)
 		case mq.DeleteOutbox:
 			if i, ok := r.lazyPuts[k]; ok {
-				r.lazy.Bus[i] = mq.Change{} // dropped at hand-over
+				r.lazyRows[i] = mq.Change{} // dropped at hand-over
 				delete(r.lazyPuts, k)
 				continue
 			}
+			if r.delsDue.IsZero() {
+				r.delsDue = now.Add(max(r.linger, deleteLinger))
+			}
+			r.lazyDels = append(r.lazyDels, c)
 		}
-		r.lazy.Bus = append(r.lazy.Bus, c)
 	}
 }
 
-// handOverLazy sends the gathered lazy changes to the persister.
-func (r *Runtime) handOverLazy() error {
-	if r.lazyDue.IsZero() {
-		return nil
-	}
-	cs := slices.DeleteFunc(r.lazy.Bus, func(c mq.Change) bool { return c.Kind == 0 })
-	r.lazy, r.lazyDue = ports.Batch{}, time.Time{}
+// handOverLazy sends every gathered lazy change to the persister.
+func (r *Runtime) handOverLazy() error { return r.handOver(true) }
+
+// handOver sends the gathered outbox rows, and the gathered deletions too
+// if dels, to the persister as one job: rows first (a deletion gathered
+// never names a row gathered, which it would have dropped).
+func (r *Runtime) handOver(dels bool) error {
+	cs := slices.DeleteFunc(r.lazyRows, func(c mq.Change) bool { return c.Kind == 0 })
+	r.lazyRows, r.rowsDue = nil, time.Time{}
 	clear(r.lazyPuts)
+	if dels {
+		cs = append(cs, r.lazyDels...)
+		r.lazyDels, r.delsDue = nil, time.Time{}
+	}
 	if len(cs) == 0 {
 		return nil
 	}

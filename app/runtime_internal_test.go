@@ -15,6 +15,7 @@ import (
 	"github.com/goop-p2p/goop/adapters/system"
 	"github.com/goop-p2p/goop/domain/group"
 	"github.com/goop-p2p/goop/domain/mq"
+	"github.com/goop-p2p/goop/ports"
 )
 
 // Members' history questions wait in a bounded queue: a member asking in a
@@ -83,4 +84,50 @@ func TestFailuresAreLoggedOncePerPeer(t *testing.T) {
 	assert.Contains(t, lines[0], "to=B count=5 first_msg_id=m0")
 	assert.Contains(t, lines[0], `reason="no ack from B after 10 attempts"`)
 	assert.Contains(t, lines[1], "to=C count=1 first_msg_id=c1")
+}
+
+// manualClock is a ports.Clock whose time moves only when told.
+type manualClock struct{ now time.Time }
+
+func (c *manualClock) Now() time.Time                       { return c.now }
+func (c *manualClock) NewTimer(d time.Duration) ports.Timer { panic("not used") }
+
+// Outbox rows nobody waits on go to the store after commitLinger;
+// deletions of acknowledged rows wait up to deleteLinger, so that a host
+// whose members' acks come one at a time does not store them one
+// transaction at a time. A deletion of a row still gathered drops both.
+func TestDeletionsLingerLongerThanRows(t *testing.T) {
+	clk := &manualClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	r := NewRuntime(NewNode("H", State{}, system.Rand{}, NodeOptions{}), nil, nil, clk, nil)
+	row := func(seq int64) mq.Change {
+		return mq.Change{Kind: mq.PutOutbox, Peer: "B", Seq: seq, Frame: &mq.Frame{Type: mq.TypeMsg, ID: fmt.Sprint("m", seq), Seq: seq}}
+	}
+	del := func(seq int64) mq.Change { return mq.Change{Kind: mq.DeleteOutbox, Peer: "B", Seq: seq} }
+	handed := func() []mq.Change {
+		select {
+		case j := <-r.jobs:
+			assert.True(t, j.lazy)
+			return j.rd.Batch.Bus
+		default:
+			return nil
+		}
+	}
+
+	r.gatherLazy([]mq.Change{row(1), row(2), del(0)})
+	r.gatherLazy([]mq.Change{del(2)}) // acked before it was stored
+	require.NoError(t, r.lazyDueNow())
+	assert.Nil(t, handed(), "nothing is due yet")
+
+	clk.now = clk.now.Add(commitLinger)
+	require.NoError(t, r.lazyDueNow())
+	assert.Equal(t, []mq.Change{row(1)}, handed(), "the rows go after commitLinger; row 2 never")
+	r.gatherLazy([]mq.Change{del(1)})
+
+	clk.now = clk.now.Add(deleteLinger - commitLinger - time.Millisecond)
+	require.NoError(t, r.lazyDueNow())
+	assert.Nil(t, handed(), "the deletions wait")
+	clk.now = clk.now.Add(time.Millisecond)
+	require.NoError(t, r.lazyDueNow())
+	assert.Equal(t, []mq.Change{del(0), del(1)}, handed(), "then go together, in order")
+	assert.True(t, r.rowsDue.IsZero() && r.delsDue.IsZero())
 }
