@@ -529,3 +529,51 @@ func TestDeleteIgnoresAttachedRecord(t *testing.T) {
 	assert.Empty(t, snap.Members)
 	assert.Empty(t, snap.Subscriptions)
 }
+
+// TestHistoryMigrationKeepsRowsWithoutAutoincrement opens a database whose
+// history table has an AUTOINCREMENT key (migrations 1-5): the history is
+// kept, in order, new rows come after it, and on SQLite the table no longer
+// has AUTOINCREMENT (one page less written by every relayed message).
+func TestHistoryMigrationKeepsRowsWithoutAutoincrement(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, newDB func(testing.TB) Config) {
+		ctx := context.Background()
+		cfg := newDB(t)
+		var before []Migration
+		for _, m := range Migrations() {
+			if m.Version < 6 {
+				before = append(before, m)
+			}
+		}
+		s, err := openWith(ctx, cfg, before)
+		require.NoError(t, err)
+		require.NoError(t, s.Apply(ctx, ports.Batch{Groups: []group.Change{
+			storetest.History("g1", "A", group.TypeMsg, `{"n":1}`, at0),
+			storetest.History("g2", "B", group.TypeMsg, `{"n":2}`, at0),
+			storetest.History("g1", "C", group.TypeState, `{"n":3}`, at0),
+		}}))
+		require.NoError(t, s.Close())
+
+		s = mustOpen(t, cfg)
+		defer func() { _ = s.Close() }()
+		require.NoError(t, s.Apply(ctx, ports.Batch{Groups: []group.Change{storetest.History("g1", "D", group.TypeMsg, `{"n":4}`, at0)}}))
+		hist, err := s.GroupHistory(ctx, "g1", 0)
+		require.NoError(t, err)
+		var got []string
+		for _, h := range hist {
+			got = append(got, string(h.Payload))
+		}
+		assert.Equal(t, []string{`{"n":1}`, `{"n":3}`, `{"n":4}`}, got, "kept, in order, the new row last")
+		if s.driver == DriverPostgres {
+			return
+		}
+		var ddl string
+		require.NoError(t, s.DB().NewRaw(`SELECT sql FROM sqlite_master WHERE name = '_group_history'`).Scan(ctx, &ddl))
+		assert.NotContains(t, strings.ToUpper(ddl), "AUTOINCREMENT")
+		var seqs int
+		require.NoError(t, s.DB().NewRaw(`SELECT count(*) FROM sqlite_sequence WHERE name = '_group_history'`).Scan(ctx, &seqs))
+		assert.Zero(t, seqs)
+		var ids []int64
+		require.NoError(t, s.DB().NewRaw(`SELECT id FROM _group_history ORDER BY id`).Scan(ctx, &ids))
+		assert.Equal(t, []int64{1, 2, 3, 4}, ids)
+	})
+}
