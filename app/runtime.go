@@ -864,12 +864,22 @@ type Subscription struct {
 	c      chan Event
 	r      *Runtime
 	closed bool
+	kinds  uint32 // bit k: events of kind k are wanted (0: all)
 }
 
 // Subscribe returns a subscription with a buffer of n events.
-func (r *Runtime) Subscribe(n int) *Subscription {
+func (r *Runtime) Subscribe(n int) *Subscription { return r.SubscribeKinds(n) }
+
+// SubscribeKinds returns a subscription with a buffer of n events of the
+// given kinds only (none given: all of them). The others never reach its
+// buffer: a subscriber that needs group events does not wake up, nor fall
+// behind, for every message and acknowledgement of a busy node.
+func (r *Runtime) SubscribeKinds(n int, kinds ...EventKind) *Subscription {
 	c := make(chan Event, n)
 	s := &Subscription{C: c, c: c, r: r}
+	for _, k := range kinds {
+		s.kinds |= 1 << k
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	select {
@@ -908,6 +918,9 @@ func (r *Runtime) publish(evs []Event) {
 			}
 		}
 		for s := range r.subs {
+			if s.kinds != 0 && s.kinds&(1<<ev.Kind) == 0 {
+				continue
+			}
 			select {
 			case s.c <- ev:
 			default:

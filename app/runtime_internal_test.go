@@ -131,3 +131,26 @@ func TestDeletionsLingerLongerThanRows(t *testing.T) {
 	assert.Equal(t, []mq.Change{del(0), del(1)}, handed(), "then go together, in order")
 	assert.True(t, r.rowsDue.IsZero() && r.delsDue.IsZero())
 }
+
+// A subscription for some kinds of events gets only those, and the others
+// cannot fill its buffer.
+func TestSubscribeKindsGetsOnlyThoseKinds(t *testing.T) {
+	r := NewRuntime(NewNode("H", State{}, system.Rand{}, NodeOptions{}), nil, nil, system.Clock{}, nil)
+	groups := r.SubscribeKinds(2, EventGroup)
+	peersAndGroups := r.SubscribeKinds(8, EventPeer, EventGroup)
+	all := r.Subscribe(8)
+	var evs []Event
+	for range 5 {
+		evs = append(evs, Event{Kind: EventMessage}, Event{Kind: EventDelivered})
+	}
+	evs = append(evs, Event{Kind: EventGroup, Group: &group.Event{Type: group.EvMsg}}, Event{Kind: EventPeer})
+	r.publish(evs)
+	require.Len(t, groups.C, 1, "ten other events did not close a buffer of two")
+	assert.Equal(t, EventGroup, (<-groups.C).Kind)
+	assert.Len(t, peersAndGroups.C, 2)
+	_, open := <-all.C
+	assert.True(t, open)
+	for range all.C { // closed: 12 events into a buffer of 8
+	}
+	assert.True(t, all.closed)
+}

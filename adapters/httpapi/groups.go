@@ -51,14 +51,32 @@ type HistoryJSON struct {
 // errNodeStopped ends a wait for a group event when the node stops.
 var errNodeStopped = errors.New("node is stopped")
 
+// errFellBehind: the node closed a wait's event subscription because the
+// wait did not keep up with the node's group events (a very busy node).
+var errFellBehind = errors.New("node is too busy: the wait for its answer fell behind its events")
+
+// isDone reports whether done is closed.
+func isDone(done <-chan struct{}) bool {
+	select {
+	case <-done:
+		return true
+	default:
+		return false
+	}
+}
+
 // awaitGroupEvent returns the first event of group id at host on sub that
-// match accepts, or ctx's error, or errNodeStopped.
-func awaitGroupEvent(ctx context.Context, sub *app.Subscription, host mq.PeerID, id string, match func(*group.Event) bool) (*group.Event, error) {
+// match accepts, or ctx's error, or errNodeStopped (done: the node's Done),
+// or errFellBehind.
+func awaitGroupEvent(ctx context.Context, sub *app.Subscription, done <-chan struct{}, host mq.PeerID, id string, match func(*group.Event) bool) (*group.Event, error) {
 	for {
 		select {
 		case ev, ok := <-sub.C:
 			if !ok {
-				return nil, errNodeStopped
+				if isDone(done) {
+					return nil, errNodeStopped
+				}
+				return nil, errFellBehind
 			}
 			if ev.Kind == app.EventGroup && ev.Group.Group == id && ev.Group.Host == host && match(ev.Group) {
 				return ev.Group, nil
@@ -133,7 +151,7 @@ func (s *server) remoteHistory(w http.ResponseWriter, r *http.Request, host mq.P
 		}
 	}
 	req := uuid.NewString()
-	sub := s.d.Runtime.Subscribe(s.d.EventBuffer) // before asking: the answer cannot slip past
+	sub := s.d.Runtime.SubscribeKinds(s.d.EventBuffer, app.EventGroup) // before asking: the answer cannot slip past
 	defer sub.Close()
 	if !s.do(w, r, func(now time.Time, n *app.Node) error {
 		return n.Group(now).RequestHistory(now, host, id, req, limit)
@@ -143,7 +161,7 @@ func (s *server) remoteHistory(w http.ResponseWriter, r *http.Request, host mq.P
 	ctx, cancel := context.WithTimeout(r.Context(), historyWait)
 	defer cancel()
 	var a group.HistoryAnswer
-	_, err := awaitGroupEvent(ctx, sub, host, id, func(ev *group.Event) bool {
+	_, err := awaitGroupEvent(ctx, sub, s.d.Runtime.Done(), host, id, func(ev *group.Event) bool {
 		var got group.HistoryAnswer
 		if ev.Type != group.EvHistory || json.Unmarshal(ev.Payload, &got) != nil || got.Req != req {
 			return false
@@ -152,7 +170,7 @@ func (s *server) remoteHistory(w http.ResponseWriter, r *http.Request, host mq.P
 		return true
 	})
 	switch {
-	case errors.Is(err, errNodeStopped):
+	case errors.Is(err, errNodeStopped), errors.Is(err, errFellBehind):
 		writeError(w, http.StatusServiceUnavailable, err.Error())
 	case err != nil:
 		groupError(w, group.Errorf(group.CodeTimeout, "host %s did not answer with the history in time", host))
@@ -448,7 +466,7 @@ func (s *server) groupsJoin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// Listen before asking, so the answer cannot slip past.
-	sub := s.d.Runtime.Subscribe(s.d.EventBuffer)
+	sub := s.d.Runtime.SubscribeKinds(s.d.EventBuffer, app.EventGroup)
 	defer sub.Close()
 	var already []group.Member // set when we host it and are already a member: no new welcome comes
 	if !s.do(w, r, func(now time.Time, n *app.Node) error {
@@ -473,11 +491,11 @@ func (s *server) groupsJoin(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), joinWait)
 	defer cancel()
-	ev, err := awaitGroupEvent(ctx, sub, host, req.GroupID, func(ev *group.Event) bool {
+	ev, err := awaitGroupEvent(ctx, sub, s.d.Runtime.Done(), host, req.GroupID, func(ev *group.Event) bool {
 		return ev.Type == group.EvJoined || ev.Type == group.EvJoinFailed
 	})
 	switch {
-	case errors.Is(err, errNodeStopped):
+	case errors.Is(err, errNodeStopped), errors.Is(err, errFellBehind):
 		writeError(w, http.StatusServiceUnavailable, err.Error())
 	case err == nil && ev.Type == group.EvJoined:
 		writeJSON(w, http.StatusOK, map[string]any{"status": "joined", "group_id": req.GroupID,
@@ -672,5 +690,5 @@ func encodeGroupEvent(ev app.Event) (string, []byte) {
 }
 
 func (s *server) groupsEvents(w http.ResponseWriter, r *http.Request) {
-	s.stream(w, r, encodeGroupEvent)
+	s.stream(w, r, []app.EventKind{app.EventGroup}, encodeGroupEvent)
 }

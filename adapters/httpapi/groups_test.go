@@ -3,6 +3,7 @@ package httpapi
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -12,6 +13,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/goop-p2p/goop/app"
+	"github.com/goop-p2p/goop/domain/group"
 	"github.com/goop-p2p/goop/domain/mq"
 )
 
@@ -364,4 +367,26 @@ func TestGroupsJoinOwnGroupTwiceAnswersAtOnce(t *testing.T) {
 	require.Equal(t, http.StatusOK, r.status, "%v", r.body)
 	assert.Equal(t, "joined", r.body["status"])
 	assert.Less(t, time.Since(start), joinWait/2, "no wait for a welcome that never comes")
+}
+
+// A wait for a group event tells a node that stopped from one whose events
+// outran it (the node closed its subscription): both answer 503, each with
+// its own reason.
+func TestGroupWaitTellsStoppedFromFellBehind(t *testing.T) {
+	f := newFixture(t, nil)
+	ctx := context.Background()
+	sub := f.a.rt.SubscribeKinds(1, app.EventGroup)
+	for i := range 3 { // three group events into a buffer of one, unread
+		require.NoError(t, f.a.rt.Do(ctx, func(now time.Time, n *app.Node) {
+			_, err := n.Group(now).Create(now, group.CreateSpec{ID: fmt.Sprintf("%016x", i+1), Name: "g"})
+			require.NoError(t, err)
+		}))
+	}
+	_, err := awaitGroupEvent(ctx, sub, f.a.rt.Done(), f.a.id, "0000000000000009", func(*group.Event) bool { return true })
+	assert.ErrorIs(t, err, errFellBehind)
+
+	f.a.stop(t)
+	sub = f.a.rt.SubscribeKinds(1, app.EventGroup)
+	_, err = awaitGroupEvent(ctx, sub, f.a.rt.Done(), f.a.id, "0000000000000009", func(*group.Event) bool { return true })
+	assert.ErrorIs(t, err, errNodeStopped)
 }

@@ -64,6 +64,10 @@ type Runtime interface {
 	SendWait(ctx context.Context, to mq.PeerID, topic string, payload []byte) (mq.Frame, app.Event, error)
 	// Subscribe returns a bounded subscription to node events.
 	Subscribe(n int) *app.Subscription
+	// SubscribeKinds is Subscribe for events of the given kinds only.
+	SubscribeKinds(n int, kinds ...app.EventKind) *app.Subscription
+	// Done is closed when the node has stopped.
+	Done() <-chan struct{}
 }
 
 var _ Runtime = (*app.Runtime)(nil)
@@ -395,7 +399,7 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
 // events streams bus events as SSE (SPEC §2): `message` frames for received
 // messages and application receipts.
 func (s *server) events(w http.ResponseWriter, r *http.Request) {
-	s.stream(w, r, func(ev app.Event) (string, []byte) {
+	s.stream(w, r, []app.EventKind{app.EventMessage, app.EventReceipt, app.EventFailed, app.EventDelivered}, func(ev app.Event) (string, []byte) {
 		data := encodeEvent(ev)
 		if data == nil {
 			return "", nil
@@ -406,11 +410,12 @@ func (s *server) events(w http.ResponseWriter, r *http.Request) {
 
 // stream writes node events as SSE until the client goes or the
 // subscription closes (node stopped, or the client fell too far behind).
-// encode names each event and gives its data, or "" to skip it. The first
+// Only events of kinds reach encode, which names each event and gives its
+// data, or "" to skip it. The first
 // event is `connected`; a keep-alive comment goes out every KeepAlive.
-func (s *server) stream(w http.ResponseWriter, r *http.Request, encode func(app.Event) (string, []byte)) {
+func (s *server) stream(w http.ResponseWriter, r *http.Request, kinds []app.EventKind, encode func(app.Event) (string, []byte)) {
 	rc := http.NewResponseController(w)
-	sub := s.d.Runtime.Subscribe(s.d.EventBuffer)
+	sub := s.d.Runtime.SubscribeKinds(s.d.EventBuffer, kinds...)
 	defer sub.Close()
 	// Clear our write deadline so it cannot hit a reused connection.
 	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()

@@ -102,5 +102,5 @@ func encodePeerEvent(ev app.Event) (string, []byte) {
 
 // peersEvents streams peer table changes as SSE.
 func (s *server) peersEvents(w http.ResponseWriter, r *http.Request) {
-	s.stream(w, r, encodePeerEvent)
+	s.stream(w, r, []app.EventKind{app.EventPeer}, encodePeerEvent)
 }

@@ -160,7 +160,7 @@ func (s *server) allowScoped(w http.ResponseWriter, r *http.Request, label strin
 			writeJSON(w, http.StatusOK, map[string]string{"id": string(s.d.Runtime.Self()), "label": s.d.Label})
 			return false
 		case p == "/api/groups/events":
-			s.stream(w, r, func(ev app.Event) (string, []byte) {
+			s.stream(w, r, []app.EventKind{app.EventGroup}, func(ev app.Event) (string, []byte) {
 				if ev.Kind != app.EventGroup || ev.Group == nil || PeerLabel(s.hostOrSelf(ev.Group.Host)) != label ||
 					ev.Group.Type == group.EvDeclined { // the host is not told; its page must not learn it
 					return "", nil

@@ -363,7 +363,7 @@ func throughput(ctx context.Context, a, b *node.Running, senders, count int, pay
 	topic := "bench.tput." + strconv.Itoa(senders)
 	from := mq.PeerID(a.PeerID.String())
 	to := mq.PeerID(b.PeerID.String())
-	sub := b.Runtime.Subscribe(count + 64)
+	sub := b.Runtime.SubscribeKinds(count+64, app.EventMessage)
 	defer sub.Close()
 	all := make(chan error, 1)
 	go func() {

@@ -652,16 +652,17 @@ func (b *groupsBench) startNodes(ctx context.Context, slots int) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	// Each delivery publishes two events (the bus message and the group
-	// msg), and a node publishes a stored batch's events at once: thousands
-	// while pipelined, whatever --messages is (a throughput measure sends
-	// at least --min-deliveries/N messages). A subscription that overflows
-	// is closed and the run fails. Not much more: 51 buffers of 16,384
-	// events (4 MB each) cost a quarter of the N=10 throughput measure.
+	// Each delivery publishes one group event (the subscriptions take no
+	// other kind), and a node publishes a stored batch's events at once:
+	// thousands while pipelined, whatever --messages is (a throughput
+	// measure sends at least --min-deliveries/N messages). A subscription
+	// that overflows is closed and the run fails. Not much more: 51 buffers
+	// of 16,384 events (4 MB each) cost a quarter of the N=10 throughput
+	// measure.
 	buf := min(max(4*b.o.Messages+4096, 8192), 1<<16)
 	b.subs = make([]*app.Subscription, slots)
 	for i, m := range b.members {
-		b.subs[i] = m.Runtime.Subscribe(buf)
+		b.subs[i] = m.Runtime.SubscribeKinds(buf, app.EventGroup)
 		b.wg.Add(1)
 		go b.collect(i, b.subs[i])
 	}
@@ -908,7 +909,7 @@ func joinAll(ctx context.Context, rs []*node.Running, names []int, host mq.PeerI
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			sub := r.Runtime.Subscribe(1024)
+			sub := r.Runtime.SubscribeKinds(1024, app.EventGroup)
 			defer sub.Close()
 			var jerr error
 			if err := r.Runtime.Do(ctx, func(now time.Time, n *app.Node) { jerr = n.Group(now).Join(now, host, gid) }); err != nil || jerr != nil {
