@@ -141,13 +141,14 @@ type Runtime struct {
 	ds      ports.DirectSender // tr's fast path, if it has one
 	direct  *[]func()          // set during an inline step: writes to run after it
 	// Lazy changes (see splitLazy) gathered before they go to the
-	// persister: outbox rows (lazyRows) for up to linger, deletions
+	// persister: each outbox row (lazyRows) for up to linger, deletions
 	// (lazyDels) for up to deleteLinger (at least linger); an outbox row
 	// whose deletion comes meanwhile is dropped here, with its deletion.
 	lazyRows []mq.Change
+	rowsAt   []time.Time // when each of lazyRows was gathered
 	lazyDels []mq.Change
 	lazyPuts map[outKey]int // index in lazyRows of a gathered PutOutbox
-	rowsDue  time.Time      // when lazyRows must be handed over (zero: none)
+	rowsDue  time.Time      // when the oldest of lazyRows must be handed over (zero: none)
 	delsDue  time.Time      // when lazyDels must be handed over (zero: none)
 
 	mu      sync.Mutex
@@ -437,6 +438,7 @@ func (r *Runtime) gatherLazy(cs []mq.Change) {
 			}
 			r.lazyPuts[k] = len(r.lazyRows)
 			r.lazyRows = append(r.lazyRows, c)
+			r.rowsAt = append(r.rowsAt, now)
 		case mq.DeleteOutbox:
 			if i, ok := r.lazyPuts[k]; ok {
 				r.lazyRows[i] = mq.Change{} // dropped at hand-over
@@ -454,13 +456,25 @@ func (r *Runtime) gatherLazy(cs []mq.Change) {
 // handOverLazy sends every gathered lazy change to the persister.
 func (r *Runtime) handOverLazy() error { return r.handOver(true) }
 
-// handOver sends the gathered outbox rows, and the gathered deletions too
-// if dels, to the persister as one job: rows first (a deletion gathered
-// never names a row gathered, which it would have dropped).
+// handOver sends gathered outbox rows, and the gathered deletions too if
+// dels, to the persister as one job: rows first (a deletion gathered never
+// names a row gathered, which it would have dropped). With dels every row
+// goes; without, only the rows gathered linger ago or earlier: each row
+// gets its whole linger to be acknowledged and never written, not only the
+// first of a batch.
 func (r *Runtime) handOver(dels bool) error {
-	cs := slices.DeleteFunc(r.lazyRows, func(c mq.Change) bool { return c.Kind == 0 })
-	r.lazyRows, r.rowsDue = nil, time.Time{}
-	clear(r.lazyPuts)
+	n := len(r.lazyRows)
+	if !dels {
+		cutoff := r.clock.Now().Add(-r.linger)
+		n, _ = slices.BinarySearchFunc(r.rowsAt, cutoff, func(at, c time.Time) int {
+			if at.After(c) {
+				return 1
+			}
+			return -1
+		})
+	}
+	cs := slices.DeleteFunc(slices.Clone(r.lazyRows[:n]), func(c mq.Change) bool { return c.Kind == 0 })
+	r.keepRows(n)
 	if dels {
 		cs = append(cs, r.lazyDels...)
 		r.lazyDels, r.delsDue = nil, time.Time{}
@@ -469,6 +483,32 @@ func (r *Runtime) handOver(dels bool) error {
 		return nil
 	}
 	return r.enqueue(job{rd: Ready{Batch: ports.Batch{Bus: cs}}, lazy: true})
+}
+
+// keepRows drops the first n gathered rows (handed over) and the rows
+// dropped by their deletion, keeping the others in order, indexed and
+// timed.
+func (r *Runtime) keepRows(n int) {
+	end, w := len(r.lazyRows), 0
+	r.rowsDue = time.Time{}
+	if r.lazyPuts == nil {
+		r.lazyPuts = map[outKey]int{}
+	}
+	clear(r.lazyPuts)
+	for i := n; i < end; i++ {
+		c := r.lazyRows[i]
+		if c.Kind == 0 {
+			continue
+		}
+		if r.rowsDue.IsZero() {
+			r.rowsDue = r.rowsAt[i].Add(r.linger)
+		}
+		r.lazyPuts[outKey{c.Peer, c.Seq}] = w
+		r.lazyRows[w], r.rowsAt[w] = c, r.rowsAt[i]
+		w++
+	}
+	clear(r.lazyRows[w:end])
+	r.lazyRows, r.rowsAt = r.lazyRows[:w], r.rowsAt[:w]
 }
 
 // enqueue hands j to the persister. Lazy jobs are not counted in flight:

@@ -154,3 +154,37 @@ func TestSubscribeKindsGetsOnlyThoseKinds(t *testing.T) {
 	}
 	assert.True(t, all.closed)
 }
+
+// Each outbox row waits its own commitLinger for its ack, not only the
+// first of a batch: a row gathered just before the batch's time came stays
+// for the next one, and is never written if acknowledged meanwhile.
+func TestEachRowGetsItsWholeLinger(t *testing.T) {
+	clk := &manualClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	r := NewRuntime(NewNode("H", State{}, system.Rand{}, NodeOptions{}), nil, nil, clk, nil)
+	row := func(seq int64) mq.Change {
+		return mq.Change{Kind: mq.PutOutbox, Peer: "B", Seq: seq, Frame: &mq.Frame{Type: mq.TypeMsg, ID: fmt.Sprint("m", seq), Seq: seq}}
+	}
+	handed := func() []mq.Change {
+		select {
+		case j := <-r.jobs:
+			return j.rd.Batch.Bus
+		default:
+			return nil
+		}
+	}
+	r.gatherLazy([]mq.Change{row(1)})
+	clk.now = clk.now.Add(commitLinger / 2)
+	r.gatherLazy([]mq.Change{row(2), row(3)})
+	clk.now = clk.now.Add(commitLinger / 2)
+	require.NoError(t, r.lazyDueNow())
+	assert.Equal(t, []mq.Change{row(1)}, handed(), "only the row whose linger is over")
+	assert.Equal(t, clk.now.Add(commitLinger/2), r.rowsDue, "the next row's own time")
+
+	r.gatherLazy([]mq.Change{{Kind: mq.DeleteOutbox, Peer: "B", Seq: 2}}) // acked in time
+	clk.now = clk.now.Add(commitLinger / 2)
+	require.NoError(t, r.lazyDueNow())
+	assert.Equal(t, []mq.Change{row(3)}, handed(), "row 2 was never written, nor its deletion")
+	assert.True(t, r.rowsDue.IsZero())
+	assert.Empty(t, r.lazyRows)
+	assert.Empty(t, r.lazyDels)
+}
