@@ -538,14 +538,7 @@ func TestHistoryMigrationKeepsRowsWithoutAutoincrement(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, newDB func(testing.TB) Config) {
 		ctx := context.Background()
 		cfg := newDB(t)
-		var before []Migration
-		for _, m := range Migrations() {
-			if m.Version < 6 {
-				before = append(before, m)
-			}
-		}
-		s, err := openWith(ctx, cfg, before)
-		require.NoError(t, err)
+		s := openBefore(t, cfg, 6)
 		require.NoError(t, s.Apply(ctx, ports.Batch{Groups: []group.Change{
 			storetest.History("g1", "A", group.TypeMsg, `{"n":1}`, at0),
 			storetest.History("g2", "B", group.TypeMsg, `{"n":2}`, at0),

@@ -261,20 +261,13 @@ func TestOutboxMigration(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, newDB func(testing.TB) Config) {
 		ctx := context.Background()
 		cfg := newDB(t)
-		var before []Migration
-		for _, m := range Migrations() {
-			if m.Version < 4 {
-				before = append(before, m)
-			}
-		}
-		s, err := openWith(ctx, cfg, before)
-		require.NoError(t, err)
+		s := openBefore(t, cfg, 4)
 		rows := []outboxRow{
 			{PeerID: "A", Seq: 1, MsgID: "a1", Topic: "t", Payload: []byte(`1`), CreatedAt: 5},
 			{PeerID: "A", Seq: 2, MsgID: "a2", Topic: "t", Payload: []byte(`"two"`), Origin: "O", CreatedAt: 6},
 			{PeerID: "B", Seq: 7, MsgID: "b7", Topic: "u", Payload: []byte(`null`), CreatedAt: 7},
 		}
-		_, err = s.DB().NewInsert().Model(&rows).Exec(ctx)
+		_, err := s.DB().NewInsert().Model(&rows).Exec(ctx)
 		require.NoError(t, err)
 		require.NoError(t, s.Close())
 

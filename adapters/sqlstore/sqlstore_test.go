@@ -82,6 +82,21 @@ func forEachBackend(t *testing.T, fn func(t *testing.T, newDB func(testing.TB) C
 	}
 }
 
+// openBefore opens cfg with only the migrations below version: a database
+// as a node from before that migration left it.
+func openBefore(t testing.TB, cfg Config, version int) *Store {
+	t.Helper()
+	var before []Migration
+	for _, m := range Migrations() {
+		if m.Version < version {
+			before = append(before, m)
+		}
+	}
+	s, err := openWith(context.Background(), cfg, before)
+	require.NoError(t, err)
+	return s
+}
+
 func mustOpen(t testing.TB, cfg Config) *Store {
 	t.Helper()
 	s, err := Open(context.Background(), cfg)
