@@ -399,7 +399,7 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
 // events streams bus events as SSE (SPEC §2): `message` frames for received
 // messages and application receipts.
 func (s *server) events(w http.ResponseWriter, r *http.Request) {
-	s.stream(w, r, []app.EventKind{app.EventMessage, app.EventReceipt, app.EventFailed, app.EventDelivered}, func(ev app.Event) (string, []byte) {
+	s.stream(w, r, []app.EventKind{app.EventMessage, app.EventReceipt, app.EventFailed}, func(ev app.Event) (string, []byte) {
 		data := encodeEvent(ev)
 		if data == nil {
 			return "", nil
