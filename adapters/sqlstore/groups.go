@@ -252,27 +252,15 @@ func (s *Store) LoadGroups(ctx context.Context) (group.Snapshot, error) {
 			slices.Sort(list)
 		}
 
-		var subs []subscriptionRow
-		if err := tx.NewSelect().Model(&subs).Scan(ctx); err != nil {
+		var err error
+		if snap.Subscriptions, err = loadByHostGroup(ctx, tx, (*subscriptionRow).subscription,
+			func(s *group.Subscription) (group.PeerID, string) { return s.Host, s.GroupID }); err != nil {
 			return fmt.Errorf("subscriptions: %w", err)
 		}
-		for _, r := range subs {
-			snap.Subscriptions = append(snap.Subscriptions, r.subscription())
-		}
-		slices.SortFunc(snap.Subscriptions, func(a, b group.Subscription) int {
-			return byHostGroup(a.Host, a.GroupID, b.Host, b.GroupID)
-		})
-
-		var invs []invitationRow
-		if err := tx.NewSelect().Model(&invs).Scan(ctx); err != nil {
+		if snap.Invitations, err = loadByHostGroup(ctx, tx, (*invitationRow).invitation,
+			func(inv *group.Invitation) (group.PeerID, string) { return inv.Host, inv.GroupID }); err != nil {
 			return fmt.Errorf("invitations: %w", err)
 		}
-		for _, r := range invs {
-			snap.Invitations = append(snap.Invitations, r.invitation())
-		}
-		slices.SortFunc(snap.Invitations, func(a, b group.Invitation) int {
-			return byHostGroup(a.Host, a.GroupID, b.Host, b.GroupID)
-		})
 		return nil
 	})
 	if err != nil {
@@ -862,6 +850,27 @@ func sortedSubKeys[V any](m map[subKey]V) []subKey {
 // byHostGroup orders by host, then group id (byte order).
 func byHostGroup(h1 group.PeerID, g1 string, h2 group.PeerID, g2 string) int {
 	return cmp.Or(strings.Compare(string(h1), string(h2)), strings.Compare(g1, g2))
+}
+
+// loadByHostGroup reads every row R of a table keyed by (host_peer_id,
+// group_id) — subscriptions, invitations — and returns them converted by
+// conv, by host then group id (byte order, whatever the database's
+// collation); key gives a value's host and group id.
+func loadByHostGroup[R, V any](ctx context.Context, tx bun.Tx, conv func(*R) V, key func(*V) (group.PeerID, string)) ([]V, error) {
+	var rows []R
+	if err := tx.NewSelect().Model(&rows).Scan(ctx); err != nil {
+		return nil, err
+	}
+	var out []V
+	for i := range rows {
+		out = append(out, conv(&rows[i]))
+	}
+	slices.SortFunc(out, func(a, b V) int {
+		ha, ga := key(&a)
+		hb, gb := key(&b)
+		return byHostGroup(ha, ga, hb, gb)
+	})
+	return out, nil
 }
 
 // applyByHostGroup applies the puts and deletes (nil values) of rows keyed
