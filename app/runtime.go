@@ -148,7 +148,6 @@ type Runtime struct {
 	rowsAt   []time.Time // when each of lazyRows was gathered
 	lazyDels []mq.Change
 	lazyPuts map[outKey]int // index in lazyRows of a gathered PutOutbox
-	rowsDue  time.Time      // when the oldest of lazyRows must be handed over (zero: none)
 	delsDue  time.Time      // when lazyDels must be handed over (zero: none)
 
 	mu      sync.Mutex
@@ -336,7 +335,7 @@ func (r *Runtime) stepInline(fn func(now time.Time, n *Node)) (bool, error) {
 
 func (r *Runtime) armTimer(t ports.Timer) {
 	at, ok := r.node.NextWake()
-	for _, due := range []time.Time{r.rowsDue, r.delsDue} {
+	for _, due := range []time.Time{r.rowsDue(), r.delsDue} {
 		if !due.IsZero() && (!ok || due.Before(at)) {
 			at, ok = due, true
 		}
@@ -414,7 +413,7 @@ func (r *Runtime) lazyDueNow() error {
 	case len(r.lazyRows)+len(r.lazyDels) >= maxLazy,
 		!r.delsDue.IsZero() && !now.Before(r.delsDue):
 		return r.handOverLazy()
-	case !r.rowsDue.IsZero() && !now.Before(r.rowsDue):
+	case len(r.rowsAt) > 0 && !now.Before(r.rowsDue()):
 		return r.handOver(false)
 	}
 	return nil
@@ -433,9 +432,6 @@ func (r *Runtime) gatherLazy(cs []mq.Change) {
 		k := outKey{c.Peer, c.Seq}
 		switch c.Kind {
 		case mq.PutOutbox:
-			if r.rowsDue.IsZero() {
-				r.rowsDue = now.Add(r.linger)
-			}
 			r.lazyPuts[k] = len(r.lazyRows)
 			r.lazyRows = append(r.lazyRows, c)
 			r.rowsAt = append(r.rowsAt, now)
@@ -463,15 +459,13 @@ func (r *Runtime) handOverLazy() error { return r.handOver(true) }
 // gets its whole linger to be acknowledged and never written, not only the
 // first of a batch.
 func (r *Runtime) handOver(dels bool) error {
-	n := len(r.lazyRows)
+	n := len(r.lazyRows) // with dels: every row
 	if !dels {
 		cutoff := r.clock.Now().Add(-r.linger)
-		n, _ = slices.BinarySearchFunc(r.rowsAt, cutoff, func(at, c time.Time) int {
-			if at.After(c) {
-				return 1
-			}
-			return -1
-		})
+		n = 0
+		for n < len(r.rowsAt) && !r.rowsAt[n].After(cutoff) {
+			n++
+		}
 	}
 	cs := slices.DeleteFunc(slices.Clone(r.lazyRows[:n]), func(c mq.Change) bool { return c.Kind == 0 })
 	r.keepRows(n)
@@ -485,12 +479,20 @@ func (r *Runtime) handOver(dels bool) error {
 	return r.enqueue(job{rd: Ready{Batch: ports.Batch{Bus: cs}}, lazy: true})
 }
 
+// rowsDue is when the oldest gathered row must be handed over (zero: none
+// gathered).
+func (r *Runtime) rowsDue() time.Time {
+	if len(r.rowsAt) == 0 {
+		return time.Time{}
+	}
+	return r.rowsAt[0].Add(r.linger)
+}
+
 // keepRows drops the first n gathered rows (handed over) and the rows
 // dropped by their deletion, keeping the others in order, indexed and
 // timed.
 func (r *Runtime) keepRows(n int) {
 	end, w := len(r.lazyRows), 0
-	r.rowsDue = time.Time{}
 	if r.lazyPuts == nil {
 		r.lazyPuts = map[outKey]int{}
 	}
@@ -499,9 +501,6 @@ func (r *Runtime) keepRows(n int) {
 		c := r.lazyRows[i]
 		if c.Kind == 0 {
 			continue
-		}
-		if r.rowsDue.IsZero() {
-			r.rowsDue = r.rowsAt[i].Add(r.linger)
 		}
 		r.lazyPuts[outKey{c.Peer, c.Seq}] = w
 		r.lazyRows[w], r.rowsAt[w] = c, r.rowsAt[i]

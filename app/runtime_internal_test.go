@@ -129,7 +129,7 @@ func TestDeletionsLingerLongerThanRows(t *testing.T) {
 	clk.now = clk.now.Add(time.Millisecond)
 	require.NoError(t, r.lazyDueNow())
 	assert.Equal(t, []mq.Change{del(0), del(1)}, handed(), "then go together, in order")
-	assert.True(t, r.rowsDue.IsZero() && r.delsDue.IsZero())
+	assert.True(t, r.rowsDue().IsZero() && r.delsDue.IsZero())
 }
 
 // A subscription for some kinds of events gets only those, and the others
@@ -178,13 +178,13 @@ func TestEachRowGetsItsWholeLinger(t *testing.T) {
 	clk.now = clk.now.Add(commitLinger / 2)
 	require.NoError(t, r.lazyDueNow())
 	assert.Equal(t, []mq.Change{row(1)}, handed(), "only the row whose linger is over")
-	assert.Equal(t, clk.now.Add(commitLinger/2), r.rowsDue, "the next row's own time")
+	assert.Equal(t, clk.now.Add(commitLinger/2), r.rowsDue(), "the next row's own time")
 
 	r.gatherLazy([]mq.Change{{Kind: mq.DeleteOutbox, Peer: "B", Seq: 2}}) // acked in time
 	clk.now = clk.now.Add(commitLinger / 2)
 	require.NoError(t, r.lazyDueNow())
 	assert.Equal(t, []mq.Change{row(3)}, handed(), "row 2 was never written, nor its deletion")
-	assert.True(t, r.rowsDue.IsZero())
+	assert.True(t, r.rowsDue().IsZero())
 	assert.Empty(t, r.lazyRows)
 	assert.Empty(t, r.lazyDels)
 }
