@@ -1180,19 +1180,14 @@ func (c *Core) hostReceive(now time.Time, h *hosted, from PeerID, typ string, pa
 		if json.Unmarshal(payload, &q) != nil || !validReq(q.Req) {
 			return
 		}
-		if ms == nil {
-			c.send(from, Topic(h.g.ID, TypeHistory), mustJSON(historyPayload{Type: TypeHistory, Group: h.g.ID, Req: q.Req,
-				Error: Errorf(CodeNotMember, "%s is not a member of %s", from, h.g.ID)}), "")
-			return
-		}
-		limit := min(max(q.Limit, 1), MaxHistoryItems)
-		if h.g.Volatile { // nothing kept: answer at once
-			c.send(from, Topic(h.g.ID, TypeHistory), mustJSON(historyPayload{Type: TypeHistory, Group: h.g.ID, Req: q.Req,
-				Items: []HistoryItem{}}), "")
+		if ms == nil || h.g.Volatile {
+			// Nothing to read: a non-member gets not_member, and a volatile
+			// group keeps no history (an empty answer).
+			_ = c.AnswerHistory(now, h.g.ID, from, q.Req, nil)
 			return
 		}
 		c.event(Event{Type: EvHistoryRequest, Group: h.g.ID, Host: c.self, From: from,
-			Payload: mustJSON(HistoryQuestion{Req: q.Req, Limit: limit}), GroupType: h.g.Type})
+			Payload: mustJSON(HistoryQuestion{Req: q.Req, Limit: min(max(q.Limit, 1), MaxHistoryItems)}), GroupType: h.g.Type})
 	case TypePong, TypePing:
 		// lastSeen already updated
 	}
