@@ -686,12 +686,25 @@ func (c *Core) sendMembers(now time.Time, h *hosted, list []Member, except PeerI
 	h.membersSent = now
 }
 
+// maxMemberJSON bounds one member's bytes in an encoded member list: each
+// string at its longest, every byte escaped as \u00XX (6 bytes), and room
+// for the keys and the time.
+const maxMemberJSON = 6*(mq.MaxPeerIDBytes+MaxNameBytes+MaxRoleBytes) + 128
+
 // roomFor refuses (code full) a new member m when the group's member list
 // with m would no longer fit one bus message beside the largest state:
 // every welcome and member list sent after it would be refused by the bus,
 // leaving the joiner waiting and everyone's member list stale. With
 // typical names that is several thousand members.
+//
+// Encoding the list costs a host time with every join, so it is done only
+// when the list could come near the bound: below that the bound holds
+// whatever the members' names (see maxMemberJSON).
 func (c *Core) roomFor(h *hosted, m Member) *Error {
+	fixed := 6*(len(h.g.Name)+len(h.g.Context)+len(h.g.Type)+len(h.g.Lifecycle)+len(h.g.Access)+len(m.Role)) + 256
+	if (len(h.members)+1)*maxMemberJSON+fixed+MaxStateBytes+len(`,"state":`) <= mq.MaxPayloadBytes {
+		return nil
+	}
 	w := Welcome{GroupName: h.g.Name, GroupType: h.g.Type, GroupContext: h.g.Context, MaxMembers: h.g.MaxMembers,
 		Volatile: h.g.Volatile, Members: append(c.memberList(h), m), Lifecycle: h.g.Lifecycle, Access: h.g.Access,
 		Role: m.Role}

@@ -3,6 +3,7 @@ package group
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -1129,4 +1130,13 @@ func TestClosingAGroupWithdrawsItsInvitations(t *testing.T) {
 	w.nodes["C"].core.Receive(w.now, "H", Topic(gid, TypeClose), controlPayload(TypeClose, gid), "")
 	w.settle()
 	assert.Empty(t, w.nodes["C"].eventsOf(EvClosed))
+}
+
+// maxMemberJSON bounds any member's encoding, so that roomFor may skip
+// encoding the list of a group far from the bus's bound.
+func TestMaxMemberJSONBoundsAnyMember(t *testing.T) {
+	worst := Member{PeerID: strings.Repeat("\x01", mq.MaxPeerIDBytes), Name: strings.Repeat("\x01", MaxNameBytes),
+		Role: strings.Repeat("\x01", MaxRoleBytes), JoinedAt: math.MinInt64}
+	list := mustJSON([]Member{worst, worst})
+	assert.LessOrEqual(t, len(list), 2*maxMemberJSON, "two members with a comma and brackets")
 }
