@@ -81,12 +81,9 @@ type Ready struct {
 	History []HistoryQuestion
 }
 
-// HistoryQuestion is member From's question about hosted group Group.
-type HistoryQuestion struct {
-	Group string
-	From  mq.PeerID
-	Q     group.HistoryQuestion
-}
+// HistoryQuestion is member From's question about hosted group Group (the
+// group core's, handed to the runtime in Ready.History).
+type HistoryQuestion = group.HistoryRequest
 
 // Empty reports whether there is nothing to do.
 func (r *Ready) Empty() bool {
@@ -322,16 +319,10 @@ func (n *Node) Ready() Ready {
 		n.route(br)
 		gr := n.groups.Drain()
 		r.Batch.Groups = append(r.Batch.Groups, gr.Changes...)
+		n.history = append(n.history, gr.History...)
 		for i := range gr.Events {
 			ev := &gr.Events[i]
 			n.dispatch(*ev)
-			if ev.Type == group.EvHistoryRequest {
-				var q group.HistoryQuestion
-				if json.Unmarshal(ev.Payload, &q) == nil {
-					n.history = append(n.history, HistoryQuestion{Group: ev.Group, From: ev.From, Q: q})
-				}
-				continue // work for the runtime, not news for subscribers
-			}
 			n.events = append(n.events, Event{Kind: EventGroup, Peer: ev.From, Group: ev})
 		}
 		for _, s := range gr.Sends {

@@ -233,10 +233,6 @@ const (
 	EvDissolved    = "dissolved"     // (host) an ephemeral group dissolved itself
 	EvInvite       = "invite"        // we were invited; Payload = Invite
 	EvDeclined     = "declined"      // we declined an invitation (it is forgotten)
-	// EvHistoryRequest (host): member From asks for the newest messages of
-	// a hosted group; Payload = HistoryQuestion. The application reads its
-	// store and calls AnswerHistory.
-	EvHistoryRequest = "history_request"
 	// EvHistory: the host answered our RequestHistory; Payload = HistoryAnswer.
 	EvHistory = "history"
 	EvCreated = "created" // (host) a group was created
@@ -261,6 +257,17 @@ type Ready struct {
 	Changes []Change
 	Sends   []Send
 	Events  []Event
+	// History holds members' questions about the history of hosted groups:
+	// work for the application, which reads its store and answers each
+	// through AnswerHistory.
+	History []HistoryRequest
+}
+
+// HistoryRequest is member From's question about hosted group Group.
+type HistoryRequest struct {
+	Group string
+	From  PeerID
+	Q     HistoryQuestion
 }
 
 type memberState struct {
@@ -1199,8 +1206,8 @@ func (c *Core) hostReceive(now time.Time, h *hosted, from PeerID, typ string, pa
 			_ = c.AnswerHistory(now, h.g.ID, from, q.Req, nil)
 			return
 		}
-		c.event(Event{Type: EvHistoryRequest, Group: h.g.ID, Host: c.self, From: from,
-			Payload: mustJSON(HistoryQuestion{Req: q.Req, Limit: min(max(q.Limit, 1), MaxHistoryItems)}), GroupType: h.g.Type})
+		c.out.History = append(c.out.History, HistoryRequest{Group: h.g.ID, From: from,
+			Q: HistoryQuestion{Req: q.Req, Limit: min(max(q.Limit, 1), MaxHistoryItems)}})
 	case TypePong, TypePing:
 		// lastSeen already updated
 	}

@@ -98,6 +98,7 @@ type node struct {
 	core   *Core
 	store  *store
 	events []Event
+	asked  []HistoryRequest // members' history questions (Ready.History)
 }
 
 type world struct {
@@ -141,6 +142,7 @@ func (w *world) settle() {
 			r := n.core.Drain()
 			n.store.apply(r.Changes)
 			n.events = append(n.events, r.Events...)
+			n.asked = append(n.asked, r.History...)
 			for _, s := range r.Sends {
 				w.queue = append(w.queue, s)
 				w.from = append(w.from, id)
@@ -970,10 +972,10 @@ func TestMemberAsksTheHostForHistory(t *testing.T) {
 
 	require.NoError(t, w.nodes["A"].core.RequestHistory(w.now, "H", gid, "req1", 2))
 	w.settle()
-	q := w.nodes["H"].eventsOf(EvHistoryRequest)
+	q := w.nodes["H"].asked
 	require.Len(t, q, 1)
 	assert.Equal(t, PeerID("A"), q[0].From)
-	assert.JSONEq(t, `{"req":"req1","limit":2}`, string(q[0].Payload))
+	assert.Equal(t, HistoryQuestion{Req: "req1", Limit: 2}, q[0].Q)
 
 	hist := w.nodes["H"].store.history
 	require.NoError(t, w.nodes["H"].core.AnswerHistory(w.now, gid, "A", "req1", hist[len(hist)-2:]))
@@ -998,7 +1000,7 @@ func TestMemberAsksTheHostForHistory(t *testing.T) {
 	w.nodes["B"].core.Receive(w.now, "H", Topic(gid, TypeHistory), []byte(`{"type":"history","req":"x","items":[]}`), "")
 	w.nodes["H"].core.Receive(w.now, "B", Topic(gid, TypeHistory), []byte(`{"type":"history","group":"`+gid+`","req":"req3","limit":5}`), "")
 	w.settle()
-	assert.Len(t, w.nodes["H"].eventsOf(EvHistoryRequest), 1, "a non-member's question reaches no application")
+	assert.Len(t, w.nodes["H"].asked, 1, "a non-member's question reaches no application")
 	assert.Empty(t, w.nodes["B"].eventsOf(EvHistory), "an answer to a group we are not in is ignored")
 	require.NoError(t, w.nodes["H"].core.Leave(w.now, "H", gid))
 	require.NoError(t, w.nodes["A"].core.Leave(w.now, "H", gid))
@@ -1062,7 +1064,7 @@ func TestHistoryAnswerIsBounded(t *testing.T) {
 	w2.join("A", "H", "2222222222222222")
 	require.NoError(t, w2.nodes["A"].core.RequestHistory(w2.now, "H", "2222222222222222", "r", 10))
 	w2.settle()
-	assert.Empty(t, w2.nodes["H"].eventsOf(EvHistoryRequest))
+	assert.Empty(t, w2.nodes["H"].asked)
 	require.Len(t, w2.nodes["A"].eventsOf(EvHistory), 1, "a volatile group keeps no history")
 	assert.JSONEq(t, `{"req":"r","items":[]}`, string(w2.nodes["A"].eventsOf(EvHistory)[0].Payload))
 }

@@ -206,10 +206,11 @@ type HistoryAnswer struct {
 	Error *Error        `json:"error,omitempty"`
 }
 
-// HistoryQuestion is the payload of an EvHistoryRequest event.
+// HistoryQuestion is what a member asks in a history request: the newest
+// Limit messages, the answer to carry Req.
 type HistoryQuestion struct {
-	Req   string `json:"req"`
-	Limit int    `json:"limit"`
+	Req   string
+	Limit int
 }
 
 type membersPayload struct {
