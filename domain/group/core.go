@@ -1091,7 +1091,8 @@ func (c *Core) onInvite(now time.Time, from PeerID, payload []byte) {
 // host's own beyond MaxInvitationsPerHost, then any beyond MaxInvitations.
 func (c *Core) keepInvitation(inv *Invitation) {
 	c.invitations[subKey{inv.Host, inv.GroupID}] = inv
-	c.change(Change{Kind: PutInvitation, GroupID: inv.GroupID, Peer: inv.Host, Invitation: ptr(*inv)})
+	stored := *inv // the change keeps its own copy
+	c.change(Change{Kind: PutInvitation, GroupID: inv.GroupID, Peer: inv.Host, Invitation: &stored})
 	fromHost := slices.DeleteFunc(c.Invitations(), func(x Invitation) bool { return x.Host != inv.Host })
 	c.dropOldest(fromHost, MaxInvitationsPerHost)
 	c.dropOldest(c.Invitations(), MaxInvitations)
@@ -1125,8 +1126,6 @@ func (c *Core) DeclineInvitation(now time.Time, host PeerID, id string) error {
 	c.event(Event{Type: EvDeclined, Group: id, Host: host})
 	return nil
 }
-
-func ptr[T any](v T) *T { return &v }
 
 func (c *Core) hostReceive(now time.Time, h *hosted, from PeerID, typ string, payload []byte) {
 	ms := h.members[from]
