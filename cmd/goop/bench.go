@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -70,6 +69,7 @@ func benchCommand(g *globals, stdout io.Writer) *cli.Command {
 				&cli.IntFlag{Name: "payload-bytes", Value: 64, Usage: "size of each message's payload"},
 				&cli.BoolFlag{Name: "no-child", Usage: "skip the child-process start-up measure"},
 				&cli.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile of the measures (round trips, the echo's included, and throughput) to `FILE`"},
+				repeatFlag,
 			},
 			Action: func(c *cli.Context) error {
 				opts := benchOptions{Count: c.Int("count"), Messages: c.Int("messages"), PayloadBytes: c.Int("payload-bytes"),
@@ -79,6 +79,10 @@ func benchCommand(g *globals, stdout io.Writer) *cli.Command {
 					intRange{"payload-bytes", 0, mq.MaxPayloadBytes - 2}); err != nil {
 					return err
 				}
+				k, err := checkRepeat(c)
+				if err != nil {
+					return err
+				}
 				if !c.Bool("no-child") {
 					exe, err := os.Executable()
 					if err != nil {
@@ -86,15 +90,11 @@ func benchCommand(g *globals, stdout io.Writer) *cli.Command {
 					}
 					opts.Exe = exe
 				}
-				res, err := benchMQ(c.Context, opts)
+				results, err := repeatRuns(k, func() (*benchResult, error) { return benchMQ(c.Context, opts) })
 				if err != nil {
 					return err
 				}
-				if c.Bool("json") {
-					enc := json.NewEncoder(stdout)
-					return enc.Encode(res)
-				}
-				return res.writeTable(stdout)
+				return writeRuns(stdout, c.Bool("json"), results, mqFigures)
 			},
 		}, benchGroupsCommand(g, stdout), benchRendezvousCommand(g, stdout)},
 	}
@@ -172,8 +172,7 @@ type benchResult struct {
 
 func (r *benchResult) writeTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "goop bench mq: %d round trips per latency measure, %d messages per throughput measure, %d payload bytes, 127.0.0.1 over %s, %s, %d CPUs\n\n",
-		r.Count, r.Messages, r.PayloadBytes, r.Transport, r.GoVersion, r.CPUs)
+	fmt.Fprintf(tw, "%s\n\n", r.header())
 	fmt.Fprintln(tw, "measure\tmedian\tp99\tmean\t")
 	row := func(name string, l latency) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", name, fmtUS(l.MedianUS), fmtUS(l.P99US), fmtUS(l.MeanUS))
@@ -192,6 +191,29 @@ func (r *benchResult) writeTable(w io.Writer) error {
 		fmt.Fprintf(tw, "'goop peer' RSS after start\t%.1f MiB\t\t\t\n", float64(r.PeerRSSKiB)/1024)
 	}
 	return tw.Flush()
+}
+
+// header describes the run.
+func (r *benchResult) header() string {
+	return fmt.Sprintf("goop bench mq: %d round trips per latency measure, %d messages per throughput measure, %d payload bytes, 127.0.0.1 over %s, %s, %d CPUs",
+		r.Count, r.Messages, r.PayloadBytes, r.Transport, r.GoVersion, r.CPUs)
+}
+
+// repeatRuns runs a benchmark k times and returns the results in order;
+// with k > 1 an error names the run that failed.
+func repeatRuns[T any](k int, run func() (*T, error)) ([]*T, error) {
+	out := make([]*T, 0, k)
+	for i := 0; i < k; i++ {
+		res, err := run()
+		if err != nil {
+			if k > 1 {
+				err = fmt.Errorf("run %d of %d: %w", i+1, k, err)
+			}
+			return nil, err
+		}
+		out = append(out, res)
+	}
+	return out, nil
 }
 
 func fmtUS(us float64) string {

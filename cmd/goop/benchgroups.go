@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -99,6 +98,7 @@ func benchGroupsCommand(g *globals, stdout io.Writer) *cli.Command {
 			&cli.IntFlag{Name: "slow-messages", Value: 2000, Usage: "messages at each delay of the slow member's latency measure (a ratio of two p99s needs more samples than a p99)"},
 			&cli.StringFlag{Name: "transport", Value: "any", Usage: "members reach the host over `T`: any (the node's choice: TCP on loopback, p2p.LANDialRanker), tcp or quic-v1"},
 			&cli.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile of the measures (not the start-up) to `FILE` (for each group size after the first: FILE.N)"},
+			repeatFlag,
 		},
 		Action: func(c *cli.Context) error {
 			opts := groupsBenchOptions{Messages: c.Int("messages"), MinDeliveries: c.Int("min-deliveries"), PayloadBytes: c.Int("payload-bytes"),
@@ -115,14 +115,15 @@ func benchGroupsCommand(g *globals, stdout io.Writer) *cli.Command {
 			if !slices.Contains([]string{"quic-v1", "tcp", "any"}, opts.Transport) {
 				return cli.Exit("--transport must be quic-v1, tcp or any", exitUsage)
 			}
-			res, err := benchGroups(c.Context, opts)
+			k, err := checkRepeat(c)
 			if err != nil {
 				return err
 			}
-			if c.Bool("json") {
-				return json.NewEncoder(stdout).Encode(res)
+			results, err := repeatRuns(k, func() (*groupsBenchResult, error) { return benchGroups(c.Context, opts) })
+			if err != nil {
+				return err
 			}
-			return res.writeTable(stdout)
+			return writeRuns(stdout, c.Bool("json"), results, groupsFigures(opts.Members))
 		},
 	}
 }
@@ -232,10 +233,15 @@ type slowMemberRun struct {
 	OthersDeliveriesPerSecSlowed   float64 `json:"others_deliveries_per_sec_slowed"`
 }
 
+// header describes the run.
+func (r *groupsBenchResult) header() string {
+	return fmt.Sprintf("goop bench groups: %d messages of %d payload bytes per latency measure, throughput measures of at least %d deliveries, on 127.0.0.1, a new set of nodes for each group size, %s, %d CPUs",
+		r.Messages, r.PayloadBytes, r.MinDeliveries, r.GoVersion, r.CPUs)
+}
+
 func (r *groupsBenchResult) writeTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "goop bench groups: %d messages of %d payload bytes per latency measure, throughput measures of at least %d deliveries, on 127.0.0.1, a new set of nodes for each group size, %s, %d CPUs\n\n",
-		r.Messages, r.PayloadBytes, r.MinDeliveries, r.GoVersion, r.CPUs)
+	fmt.Fprintf(tw, "%s\n\n", r.header())
 	cpu := func(us float64) string {
 		if us <= 0 {
 			return "-"

@@ -99,6 +99,10 @@ func TestUsageErrors(t *testing.T) {
 		{"bad log level", []string{"--log-level", "loud", "init", "x"}, exitUsage, `--log-level: "loud" is not debug, info, warn or error`},
 		{"bench count", []string{"bench", "mq", "--count", "1"}, exitUsage, "--count must be between"},
 		{"bench messages", []string{"bench", "mq", "--messages", "100001"}, exitUsage, "--messages must be between"},
+		{"bench repeat 0", []string{"bench", "mq", "--repeat", "0"}, exitUsage, "--repeat must be between 1 and 20"},
+		{"bench repeat 21", []string{"bench", "groups", "--repeat", "21"}, exitUsage, "--repeat must be between 1 and 20"},
+		{"bench repeat with a profile", []string{"bench", "mq", "--repeat", "2", "--cpuprofile", "x.prof"}, exitUsage,
+			"--cpuprofile profiles one run: drop --repeat or --cpuprofile"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
