@@ -90,7 +90,7 @@ func benchCommand(g *globals, stdout io.Writer) *cli.Command {
 					}
 					opts.Exe = exe
 				}
-				results, err := repeatRuns(k, func() (*benchResult, error) { return benchMQ(c.Context, opts) })
+				results, err := repeatRuns(k, c.App.ErrWriter, func() (*benchResult, error) { return benchMQ(c.Context, opts) })
 				if err != nil {
 					return err
 				}
@@ -200,9 +200,11 @@ func (r *benchResult) header() string {
 }
 
 // repeatRuns runs a benchmark k times and returns the results in order;
-// with k > 1 an error names the run that failed.
-func repeatRuns[T any](k int, run func() (*T, error)) ([]*T, error) {
+// with k > 1 it reports each run's end on progress, and an error names the
+// run that failed.
+func repeatRuns[T any](k int, progress io.Writer, run func() (*T, error)) ([]*T, error) {
 	out := make([]*T, 0, k)
+	start := time.Now()
 	for i := 0; i < k; i++ {
 		res, err := run()
 		if err != nil {
@@ -212,6 +214,9 @@ func repeatRuns[T any](k int, run func() (*T, error)) ([]*T, error) {
 			return nil, err
 		}
 		out = append(out, res)
+		if k > 1 {
+			fmt.Fprintf(progress, "goop bench: run %d of %d done (%s)\n", i+1, k, time.Since(start).Round(time.Second))
+		}
 	}
 	return out, nil
 }

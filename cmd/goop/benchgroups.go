@@ -119,7 +119,7 @@ func benchGroupsCommand(g *globals, stdout io.Writer) *cli.Command {
 			if err != nil {
 				return err
 			}
-			results, err := repeatRuns(k, func() (*groupsBenchResult, error) { return benchGroups(c.Context, opts) })
+			results, err := repeatRuns(k, c.App.ErrWriter, func() (*groupsBenchResult, error) { return benchGroups(c.Context, opts) })
 			if err != nil {
 				return err
 			}

@@ -58,6 +58,7 @@ func TestBenchMQRepeat(t *testing.T) {
 
 	code, out, errOut = runGoop(t, "bench", "mq", "--repeat", "2", "--count", "10", "--messages", "50", "--no-child")
 	require.Equal(t, 0, code, errOut)
+	assert.Regexp(t, `^goop bench: run 1 of 2 done \([0-9]+s\)\ngoop bench: run 2 of 2 done \([0-9]+s\)\n$`, errOut, "progress on stderr")
 	assert.Contains(t, out, "10 round trips per latency measure")
 	assert.Contains(t, out, ", 2 runs\n")
 	assert.Regexp(t, `MQ 1\.1\.0 median / echo median +[0-9.]+x +[0-9.]+x +[0-9.]+x +[0-9.]+x, [0-9.]+x`, out)
