@@ -135,7 +135,23 @@ type Node struct {
 	// crashed before storing its cursor would get it again and relay it
 	// twice.
 	groupDelivered bool
+	// muted are the kinds of events (bit k: kind k) that nobody would
+	// receive and that are therefore not built (see Mute).
+	muted uint32
 }
+
+// Mutable are the event kinds Mute may silence: those a busy node makes
+// one of per message it receives or per acknowledgement it gets.
+const Mutable uint32 = 1<<EventMessage | 1<<EventDelivered | 1<<EventReceived
+
+// Mute stops the node from building events of kinds (bit k: kind k; only
+// those in Mutable count) until the next call: the runtime mutes the kinds
+// that no subscriber and no waiter takes, so that a message or an ack
+// nobody listens for costs no event. Stats count them all the same.
+func (n *Node) Mute(kinds uint32) { n.muted = kinds & Mutable }
+
+// wants reports whether events of kind k are built.
+func (n *Node) wants(k EventKind) bool { return n.muted&(1<<k) == 0 }
 
 // Stats counts what a node did since it started.
 type Stats struct {
@@ -325,6 +341,7 @@ func (n *Node) Ready() Ready {
 			n.dispatch(*ev)
 			n.events = append(n.events, Event{Kind: EventGroup, Peer: ev.From, Group: ev})
 		}
+		n.bus.Grow(len(gr.Sends))
 		for _, s := range gr.Sends {
 			if _, err := n.bus.Send(n.now, s.To, n.newID(), s.Topic, s.Payload, s.Origin); err != nil {
 				n.stats.Failed++
@@ -381,9 +398,18 @@ func (n *Node) route(br mq.Ready) {
 	if n.events == nil {
 		// A delivery is an event, and on a group topic its group event
 		// usually follows: room for both.
-		k := len(br.Deliveries) + len(br.Results)
+		k := 0
+		if n.wants(EventMessage) {
+			k += len(br.Deliveries)
+		}
 		for i := range br.Deliveries {
 			if strings.HasPrefix(br.Deliveries[i].Msg.Topic, group.TopicPrefix) {
+				k++
+			}
+		}
+		for i := range br.Results {
+			switch res := &br.Results[i]; {
+			case res.Failed, res.Received && n.wants(EventReceived), !res.Received && n.wants(EventDelivered):
 				k++
 			}
 		}
@@ -405,11 +431,15 @@ func (n *Node) route(br mq.Ready) {
 			}
 			continue
 		}
-		n.events = append(n.events, Event{Kind: EventMessage, Peer: d.From, Msg: d.Msg, MsgID: d.Msg.ID, Topic: d.Msg.Topic})
+		if n.wants(EventMessage) {
+			n.events = append(n.events, Event{Kind: EventMessage, Peer: d.From, Msg: d.Msg, MsgID: d.Msg.ID, Topic: d.Msg.Topic})
+		}
 	}
 	for _, res := range br.Results {
 		if res.Received {
-			n.events = append(n.events, Event{Kind: EventReceived, Peer: res.To, MsgID: res.ID, Topic: res.Topic})
+			if n.wants(EventReceived) {
+				n.events = append(n.events, Event{Kind: EventReceived, Peer: res.To, MsgID: res.ID, Topic: res.Topic})
+			}
 			continue
 		}
 		if res.Failed {
@@ -417,7 +447,9 @@ func (n *Node) route(br mq.Ready) {
 			n.events = append(n.events, Event{Kind: EventFailed, Peer: res.To, MsgID: res.ID, Topic: res.Topic, Reason: res.Reason})
 		} else {
 			n.stats.Acked++
-			n.events = append(n.events, Event{Kind: EventDelivered, Peer: res.To, MsgID: res.ID, Topic: res.Topic})
+			if n.wants(EventDelivered) {
+				n.events = append(n.events, Event{Kind: EventDelivered, Peer: res.To, MsgID: res.ID, Topic: res.Topic})
+			}
 		}
 	}
 }

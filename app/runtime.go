@@ -362,6 +362,7 @@ func (r *Runtime) armTimer(t ports.Timer) {
 // nothing to store and nothing pending it all happens here, without a
 // hand-over.
 func (r *Runtime) flush(ctx context.Context, pending []command) error {
+	r.node.Mute(r.mutedKinds())
 	rd := r.node.Ready()
 	if r.barriers.Load() == 0 {
 		r.sendFrames(rd.EarlyFrames, r.direct)
@@ -943,6 +944,24 @@ func (s *Subscription) closeLocked() {
 		s.closed = true
 		close(s.c)
 	}
+}
+
+// mutedKinds returns the kinds of Mutable events that no subscriber and no
+// waiter takes: the node need not build them.
+func (r *Runtime) mutedKinds() uint32 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var wanted uint32
+	for s := range r.subs {
+		if s.kinds == 0 {
+			return 0
+		}
+		wanted |= s.kinds
+	}
+	if len(r.waiters) > 0 {
+		wanted |= 1<<EventDelivered | 1<<EventReceived | 1<<EventFailed
+	}
+	return Mutable &^ wanted
 }
 
 func (r *Runtime) publish(evs []Event) {

@@ -406,6 +406,15 @@ func (c *Core) send(to PeerID, topic string, payload []byte, origin PeerID) {
 	c.out.Sends = append(c.out.Sends, Send{To: to, Topic: topic, Payload: payload, Origin: origin})
 }
 
+// sendAll sends the same message to each of to (a fan-out: room for all of
+// them is made at once).
+func (c *Core) sendAll(to []PeerID, topic string, payload []byte, origin PeerID) {
+	c.out.Sends = slices.Grow(c.out.Sends, len(to))
+	for _, p := range to {
+		c.send(p, topic, payload, origin)
+	}
+}
+
 func (c *Core) change(ch Change) { c.out.Changes = append(c.out.Changes, ch) }
 
 func (c *Core) event(ev Event) { c.out.Events = append(c.out.Events, ev) }
@@ -686,10 +695,7 @@ func (c *Core) sendMembers(now time.Time, h *hosted, list []Member, except PeerI
 	if len(to) == 0 {
 		return
 	}
-	payload := mustJSON(membersPayload{Members: list})
-	for _, p := range to {
-		c.send(p, Topic(h.g.ID, TypeMembers), payload, "")
-	}
+	c.sendAll(to, Topic(h.g.ID, TypeMembers), mustJSON(membersPayload{Members: list}), "")
 	h.membersSent = now
 }
 
@@ -1014,9 +1020,7 @@ func (c *Core) relay(now time.Time, h *hosted, from PeerID, kind string, payload
 		c.putGroup(h)
 	}
 	h.lastActivity = now
-	for _, p := range c.remote(h, from) {
-		c.send(p, Topic(h.g.ID, kind), payload, from)
-	}
+	c.sendAll(c.remote(h, from), Topic(h.g.ID, kind), payload, from)
 	if !h.g.Volatile {
 		c.change(Change{Kind: AppendHistory, GroupID: h.g.ID, History: &HistoryEntry{GroupID: h.g.ID, From: from, Type: kind, Payload: payload, At: now}})
 	}

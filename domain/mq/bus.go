@@ -384,10 +384,17 @@ func (b *Bus) SendWant(now time.Time, to PeerID, id, topic string, payload []byt
 	b.activate(d)
 	p := &pending{f: f, want: want}
 	d.queue = append(d.queue, p)
-	stored := f
-	b.out.Changes = append(b.out.Changes, Change{Kind: PutOutbox, Peer: to, Seq: f.Seq, Frame: &stored})
+	// The row shares the queued frame, which is never changed.
+	b.out.Changes = append(b.out.Changes, Change{Kind: PutOutbox, Peer: to, Seq: f.Seq, Frame: &p.f})
 	b.fill(now, to, d)
 	return f, nil
+}
+
+// Grow makes room in the next Ready for n more messages sent: their frames
+// and outbox rows (a fan-out to n peers then allocates each once).
+func (b *Bus) Grow(n int) {
+	b.out.Frames = slices.Grow(b.out.Frames, n)
+	b.out.Changes = slices.Grow(b.out.Changes, n)
 }
 
 // fill transmits queued messages up to the window.
