@@ -156,16 +156,19 @@ const (
 // whose record's keys are not the change's, a string with a NUL byte or
 // invalid UTF-8) is refused as a whole, with an error naming the change.
 func (s *Store) Apply(ctx context.Context, b ports.Batch) error {
-	p, err := planBus(b.Bus)
-	if err != nil {
-		return fmt.Errorf("sqlstore: apply: %w", err)
-	}
-	gp, err := planGroups(b.Groups)
-	if err != nil {
-		return fmt.Errorf("sqlstore: apply: %w", err)
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// The plans are the store's, reused (a receiver applies one cursor per
+	// message), and let go of the batch when done.
+	p, gp := &s.plans.bus, &s.plans.groups
+	defer func() { *p, *gp = busPlan{}, groupPlan{} }()
+	if err := planBus(p, b.Bus); err != nil {
+		return fmt.Errorf("sqlstore: apply: %w", err)
+	}
+	if err := planGroups(gp, b.Groups); err != nil {
+		return fmt.Errorf("sqlstore: apply: %w", err)
+	}
+	var err error
 	if s.closed {
 		return fmt.Errorf("sqlstore: apply: %w", ports.ErrClosed)
 	}
@@ -287,18 +290,17 @@ type busPlan struct {
 // planBus validates cs and folds it, in order, into its net effect. A
 // DeleteOutbox is always kept (the row may predate the batch, even when the
 // batch put it again); a PutOutbox followed by a DeleteOutbox is dropped.
-func planBus(cs []mq.Change) (*busPlan, error) {
-	p := &busPlan{}
+func planBus(p *busPlan, cs []mq.Change) error {
 	for i := range cs {
 		if err := checkBusChange(&cs[i]); err != nil {
-			return nil, fmt.Errorf("change %d: %w", i, err)
+			return fmt.Errorf("change %d: %w", i, err)
 		}
 	}
 	if len(cs) == 1 && (cs[0].Kind == mq.SetCursor || cs[0].Kind == mq.SetNextSeq) {
 		// The most frequent batch of a receiver (its cursor) has nothing to
 		// fold.
 		p.one = &cs[0]
-		return p, nil
+		return nil
 	}
 	for i := range cs {
 		c := &cs[i]
@@ -339,7 +341,7 @@ func planBus(cs []mq.Change) (*busPlan, error) {
 			p.cursors[c.Peer] = mq.Cursor{Epoch: c.Epoch, Next: c.Seq}
 		}
 	}
-	return p, nil
+	return nil
 }
 
 // checkBusChange refuses a change the store cannot keep faithfully: an

@@ -506,12 +506,11 @@ func describe(i int, c *group.Change) string {
 }
 
 // planGroups validates cs and folds it, in order, into its net effect.
-func planGroups(cs []group.Change) (*groupPlan, error) {
-	p := &groupPlan{}
+func planGroups(p *groupPlan, cs []group.Change) error {
 	for i := range cs {
 		c := &cs[i]
 		if err := checkGroupChange(c); err != nil {
-			return nil, fmt.Errorf("%s: %w", describe(i, c), err)
+			return fmt.Errorf("%s: %w", describe(i, c), err)
 		}
 		switch c.Kind {
 		case group.PutGroup:
@@ -573,7 +572,7 @@ func planGroups(cs []group.Change) (*groupPlan, error) {
 			p.history = append(p.history, c.History)
 		}
 	}
-	return p, nil
+	return nil
 }
 
 // checkGroupChange refuses a change the store cannot keep faithfully: an

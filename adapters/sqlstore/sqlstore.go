@@ -115,6 +115,11 @@ type Store struct {
 	// with it, kept by Apply, dropped when a transaction fails. Guarded by
 	// mu.
 	outbox *outboxIndex
+	// plans are Apply's plans of its batch, reused. Guarded by mu.
+	plans struct {
+		bus    busPlan
+		groups groupPlan
+	}
 	// curlog is the cursor log of a SQLite store (nil on Postgres): see
 	// cursorlog.go. Guarded by mu.
 	curlog *cursorLog
