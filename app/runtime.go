@@ -49,6 +49,10 @@ const deleteLinger = 100 * time.Millisecond
 // maxLazy bounds the lazy changes held at once; more are stored at once.
 const maxLazy = 8192
 
+// maxKeptDels bounds the array of gathered deletions kept for the next ones
+// after a hand-over.
+const maxKeptDels = 4096
+
 // outKey names an outbox row.
 type outKey struct {
 	peer mq.PeerID
@@ -472,7 +476,12 @@ func (r *Runtime) handOver(dels bool) error {
 	r.keepRows(n)
 	if dels {
 		cs = append(cs, r.lazyDels...)
-		r.lazyDels, r.delsDue = nil, time.Time{}
+		// The next deletions reuse the array (copied into cs), unless a
+		// burst made it large.
+		r.lazyDels, r.delsDue = r.lazyDels[:0], time.Time{}
+		if cap(r.lazyDels) > maxKeptDels {
+			r.lazyDels = nil
+		}
 	}
 	if len(cs) == 0 {
 		return nil
@@ -606,9 +615,13 @@ func (r *Runtime) persister(ctx context.Context) {
 			}
 		}
 		if failed == nil {
-			var batch ports.Batch
-			for _, g := range group {
-				batch.Append(g.rd.Batch)
+			// One job (a node at ease): its own batch, not a copy.
+			batch := group[0].rd.Batch
+			if len(group) > 1 {
+				batch = ports.Batch{}
+				for _, g := range group {
+					batch.Append(g.rd.Batch)
+				}
 			}
 			if !batch.Empty() {
 				if err := r.store.Apply(context.WithoutCancel(ctx), batch); err != nil {
