@@ -241,10 +241,14 @@ func NewMQTransport(h host.Host, opts MQOptions) *MQTransport {
 		t.wg.Add(1)
 		go t.watchConns()
 	}
-	h.SetStreamHandler(ProtocolMQ10, t.handle10)
+	// 1.1.0 first: each handler set is announced to connected peers on its
+	// own (identify push), and a peer that learnt of 1.0.0 alone would pick
+	// it for a stream opened meanwhile and take us for a 1.0.0-only node
+	// for Recheck10.
 	if !opts.Only10 {
 		h.SetStreamHandler(ProtocolMQ11, t.handle11)
 	}
+	h.SetStreamHandler(ProtocolMQ10, t.handle10)
 	return t
 }
 

@@ -11,6 +11,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -866,4 +867,27 @@ func TestSpeaksOurs(t *testing.T) {
 	assert.False(t, ours, "c speaks only /goop/mq/1.0.0, as Goop2 does")
 	_, known = ta.SpeaksOurs("not-a-peer-id")
 	assert.False(t, known)
+}
+
+// TestMQ11IsAnnouncedNoLaterThanMQ10: each stream handler set is announced
+// to connected peers on its own (identify push). Were 1.0.0 announced
+// first, a peer opening a stream in between would pick 1.0.0 and take us
+// for a 1.0.0-only node for Recheck10 (seen as a flaky direct-write test:
+// every claim refused for a peer marked 1.0.0).
+func TestMQ11IsAnnouncedNoLaterThanMQ10(t *testing.T) {
+	h := newTestHost(t)
+	sub, err := h.EventBus().Subscribe(new(event.EvtLocalProtocolsUpdated))
+	require.NoError(t, err)
+	defer sub.Close()
+	newTransport(t, h, MQOptions{})
+	var added []protocol.ID
+	for !slices.Contains(added, ProtocolMQ10) {
+		select {
+		case e := <-sub.Out():
+			added = append(added, e.(event.EvtLocalProtocolsUpdated).Added...)
+		case <-time.After(waitFor):
+			t.Fatalf("no announcement of %s; announced: %v", ProtocolMQ10, added)
+		}
+	}
+	assert.Contains(t, added, ProtocolMQ11, "1.1.0 announced before or with 1.0.0 (announced: %v)", added)
 }
