@@ -50,9 +50,11 @@ const (
 
 // Event is something the node publishes to its local subscribers (SSE, tests).
 type Event struct {
-	Kind   EventKind
-	Peer   mq.PeerID
-	Msg    mq.Frame
+	Kind EventKind
+	Peer mq.PeerID
+	// Msg is the message of an EventMessage (nil for other kinds), shared by
+	// every subscriber: read it, never modify it.
+	Msg    *mq.Frame
 	MsgID  string
 	Topic  string
 	Reason string
@@ -417,7 +419,8 @@ func (n *Node) route(br mq.Ready) {
 			n.events = make([]Event, 0, k)
 		}
 	}
-	for _, d := range br.Deliveries {
+	for i := range br.Deliveries {
+		d := &br.Deliveries[i]
 		n.stats.Delivered++
 		if n.groups.Receive(n.now, d.From, d.Msg.Topic, d.Msg.Payload, d.Msg.Origin) {
 			n.groupDelivered = true
@@ -432,7 +435,7 @@ func (n *Node) route(br mq.Ready) {
 			continue
 		}
 		if n.wants(EventMessage) {
-			n.events = append(n.events, Event{Kind: EventMessage, Peer: d.From, Msg: d.Msg, MsgID: d.Msg.ID, Topic: d.Msg.Topic})
+			n.events = append(n.events, Event{Kind: EventMessage, Peer: d.From, Msg: &d.Msg, MsgID: d.Msg.ID, Topic: d.Msg.Topic})
 		}
 	}
 	for _, res := range br.Results {

@@ -574,7 +574,11 @@ func (w *World) observe(kind StepKind, peer, from, to int, f *mq.Frame, evs []ap
 		case app.EventFailed:
 			w.stats.MsgsFailed++
 		}
-		w.hashWord(uint64(ev.Kind)<<56 | uint64(ev.Msg.Seq))
+		var seq int64
+		if ev.Msg != nil {
+			seq = ev.Msg.Seq
+		}
+		w.hashWord(uint64(ev.Kind)<<56 | uint64(seq))
 		w.hashString(ev.MsgID)
 		if ev.Group != nil {
 			w.hashString(ev.Group.Type)

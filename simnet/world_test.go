@@ -371,7 +371,7 @@ func TestMQCheckerCatchesEveryBrokenProperty(t *testing.T) {
 	}
 	msg := func(id string, seq int64, payload string) obs {
 		return obs{peer: 1, kind: StepFrame, events: []app.Event{{Kind: app.EventMessage, Peer: p0, MsgID: id,
-			Msg: mq.Frame{Type: mq.TypeMsg, ID: id, Seq: seq, Payload: []byte(payload)}}}}
+			Msg: &mq.Frame{Type: mq.TypeMsg, ID: id, Seq: seq, Payload: []byte(payload)}}}}
 	}
 	ack := func(id string) obs {
 		return obs{peer: 0, kind: StepFrame, events: []app.Event{{Kind: app.EventDelivered, Peer: p1, MsgID: id}}}
@@ -421,7 +421,11 @@ func TestMQCheckerCatchesEveryBrokenProperty(t *testing.T) {
 			o2.events = nil
 			for _, ev := range o.events {
 				ev.MsgID = f(ev.MsgID)
-				ev.Msg.ID = f(ev.Msg.ID)
+				if ev.Msg != nil {
+					m := *ev.Msg
+					m.ID = f(m.ID)
+					ev.Msg = &m
+				}
 				o2.events = append(o2.events, ev)
 			}
 			out[i] = o2

@@ -510,6 +510,6 @@ func TestEncodeEventIgnoresInternalKinds(t *testing.T) {
 	assert.JSONEq(t, `{"type":"failed","msg_id":"x","peer_id":"p","topic":"chat","reason":"no ack after 10 attempts"}`,
 		string(encodeEvent(app.Event{Kind: app.EventFailed, MsgID: "x", Peer: "p", Topic: "chat", Reason: "no ack after 10 attempts"})),
 		"a message given up is reported to the application")
-	b := encodeEvent(app.Event{Kind: app.EventMessage, Peer: "p", Msg: mq.Frame{Type: "msg", ID: "i", Seq: 1, Topic: "t", Origin: "o", Epoch: "e", Floor: 3}})
+	b := encodeEvent(app.Event{Kind: app.EventMessage, Peer: "p", Msg: &mq.Frame{Type: "msg", ID: "i", Seq: 1, Topic: "t", Origin: "o", Epoch: "e", Floor: 3}})
 	assert.JSONEq(t, `{"type":"message","from":"p","msg":{"type":"msg","id":"i","seq":1,"topic":"t","payload":null,"origin":"o"}}`, string(b))
 }
