@@ -79,10 +79,6 @@ func benchCommand(g *globals, stdout io.Writer) *cli.Command {
 					intRange{"payload-bytes", 0, mq.MaxPayloadBytes - 2}); err != nil {
 					return err
 				}
-				k, err := checkRepeat(c)
-				if err != nil {
-					return err
-				}
 				if !c.Bool("no-child") {
 					exe, err := os.Executable()
 					if err != nil {
@@ -90,11 +86,7 @@ func benchCommand(g *globals, stdout io.Writer) *cli.Command {
 					}
 					opts.Exe = exe
 				}
-				results, err := repeatRuns(k, c.App.ErrWriter, func() (*benchResult, error) { return benchMQ(c.Context, opts) })
-				if err != nil {
-					return err
-				}
-				return writeRuns(stdout, c.Bool("json"), results, mqFigures)
+				return benchRepeated(c, stdout, mqFigures, func() (*benchResult, error) { return benchMQ(c.Context, opts) })
 			},
 		}, benchGroupsCommand(g, stdout), benchRendezvousCommand(g, stdout)},
 	}
@@ -131,12 +123,17 @@ func summarize(ds []time.Duration) latency {
 	for _, d := range s {
 		sum += d
 	}
-	med := s[len(s)/2]
-	if len(s)%2 == 0 {
-		med = (s[len(s)/2-1] + s[len(s)/2]) / 2
-	}
 	p99 := s[max((len(s)*99+99)/100-1, 0)]
-	return latency{N: len(s), MedianUS: us(med), P99US: us(p99), MeanUS: us(sum) / float64(len(s))}
+	return latency{N: len(s), MedianUS: us(median(s)), P99US: us(p99), MeanUS: us(sum) / float64(len(s))}
+}
+
+// median returns the median of s, which is sorted and not empty: with an
+// even count, the mean of the middle two.
+func median[T ~int64 | ~float64](s []T) T {
+	if len(s)%2 == 0 {
+		return (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return s[len(s)/2]
 }
 
 // benchResult is the output of `goop bench mq` (its --json form).
@@ -197,28 +194,6 @@ func (r *benchResult) writeTable(w io.Writer) error {
 func (r *benchResult) header() string {
 	return fmt.Sprintf("goop bench mq: %d round trips per latency measure, %d messages per throughput measure, %d payload bytes, 127.0.0.1 over %s, %s, %d CPUs",
 		r.Count, r.Messages, r.PayloadBytes, r.Transport, r.GoVersion, r.CPUs)
-}
-
-// repeatRuns runs a benchmark k times and returns the results in order;
-// with k > 1 it reports each run's end on progress, and an error names the
-// run that failed.
-func repeatRuns[T any](k int, progress io.Writer, run func() (*T, error)) ([]*T, error) {
-	out := make([]*T, 0, k)
-	start := time.Now()
-	for i := 0; i < k; i++ {
-		res, err := run()
-		if err != nil {
-			if k > 1 {
-				err = fmt.Errorf("run %d of %d: %w", i+1, k, err)
-			}
-			return nil, err
-		}
-		out = append(out, res)
-		if k > 1 {
-			fmt.Fprintf(progress, "goop bench: run %d of %d done (%s)\n", i+1, k, time.Since(start).Round(time.Second))
-		}
-	}
-	return out, nil
 }
 
 func fmtUS(us float64) string {

@@ -115,15 +115,7 @@ func benchGroupsCommand(g *globals, stdout io.Writer) *cli.Command {
 			if !slices.Contains([]string{"quic-v1", "tcp", "any"}, opts.Transport) {
 				return cli.Exit("--transport must be quic-v1, tcp or any", exitUsage)
 			}
-			k, err := checkRepeat(c)
-			if err != nil {
-				return err
-			}
-			results, err := repeatRuns(k, c.App.ErrWriter, func() (*groupsBenchResult, error) { return benchGroups(c.Context, opts) })
-			if err != nil {
-				return err
-			}
-			return writeRuns(stdout, c.Bool("json"), results, groupsFigures(opts.Members))
+			return benchRepeated(c, stdout, groupsFigures(opts.Members), func() (*groupsBenchResult, error) { return benchGroups(c.Context, opts) })
 		},
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/urfave/cli/v2"
 )
@@ -19,17 +20,34 @@ var repeatFlag = &cli.IntFlag{Name: "repeat", Value: 1, Usage: "run the whole be
 	"summarize each headline figure over the runs (median, lowest, highest): one run's figures " +
 	"move with the machine's load"}
 
-// checkRepeat validates --repeat (and its use with --cpuprofile, which
-// profiles a single run).
-func checkRepeat(c *cli.Context) (int, error) {
+// benchRepeated runs a benchmark --repeat times (checked first, with its
+// use beside --cpuprofile, which profiles a single run) and prints its
+// results (see writeRuns). With several runs each one's end is reported
+// on stderr, and an error names the run that failed.
+func benchRepeated[T any, P benchTable[T]](c *cli.Context, stdout io.Writer, fs []figureOf[T], run func() (*T, error)) error {
 	if err := checkRanges(c, intRange{"repeat", 1, maxRepeat}); err != nil {
-		return 0, err
+		return err
 	}
 	k := c.Int("repeat")
 	if k > 1 && c.String("cpuprofile") != "" {
-		return 0, cli.Exit("--cpuprofile profiles one run: drop --repeat or --cpuprofile", exitUsage)
+		return cli.Exit("--cpuprofile profiles one run: drop --repeat or --cpuprofile", exitUsage)
 	}
-	return k, nil
+	results := make([]*T, 0, k)
+	start := time.Now()
+	for i := range k {
+		res, err := run()
+		if err != nil {
+			if k > 1 {
+				err = fmt.Errorf("run %d of %d: %w", i+1, k, err)
+			}
+			return err
+		}
+		results = append(results, res)
+		if k > 1 {
+			fmt.Fprintf(c.App.ErrWriter, "goop bench: run %d of %d done (%s)\n", i+1, k, time.Since(start).Round(time.Second))
+		}
+	}
+	return writeRuns[T, P](stdout, c.Bool("json"), results, fs)
 }
 
 // Units of a figure, which also choose its format.
@@ -77,11 +95,7 @@ func summarizeRuns[T any](runs []*T, fs []figureOf[T]) []figure {
 		}
 		s := slices.Clone(vs)
 		slices.Sort(s)
-		med := s[len(s)/2]
-		if len(s)%2 == 0 {
-			med = (s[len(s)/2-1] + s[len(s)/2]) / 2
-		}
-		out = append(out, figure{Name: f.name, Unit: f.unit, Median: med, Min: s[0], Max: s[len(s)-1], Values: vs})
+		out = append(out, figure{Name: f.name, Unit: f.unit, Median: median(s), Min: s[0], Max: s[len(s)-1], Values: vs})
 	}
 	return out
 }
