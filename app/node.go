@@ -410,8 +410,7 @@ func (n *Node) route(br mq.Ready) {
 			}
 		}
 		for i := range br.Results {
-			switch res := &br.Results[i]; {
-			case res.Failed, res.Received && n.wants(EventReceived), !res.Received && n.wants(EventDelivered):
+			if n.wants(resultKind(&br.Results[i])) {
 				k++
 			}
 		}
@@ -438,21 +437,28 @@ func (n *Node) route(br mq.Ready) {
 			n.events = append(n.events, Event{Kind: EventMessage, Peer: d.From, Msg: &d.Msg, MsgID: d.Msg.ID, Topic: d.Msg.Topic})
 		}
 	}
-	for _, res := range br.Results {
-		if res.Received {
-			if n.wants(EventReceived) {
-				n.events = append(n.events, Event{Kind: EventReceived, Peer: res.To, MsgID: res.ID, Topic: res.Topic})
-			}
-			continue
-		}
-		if res.Failed {
+	for i := range br.Results {
+		res := &br.Results[i]
+		kind := resultKind(res)
+		switch kind {
+		case EventFailed:
 			n.stats.Failed++
-			n.events = append(n.events, Event{Kind: EventFailed, Peer: res.To, MsgID: res.ID, Topic: res.Topic, Reason: res.Reason})
-		} else {
+		case EventDelivered:
 			n.stats.Acked++
-			if n.wants(EventDelivered) {
-				n.events = append(n.events, Event{Kind: EventDelivered, Peer: res.To, MsgID: res.ID, Topic: res.Topic})
-			}
+		}
+		if n.wants(kind) {
+			n.events = append(n.events, Event{Kind: kind, Peer: res.To, MsgID: res.ID, Topic: res.Topic, Reason: res.Reason})
 		}
 	}
+}
+
+// resultKind is the kind of event a bus result makes.
+func resultKind(res *mq.Result) EventKind {
+	switch {
+	case res.Received:
+		return EventReceived
+	case res.Failed:
+		return EventFailed
+	}
+	return EventDelivered
 }

@@ -187,6 +187,7 @@ func NewRuntime(node *Node, tr ports.Transport, store ports.Store, clock ports.C
 		jobs:      make(chan job, maxJobs),
 		fatal:     make(chan struct{}),
 		persisted: make(chan struct{}),
+		lazyPuts:  map[outKey]int{},
 		subs:      map[*Subscription]struct{}{},
 		waiters:   map[string]waiter{},
 	}
@@ -429,9 +430,6 @@ func (r *Runtime) lazyDueNow() error {
 // row and itself: the row was never stored (PutOutbox is emitted once per
 // message, and (peer, seq) names one message, never reused).
 func (r *Runtime) gatherLazy(cs []mq.Change) {
-	if r.lazyPuts == nil {
-		r.lazyPuts = map[outKey]int{}
-	}
 	now := r.clock.Now()
 	for _, c := range cs {
 		k := outKey{c.Peer, c.Seq}
@@ -503,9 +501,6 @@ func (r *Runtime) rowsDue() time.Time {
 // timed.
 func (r *Runtime) keepRows(n int) {
 	end, w := len(r.lazyRows), 0
-	if r.lazyPuts == nil {
-		r.lazyPuts = map[outKey]int{}
-	}
 	clear(r.lazyPuts)
 	for i := n; i < end; i++ {
 		c := r.lazyRows[i]
@@ -972,7 +967,7 @@ func (r *Runtime) mutedKinds() uint32 {
 		wanted |= s.kinds
 	}
 	if len(r.waiters) > 0 {
-		wanted |= 1<<EventDelivered | 1<<EventReceived | 1<<EventFailed
+		wanted |= 1<<EventDelivered | 1<<EventReceived // (failures are never muted)
 	}
 	return Mutable &^ wanted
 }

@@ -680,12 +680,15 @@ func (c *Core) remote(h *hosted, except PeerID) []PeerID {
 func (c *Core) membersChanged(now time.Time, h *hosted, except PeerID) {
 	list := c.memberList(h)
 	c.event(Event{Type: EvMembers, Group: h.g.ID, Host: c.self, Members: list, GroupType: h.g.Type})
-	if h.membersDue || now.Before(h.membersSent.Add(c.cfg.MembersInterval)) {
+	if h.membersDue || now.Before(c.membersNext(h)) {
 		h.membersDue = true
 		return
 	}
 	c.sendMembers(now, h, list, except)
 }
+
+// membersNext is when h's member list may next go out to its members.
+func (c *Core) membersNext(h *hosted) time.Time { return h.membersSent.Add(c.cfg.MembersInterval) }
 
 // sendMembers sends list to every remote member but except (if there is
 // one, the interval starts).
@@ -1509,7 +1512,7 @@ func (c *Core) Tick(now time.Time) {
 				c.membersChanged(now, h, "")
 			}
 		}
-		if h.membersDue && !now.Before(h.membersSent.Add(c.cfg.MembersInterval)) {
+		if h.membersDue && !now.Before(c.membersNext(h)) {
 			c.sendMembers(now, h, c.memberList(h), "")
 		}
 		c.maybeDissolve(now, h)
@@ -1560,7 +1563,7 @@ func (c *Core) NextWake() (time.Time, bool) {
 			consider(h.lastActivity.Add(h.g.IdleTimeout))
 		}
 		if h.membersDue {
-			consider(h.membersSent.Add(c.cfg.MembersInterval))
+			consider(c.membersNext(h))
 		}
 	}
 	for _, s := range c.subs {
