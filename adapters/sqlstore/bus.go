@@ -168,7 +168,6 @@ func (s *Store) Apply(ctx context.Context, b ports.Batch) error {
 	if err := planGroups(gp, b.Groups); err != nil {
 		return fmt.Errorf("sqlstore: apply: %w", err)
 	}
-	var err error
 	if s.closed {
 		return fmt.Errorf("sqlstore: apply: %w", ports.ErrClosed)
 	}
@@ -194,6 +193,7 @@ func (s *Store) Apply(ctx context.Context, b ports.Batch) error {
 		return fmt.Errorf("sqlstore: apply: %w", err)
 	}
 	alone := gp.empty() && len(b.Peers) == 0 && s.afterStep == nil
+	var err error
 	switch {
 	case s.curlog != nil && alone && p.onlyCursors() && p.cursorsFitLog():
 		// A receiver's cursors alone: appended to the cursor log.
