@@ -143,6 +143,7 @@ type Runtime struct {
 	runCtx  context.Context    // Run's ctx
 	timer   ports.Timer        // the loop's wake-up timer
 	ds      ports.DirectSender // tr's fast path, if it has one
+	quick   ports.QuickStore   // store's fast path, if it has one
 	direct  *[]func()          // set during an inline step: writes to run after it
 	// Lazy changes (see splitLazy) gathered before they go to the
 	// persister: each outbox row (lazyRows) for up to linger, deletions
@@ -192,6 +193,7 @@ func NewRuntime(node *Node, tr ports.Transport, store ports.Store, clock ports.C
 		waiters:   map[string]waiter{},
 	}
 	r.ds, _ = tr.(ports.DirectSender)
+	r.quick, _ = store.(ports.QuickStore)
 	if an, ok := tr.(ports.AckNotifier); ok {
 		an.SetAckHook(r.onAck)
 	}
@@ -363,9 +365,10 @@ func (r *Runtime) armTimer(t ports.Timer) {
 // (else they wait their turn, so a sequence reservation is never relied on
 // before it is durable); acknowledgements from peers are published at once.
 // The rest — storing the batch, then sending its frames, completing the
-// commands and publishing its events — is the persister's, in order. With
-// nothing to store and nothing pending it all happens here, without a
-// hand-over.
+// commands and publishing its events — is the persister's, in order. When
+// nothing earlier is still being stored, and the step has nothing to store
+// or the store stores it at once (ports.QuickStore: a receiver's cursor),
+// it all happens here, without a hand-over.
 func (r *Runtime) flush(ctx context.Context, pending []command) error {
 	r.node.Mute(r.mutedKinds())
 	rd := r.node.Ready()
@@ -388,10 +391,6 @@ func (r *Runtime) flush(ctx context.Context, pending []command) error {
 	clear(rd.Events[len(later):])
 	rd.Events = nil
 	j := job{rd: rd, events: later, cmds: pending}
-	if r.inflight.Load() == 0 && rd.Batch.Empty() {
-		r.complete(ctx, j)
-		return r.lazyDueNow()
-	}
 	// Outbox rows and their deletions are waited on by nobody once the
 	// frames went out (unless a caller waits for the step to be stored):
 	// they are gathered for up to commitLinger (gatherLazy), while what the
@@ -400,7 +399,14 @@ func (r *Runtime) flush(ctx context.Context, pending []command) error {
 	if len(pending) == 0 && r.linger > 0 {
 		lazy = splitLazy(&j.rd.Batch)
 	}
-	if j.hasWork() {
+	// With nothing stored earlier still on its way (lazy changes aside: no
+	// step depends on them), what the step needs stored is stored here if
+	// the store can do it at once (a receiver's cursor), and the step
+	// completes here, without a hand-over to the persister.
+	if r.inflight.Load() == 0 && (j.rd.Batch.Empty() || r.quick != nil && r.quick.ApplyNow(j.rd.Batch)) {
+		j.rd.Batch = ports.Batch{}
+		r.complete(ctx, j)
+	} else if j.hasWork() {
 		if err := r.enqueue(j); err != nil {
 			return err
 		}

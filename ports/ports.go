@@ -141,6 +141,18 @@ type Store interface {
 	Close() error
 }
 
+// QuickStore is a Store that can store some batches at once on the
+// caller's goroutine, without waiting for anything: ApplyNow stores b, as
+// Apply would, and reports true when it can do so at no more cost than a
+// copy in memory (a SQLite store: a receiver's cursors, copied into its
+// mapped cursor log, while nothing else holds the store); otherwise it
+// stores nothing and reports false, and b goes to Apply. The runtime asks
+// it on its loop, for a step's batch when nothing stored earlier is still
+// waiting: a receiver's cursor then costs no hand-over to the persister.
+type QuickStore interface {
+	ApplyNow(b Batch) bool
+}
+
 // HistoryReader is a Store that keeps the history of the groups this node
 // hosts (the messages it relayed), which members may ask for.
 type HistoryReader interface {

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -121,13 +123,88 @@ func TestCursorLogSurvivesACrashAndKeepsTheNewest(t *testing.T) {
 	m.Apply([]mq.Change{setCursor("Q", "qe1", 8)})
 	crashed()
 
-	// A clean close leaves it all in the table and an empty log.
+	// A clean close leaves it all in the table, and the file cut back to
+	// its records; the next open starts an empty log.
+	size := s.curlog.size
 	require.NoError(t, s.Close())
-	s = mustOpen(t, cfg)
-	assert.Equal(t, m.Snapshot().Cursors, tableCursors(t, s))
 	fi, err := os.Stat(cursorLogPath(cfg.Path))
 	require.NoError(t, err)
-	assert.Equal(t, int64(cursorLogHeader), fi.Size())
+	assert.Equal(t, size, fi.Size(), "no zero tail after close")
+	s = mustOpen(t, cfg)
+	assert.Equal(t, m.Snapshot().Cursors, tableCursors(t, s))
+	assert.Equal(t, int64(cursorLogHeader), logRecordsEnd(t, cfg.Path), "an empty log")
+	storetest.RequireState(t, m, s)
+}
+
+// logRecordsEnd reads the cursor log of the database at dbPath and returns
+// where its records end; every byte after them must be zero (a mapped
+// file's tail).
+func logRecordsEnd(t *testing.T, dbPath string) int64 {
+	t.Helper()
+	b, err := os.ReadFile(cursorLogPath(dbPath))
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, len(b), cursorLogHeader)
+	end := cursorLogHeader + readCursorRecords(b[cursorLogHeader:], map[mq.PeerID]mq.Cursor{})
+	for i, c := range b[end:] {
+		require.Zero(t, c, "byte %d after the records", end+i)
+	}
+	return int64(end)
+}
+
+// On Linux the log is written through a mapping of the file, reserved on
+// disk up to its rotation size and slack.
+func TestCursorLogIsMappedOnLinux(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the cursor log is mapped on Linux only")
+	}
+	ctx := context.Background()
+	cfg := sqliteDB(t)
+	s := mustOpen(t, cfg)
+	defer s.Close()
+	require.NotNil(t, s.curlog.mm)
+	assert.Len(t, s.curlog.mm, cursorLogRotateAt+cursorLogSlack)
+	fi, err := os.Stat(cursorLogPath(cfg.Path))
+	require.NoError(t, err)
+	assert.Equal(t, int64(cursorLogRotateAt+cursorLogSlack), fi.Size())
+	require.NoError(t, s.Apply(ctx, ports.Batch{Bus: []mq.Change{setCursor("P", "pe", 1)}}))
+	assert.Greater(t, logRecordsEnd(t, cfg.Path), int64(cursorLogHeader), "the record is in the file")
+	assert.Empty(t, tableCursors(t, s))
+}
+
+// A batch of cursors larger than the room left in the mapping goes to the
+// table, in a transaction that folds the log, and the log goes on after it.
+func TestCursorLogBatchPastTheMappingGoesToTheTable(t *testing.T) {
+	ctx := context.Background()
+	cfg := sqliteDB(t)
+	s := mustOpen(t, cfg)
+	defer s.Close()
+	if s.curlog.mm == nil {
+		t.Skip("the cursor log is not mapped here")
+	}
+	m := storetest.NewModel()
+	apply := func(cs ...mq.Change) {
+		t.Helper()
+		require.NoError(t, s.Apply(ctx, ports.Batch{Bus: cs}))
+		m.Apply(cs)
+	}
+	// A small log: rotated into a mapping of 300 bytes and the slack.
+	s.curlog.rotateAt = 300
+	gen := s.curlog.gen
+	for i := int64(1); s.curlog.gen == gen; i++ {
+		apply(setCursor("Q", "qe", i))
+	}
+	require.Len(t, s.curlog.mm, 300+cursorLogSlack)
+	apply(setCursor("P", "pe", 1))
+	var big []mq.Change
+	for i := range 2000 {
+		big = append(big, setCursor(mq.PeerID(fmt.Sprintf("12D3KooWPeer%06d", i)), "an-epoch", int64(i+1)))
+	}
+	apply(big...)
+	assert.Len(t, tableCursors(t, s), 2002, "the big batch and the folded log are in the table")
+	apply(setCursor("P", "pe", 2))
+	assert.Len(t, tableCursors(t, s), 2002, "the next cursor goes to the log")
+	assert.Equal(t, mq.Cursor{Epoch: "pe", Next: 1}, tableCursors(t, s)["P"])
+	requireStateAfterCrash(t, m, cfg)
 	storetest.RequireState(t, m, s)
 }
 
@@ -141,15 +218,16 @@ func TestCursorLogIgnoresATornEnd(t *testing.T) {
 	for i := int64(1); i <= 3; i++ {
 		require.NoError(t, s.Apply(ctx, ports.Batch{Bus: []mq.Change{setCursor("P", "pe", i)}}))
 	}
+	end := s.curlog.size
 	whole := appendCursorRecord(nil, "P", mq.Cursor{Epoch: "pe", Next: 4})
 	bad := bytes.Clone(whole)
 	bad[len(bad)-1] ^= 0xff
 	for name, tail := range map[string][]byte{"partial": whole[:len(whole)-3], "checksum": bad, "garbage": []byte("\x01\x02")} {
 		t.Run(name, func(t *testing.T) {
 			c := crashCopy(t, cfg)
-			f, err := os.OpenFile(cursorLogPath(c.Path), os.O_WRONLY|os.O_APPEND, 0)
+			f, err := os.OpenFile(cursorLogPath(c.Path), os.O_WRONLY, 0)
 			require.NoError(t, err)
-			_, err = f.Write(tail)
+			_, err = f.WriteAt(tail, end) // right after the last record
 			require.NoError(t, err)
 			require.NoError(t, f.Close())
 			var logs logBuffer
@@ -188,9 +266,10 @@ func TestCursorLogRotates(t *testing.T) {
 		c := setCursor(peers[i%3], "epoch", i)
 		require.NoError(t, s.Apply(ctx, ports.Batch{Bus: []mq.Change{c}}))
 		m.Apply([]mq.Change{c})
+		require.LessOrEqual(t, s.curlog.size, int64(300+100), "the log stays near its bound")
 		fi, err := os.Stat(cursorLogPath(cfg.Path))
 		require.NoError(t, err)
-		require.LessOrEqual(t, fi.Size(), int64(300+100), "the log stays near its bound")
+		require.LessOrEqual(t, fi.Size(), max(s.curlog.size, int64(len(s.curlog.mm))))
 		if i%7 == 0 {
 			requireStateAfterCrash(t, m, cfg)
 		}
@@ -244,6 +323,7 @@ func TestCursorLogWriteFailure(t *testing.T) {
 	s := mustOpen(t, sqliteDB(t))
 	defer s.Close()
 	require.NoError(t, s.Apply(ctx, ports.Batch{Bus: []mq.Change{setCursor("P", "pe", 1)}}))
+	require.NoError(t, s.curlog.unmap()) // written with pwrite from here on
 	require.NoError(t, s.curlog.f.Close())
 	err := s.Apply(ctx, ports.Batch{Bus: []mq.Change{setCursor("P", "pe", 2)}})
 	require.ErrorContains(t, err, "cursor log")
