@@ -32,6 +32,8 @@ func benchFrame(seq int64) *mq.Frame {
 //     of the previous batch acknowledged, and the next seq;
 //   - history64+put64: a group host relaying 64 messages, each kept in the
 //     history and queued for one of 64 members;
+//   - history+put50: a group host sending its own 1 KiB message to 50
+//     members: the history row and the 50 copies queued (one payload);
 //   - cursor+history: a group host relaying one member's message: the
 //     member's cursor and the history row, in one transaction;
 //   - cursor,cursor+history: the same, every other op a cursor alone from
@@ -90,6 +92,9 @@ func BenchmarkApplySmall(b *testing.B) {
 			}
 			return b
 		}},
+		{"history+put50", nil, func(i int) ports.Batch {
+			return fanoutBatch(i)
+		}},
 		{"cursor+history", nil, func(i int) ports.Batch {
 			return relayBatch(i)
 		}},
@@ -139,4 +144,29 @@ func relayBatch(i int) ports.Batch {
 		Groups: []group.Change{{Kind: group.AppendHistory, GroupID: "g-bench",
 			History: &group.HistoryEntry{GroupID: "g-bench", From: group.PeerID(benchPeer), Type: group.TypeMsg, Payload: benchPayload, At: at}}},
 	}
+}
+
+// fanoutMembers are the 50 members of fanoutBatch's group.
+var fanoutMembers = func() []mq.PeerID {
+	ps := make([]mq.PeerID, 50)
+	for j := range ps {
+		ps[j] = mq.PeerID(fmt.Sprintf("12D3KooWFanoutMember%02dXoE4xJv1T1mBhV2kCq8sQdNnYp", j))
+	}
+	return ps
+}()
+
+// fanoutBatch is a group host's batch for its own 1 KiB message to 50
+// members.
+func fanoutBatch(i int) ports.Batch {
+	payload := []byte(fmt.Sprintf(`{"n":%d,"p":"%0990d"}`, i, 0))
+	at := time.UnixMilli(1_700_000_000_000 + int64(i))
+	b := ports.Batch{Groups: []group.Change{{Kind: group.AppendHistory, GroupID: "g-bench",
+		History: &group.HistoryEntry{GroupID: "g-bench", From: "12D3KooWBenchHost", Type: group.TypeMsg, Payload: payload, At: at}}}}
+	seq := int64(i + 1)
+	for _, m := range fanoutMembers {
+		f := &mq.Frame{Type: mq.TypeMsg, ID: fmt.Sprintf("0b5c9d2e-8f4a-4e1b-9c3d-%012x", seq), Seq: seq, Topic: "group:g-bench:msg",
+			Payload: payload, Origin: "12D3KooWBenchHost"}
+		b.Bus = append(b.Bus, mq.Change{Kind: mq.PutOutbox, Peer: m, Seq: seq, Frame: f})
+	}
+	return b
 }

@@ -222,6 +222,7 @@ func TestChunkCodec(t *testing.T) {
 		es[i] = chunkEntry{peer: peers[i], f: &frames[i]}
 	}
 	b := appendChunk(nil, es)
+	assert.GreaterOrEqual(t, chunkSizeHint(es), len(b), "the size hint covers the encoding")
 	got, err := decodeChunk(b)
 	require.NoError(t, err)
 	require.Len(t, got, len(frames))
@@ -253,6 +254,20 @@ func TestChunkCodec(t *testing.T) {
 		c[1+rng.IntN(len(c)-1)] ^= byte(1 + rng.IntN(255))
 		_, _ = decodeChunk(c) // must not panic
 	}
+}
+
+// The size hint of a group fan-out's chunk (one payload, 50 members, real
+// ids) covers its encoding without counting the payload 50 times.
+func TestChunkSizeHintOfAFanOut(t *testing.T) {
+	b := fanoutBatch(7)
+	es := make([]chunkEntry, len(b.Bus))
+	for i, c := range b.Bus {
+		es[i] = chunkEntry{peer: c.Peer, f: c.Frame}
+	}
+	enc := appendChunk(nil, es)
+	hint := chunkSizeHint(es)
+	assert.GreaterOrEqual(t, hint, len(enc))
+	assert.Less(t, hint, 2*len(enc), "the payload is counted once")
 }
 
 // TestOutboxMigration opens a database written before the chunked outbox
