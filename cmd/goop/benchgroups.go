@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	rtrace "runtime/trace"
 	"slices"
 	"strconv"
 	"strings"
@@ -98,11 +99,12 @@ func benchGroupsCommand(g *globals, stdout io.Writer) *cli.Command {
 			&cli.IntFlag{Name: "slow-messages", Value: 2000, Usage: "messages at each delay of the slow member's latency measure (a ratio of two p99s needs more samples than a p99)"},
 			&cli.StringFlag{Name: "transport", Value: "any", Usage: "members reach the host over `T`: any (the node's choice: TCP on loopback, p2p.LANDialRanker), tcp or quic-v1"},
 			&cli.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile of the measures (not the start-up) to `FILE` (for each group size after the first: FILE.N)"},
+			&cli.StringFlag{Name: "trace", Usage: "write a Go execution trace of the measures (not the start-up) to `FILE` (for each group size after the first: FILE.N), each latency message a task (see 'go tool trace')"},
 			repeatFlag,
 		},
 		Action: func(c *cli.Context) error {
 			opts := groupsBenchOptions{Messages: c.Int("messages"), MinDeliveries: c.Int("min-deliveries"), PayloadBytes: c.Int("payload-bytes"),
-				SlowMS: c.Int("slow-ms"), SlowMessages: c.Int("slow-messages"), Transport: c.String("transport"), CPUProfile: c.String("cpuprofile"), Log: g.log}
+				SlowMS: c.Int("slow-ms"), SlowMessages: c.Int("slow-messages"), Transport: c.String("transport"), CPUProfile: c.String("cpuprofile"), Trace: c.String("trace"), Log: g.log}
 			var err error
 			if opts.Members, err = parseMemberCounts(c.String("members")); err != nil {
 				return cli.Exit(err.Error(), exitUsage)
@@ -155,7 +157,10 @@ type groupsBenchOptions struct {
 	Transport string
 	// CPUProfile, if set, receives a CPU profile of the measures.
 	CPUProfile string
-	Log        *slog.Logger
+	// Trace, if set, receives a Go execution trace of the measures, each
+	// latency message a task.
+	Trace string
+	Log   *slog.Logger
 }
 
 // groupsBenchResult is the output of `goop bench groups` (its --json form).
@@ -483,8 +488,9 @@ func benchGroups(ctx context.Context, o groupsBenchOptions) (_ *groupsBenchResul
 }
 
 // benchGroupSize starts the nodes of one group size, measures it and stops
-// them. The CPU profile (--cpuprofile, a file per size after the first:
-// FILE.N) covers the measures, not the start-up.
+// them. The CPU profile and the execution trace (--cpuprofile, --trace, a
+// file per size after the first: FILE.N) cover the measures, not the
+// start-up.
 func benchGroupSize(ctx context.Context, o groupsBenchOptions, n int) (_ *groupsRun, err error) {
 	// What the previous size's nodes left is collected now, not during
 	// this size's measures.
@@ -500,11 +506,22 @@ func benchGroupSize(ctx context.Context, o groupsBenchOptions, n int) (_ *groups
 		}
 	}()
 	startMS := msSince(t0)
-	profile := o.CPUProfile
-	if profile != "" && n != o.Members[0] {
-		profile = fmt.Sprintf("%s.%d", profile, n)
+	perSize := func(path string) string {
+		if path != "" && n != o.Members[0] {
+			return fmt.Sprintf("%s.%d", path, n)
+		}
+		return path
 	}
-	stopProfile, err := simcli.StartCPUProfile(profile)
+	stopTrace, err := startTrace(perSize(o.Trace))
+	if err != nil {
+		return nil, fmt.Errorf("bench groups: --trace: %w", err)
+	}
+	defer func() {
+		if terr := stopTrace(); terr != nil && err == nil {
+			err = fmt.Errorf("bench groups: --trace: %w", terr)
+		}
+	}()
+	stopProfile, err := simcli.StartCPUProfile(perSize(o.CPUProfile))
 	if err != nil {
 		return nil, fmt.Errorf("bench groups: --cpuprofile: %w", err)
 	}
@@ -964,6 +981,37 @@ func (b *groupsBench) send(ctx context.Context, r *node.Running, host mq.PeerID,
 	return err
 }
 
+// noTask stands for the task of a message when no trace is being taken.
+var noTask = &rtrace.Task{}
+
+// senderName names a latency measure's sender in its trace tasks.
+func senderName(host bool) string {
+	if host {
+		return "host sends"
+	}
+	return "member sends"
+}
+
+// startTrace starts a Go execution trace to path ("" for none) and returns
+// the function that stops it and closes the file.
+func startTrace(path string) (stop func() error, err error) {
+	if path == "" {
+		return func() error { return nil }, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := rtrace.Start(f); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return func() error {
+		rtrace.Stop()
+		return f.Close()
+	}, nil
+}
+
 // latency sends count messages from r one after the other, each once all
 // of await received it; watch members' deliveries are recorded too and
 // waited for at the end.
@@ -975,6 +1023,12 @@ func (b *groupsBench) latency(ctx context.Context, r *node.Running, host mq.Peer
 	timer := time.NewTimer(groupsMsgWait)
 	defer timer.Stop()
 	for k := 0; k < count; k++ {
+		// Traced (--trace): each message is a task, from before its send
+		// until its last delivery, named after its sender and receivers.
+		task := noTask
+		if rtrace.IsEnabled() {
+			_, task = rtrace.NewTask(ctx, fmt.Sprintf("message to %d members (%s)", len(await), senderName(r == b.host)))
+		}
 		m.sent[k] = b.now()
 		if err := b.send(ctx, r, host, m, k, 1); err != nil {
 			return nil, fmt.Errorf("message %d: %w", k, err)
@@ -982,6 +1036,7 @@ func (b *groupsBench) latency(ctx context.Context, r *node.Running, host mq.Peer
 		timer.Reset(groupsMsgWait)
 		select {
 		case <-m.done[k]:
+			task.End()
 		case <-timer.C:
 			return nil, fmt.Errorf("message %d: %d of %d deliveries missing after %s", k, m.left[k].Load(), len(await), groupsMsgWait)
 		case <-b.lost:

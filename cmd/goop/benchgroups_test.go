@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -129,8 +131,31 @@ func TestBenchGroupsHelp(t *testing.T) {
 	assert.Contains(t, out, "groups")
 	code, out, _ = runGoop(t, "bench", "groups", "--help")
 	require.Equal(t, 0, code)
-	for _, flag := range []string{"--members", "--messages", "--payload-bytes", "--slow-ms", "--transport", "--cpuprofile", "--json"} {
+	for _, flag := range []string{"--members", "--messages", "--payload-bytes", "--slow-ms", "--transport", "--cpuprofile", "--trace", "--json"} {
 		assert.Contains(t, out, flag)
+	}
+}
+
+// --trace writes a Go execution trace of the measures, a file per group
+// size after the first, in which each latency message is a task.
+func TestBenchGroupsTrace(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts nodes")
+	}
+	path := filepath.Join(t.TempDir(), "groups.trace")
+	code, _, errOut := runGoop(t, "bench", "groups", "--members", "2,3", "--messages", "10",
+		"--min-deliveries", "20", "--slow-ms", "0", "--trace", path)
+	require.Equal(t, 0, code, errOut)
+	for _, f := range []struct{ path, task string }{
+		{path, "message to 2 members (host sends)"},
+		{path + ".3", "message to 3 members (host sends)"},
+	} {
+		b, err := os.ReadFile(f.path)
+		require.NoError(t, err)
+		require.True(t, bytes.HasPrefix(b, []byte("go 1.")), "a Go execution trace: %q", b[:min(16, len(b))])
+		assert.True(t, bytes.Contains(b, []byte(f.task)), "%s names its tasks %q", f.path, f.task)
+		assert.True(t, bytes.Contains(b, []byte("message to 1 members (member sends)")) || f.path != path,
+			"the member-sends measure's messages are tasks too")
 	}
 }
 

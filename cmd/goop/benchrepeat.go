@@ -21,7 +21,7 @@ var repeatFlag = &cli.IntFlag{Name: "repeat", Value: 1, Usage: "run the whole be
 	"move with the machine's load"}
 
 // benchRepeated runs a benchmark --repeat times (checked first, with its
-// use beside --cpuprofile, which profiles a single run) and prints its
+// use beside --cpuprofile or --trace, which cover a single run) and prints its
 // results (see writeRuns). With several runs each one's end is reported
 // on stderr, and an error names the run that failed.
 func benchRepeated[T any, P benchTable[T]](c *cli.Context, stdout io.Writer, fs []figureOf[T], run func() (*T, error)) error {
@@ -31,6 +31,9 @@ func benchRepeated[T any, P benchTable[T]](c *cli.Context, stdout io.Writer, fs 
 	k := c.Int("repeat")
 	if k > 1 && c.String("cpuprofile") != "" {
 		return cli.Exit("--cpuprofile profiles one run: drop --repeat or --cpuprofile", exitUsage)
+	}
+	if k > 1 && c.IsSet("trace") && c.String("trace") != "" {
+		return cli.Exit("--trace traces one run: drop --repeat or --trace", exitUsage)
 	}
 	results := make([]*T, 0, k)
 	start := time.Now()

@@ -103,6 +103,8 @@ func TestUsageErrors(t *testing.T) {
 		{"bench repeat 21", []string{"bench", "groups", "--repeat", "21"}, exitUsage, "--repeat must be between 1 and 20"},
 		{"bench repeat with a profile", []string{"bench", "mq", "--repeat", "2", "--cpuprofile", "x.prof"}, exitUsage,
 			"--cpuprofile profiles one run: drop --repeat or --cpuprofile"},
+		{"bench repeat with a trace", []string{"bench", "groups", "--repeat", "2", "--trace", "x.trace"}, exitUsage,
+			"--trace traces one run: drop --repeat or --trace"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
