@@ -352,3 +352,45 @@ func TestCursorLogTooLongGoesToTheTable(t *testing.T) {
 	assert.Equal(t, mq.Cursor{Epoch: long, Next: 2}, snap.Cursors["Q"])
 	assert.Equal(t, mq.Cursor{Epoch: "pe", Next: 3}, snap.Cursors["P"], "records after it are read")
 }
+
+// ApplyNow stores a batch of cursors alone at once, in the mapped log, and
+// leaves everything else to Apply without storing anything: other changes,
+// a record that would cross the rotation point (Apply rotates), a store
+// busy in another call (it never waits) and a closed store.
+func TestApplyNowTakesOnlyCursorsThatFit(t *testing.T) {
+	ctx := context.Background()
+	cfg := sqliteDB(t)
+	s := mustOpen(t, cfg)
+	defer s.Close()
+	if s.curlog.mm == nil {
+		t.Skip("the cursor log is not mapped here")
+	}
+	m := storetest.NewModel()
+	cursor := func(next int64) ports.Batch { return ports.Batch{Bus: []mq.Change{setCursor("P", "pe", next)}} }
+
+	require.True(t, s.ApplyNow(cursor(1)))
+	m.Apply(cursor(1).Bus)
+	requireStateAfterCrash(t, m, cfg)
+
+	size := s.curlog.size
+	assert.False(t, s.ApplyNow(ports.Batch{Bus: []mq.Change{setCursor("P", "pe", 2), {Kind: mq.SetNextSeq, Peer: "A", Seq: 9}}}),
+		"a cursor with another change")
+	assert.False(t, s.ApplyNow(ports.Batch{Bus: []mq.Change{setCursor("P", "pe", 2)},
+		Groups: []group.Change{{Kind: group.DeleteGroup, GroupID: "0123456789abcdef"}}}), "a cursor with a group change")
+	s.mu.Lock()
+	assert.False(t, s.ApplyNow(cursor(2)), "the store is busy: no wait")
+	s.mu.Unlock()
+	s.curlog.rotateAt = s.curlog.size + 4 // the next record crosses it
+	gen := s.curlog.gen
+	assert.False(t, s.ApplyNow(cursor(2)), "past the rotation point")
+	assert.Equal(t, size, s.curlog.size, "nothing was written")
+	requireStateAfterCrash(t, m, cfg)
+
+	require.NoError(t, s.Apply(ctx, cursor(2)))
+	m.Apply(cursor(2).Bus)
+	assert.Equal(t, gen+1, s.curlog.gen, "Apply wrote it and rotated")
+	requireStateAfterCrash(t, m, cfg)
+
+	require.NoError(t, s.Close())
+	assert.False(t, s.ApplyNow(cursor(3)), "closed")
+}
