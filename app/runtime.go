@@ -404,7 +404,6 @@ func (r *Runtime) flush(ctx context.Context, pending []command) error {
 	// the store can do it at once (a receiver's cursor), and the step
 	// completes here, without a hand-over to the persister.
 	if r.inflight.Load() == 0 && (j.rd.Batch.Empty() || r.quick != nil && r.quick.ApplyNow(j.rd.Batch)) {
-		j.rd.Batch = ports.Batch{}
 		r.complete(ctx, j)
 	} else if j.hasWork() {
 		if err := r.enqueue(j); err != nil {

@@ -155,29 +155,6 @@ const (
 // frame whose seq is not the change's, a group change without its record or
 // whose record's keys are not the change's, a string with a NUL byte or
 // invalid UTF-8) is refused as a whole, with an error naming the change.
-// ApplyNow implements ports.QuickStore: a batch of cursors alone, when the
-// cursor log is mapped and they fit before its rotation point, is copied
-// into the log at once; anything else (or a store busy in another call)
-// is left to Apply.
-func (s *Store) ApplyNow(b ports.Batch) bool {
-	if len(b.Groups) > 0 || len(b.Peers) > 0 || len(b.Bus) == 0 || !s.mu.TryLock() {
-		return false
-	}
-	defer s.mu.Unlock()
-	l := s.curlog
-	if s.closed || l == nil || l.mm == nil || l.failed != nil || s.afterStep != nil {
-		return false
-	}
-	p := &s.plans.bus
-	defer func() { *p = busPlan{} }()
-	if planBus(p, b.Bus) != nil || !p.onlyCursors() || !p.cursorsFitLog() || !l.stage(p) ||
-		l.size+int64(len(l.buf)) > l.rotateAt {
-		return false
-	}
-	// The copy cannot fail: appendCursors writes to the mapping.
-	return s.appendCursors(p) == nil
-}
-
 func (s *Store) Apply(ctx context.Context, b ports.Batch) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -218,7 +195,7 @@ func (s *Store) Apply(ctx context.Context, b ports.Batch) error {
 	alone := gp.empty() && len(b.Peers) == 0 && s.afterStep == nil
 	var err error
 	switch {
-	case s.curlog != nil && alone && p.onlyCursors() && p.cursorsFitLog() && s.curlog.stage(p):
+	case alone && s.logTakes(p):
 		// A receiver's cursors alone: appended to the cursor log.
 		err = s.appendCursors(p)
 		if err == nil && s.curlog.size > s.curlog.rotateAt {
@@ -281,6 +258,45 @@ func (s *Store) Apply(ctx context.Context, b ports.Batch) error {
 		}
 	}
 	return nil
+}
+
+// ApplyNow implements ports.QuickStore: a batch of cursors alone, when the
+// cursor log is mapped and they fit before its rotation point, is copied
+// into the log at once; anything else (or a store busy in another call)
+// is left to Apply.
+func (s *Store) ApplyNow(b ports.Batch) bool {
+	if len(b.Groups) > 0 || len(b.Peers) > 0 || len(b.Bus) == 0 {
+		return false
+	}
+	// Anything but cursors is refused before it is validated and planned:
+	// Apply does that.
+	for i := range b.Bus {
+		if b.Bus[i].Kind != mq.SetCursor {
+			return false
+		}
+	}
+	if !s.mu.TryLock() {
+		return false
+	}
+	defer s.mu.Unlock()
+	l := s.curlog
+	if s.closed || l == nil || l.mm == nil || l.failed != nil || s.afterStep != nil {
+		return false
+	}
+	p := &s.plans.bus
+	defer func() { *p = busPlan{} }()
+	if planBus(p, b.Bus) != nil || !s.logTakes(p) || l.size+int64(len(l.buf)) > l.rotateAt {
+		return false
+	}
+	// The copy cannot fail: appendCursors writes to the mapping.
+	return s.appendCursors(p) == nil
+}
+
+// logTakes reports whether p (a batch with no other changes) goes to the
+// cursor log: cursors alone, each fitting a record, staged (see
+// cursorLog.stage) and fitting the log.
+func (s *Store) logTakes(p *busPlan) bool {
+	return s.curlog != nil && p.onlyCursors() && p.cursorsFitLog() && s.curlog.stage(p)
 }
 
 type outKey struct {

@@ -171,16 +171,24 @@ func TestCursorLogIsMappedOnLinux(t *testing.T) {
 	assert.Empty(t, tableCursors(t, s))
 }
 
+// openMapped opens a new SQLite store, closed when the test ends, and
+// skips the test where its cursor log is not mapped.
+func openMapped(t *testing.T) (Config, *Store) {
+	t.Helper()
+	cfg := sqliteDB(t)
+	s := mustOpen(t, cfg)
+	t.Cleanup(func() { _ = s.Close() })
+	if s.curlog.mm == nil {
+		t.Skip("the cursor log is not mapped here")
+	}
+	return cfg, s
+}
+
 // A batch of cursors larger than the room left in the mapping goes to the
 // table, in a transaction that folds the log, and the log goes on after it.
 func TestCursorLogBatchPastTheMappingGoesToTheTable(t *testing.T) {
 	ctx := context.Background()
-	cfg := sqliteDB(t)
-	s := mustOpen(t, cfg)
-	defer s.Close()
-	if s.curlog.mm == nil {
-		t.Skip("the cursor log is not mapped here")
-	}
+	cfg, s := openMapped(t)
 	m := storetest.NewModel()
 	apply := func(cs ...mq.Change) {
 		t.Helper()
@@ -359,12 +367,7 @@ func TestCursorLogTooLongGoesToTheTable(t *testing.T) {
 // busy in another call (it never waits) and a closed store.
 func TestApplyNowTakesOnlyCursorsThatFit(t *testing.T) {
 	ctx := context.Background()
-	cfg := sqliteDB(t)
-	s := mustOpen(t, cfg)
-	defer s.Close()
-	if s.curlog.mm == nil {
-		t.Skip("the cursor log is not mapped here")
-	}
+	cfg, s := openMapped(t)
 	m := storetest.NewModel()
 	cursor := func(next int64) ports.Batch { return ports.Batch{Bus: []mq.Change{setCursor("P", "pe", next)}} }
 

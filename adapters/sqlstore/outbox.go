@@ -141,11 +141,11 @@ type payloadKey struct {
 	n int
 }
 
-// chunkSizeHint is about the size of es's encoding (more, for strings and
-// numbers of usual sizes): the
-// capacity to give appendChunk's dst (a chunk of a fan-out to 50 members
-// grew its buffer ten times, a fifth of the fan-out's Apply). A payload is
-// counted once for a run of entries sharing it.
+// chunkSizeHint is about the size of es's encoding (a little more, for
+// strings and numbers of usual sizes): the capacity to give appendChunk's
+// dst (a chunk of a fan-out to 50 members grew its buffer ten times, a
+// fifth of the fan-out's Apply). A payload is counted once for a run of
+// entries sharing it.
 func chunkSizeHint(es []chunkEntry) int {
 	n := 1 + binary.MaxVarintLen64
 	var last *byte

@@ -512,7 +512,7 @@ func benchGroupSize(ctx context.Context, o groupsBenchOptions, n int) (_ *groups
 		}
 		return path
 	}
-	stopTrace, err := startTrace(perSize(o.Trace))
+	stopTrace, err := simcli.StartTrace(perSize(o.Trace))
 	if err != nil {
 		return nil, fmt.Errorf("bench groups: --trace: %w", err)
 	}
@@ -981,35 +981,12 @@ func (b *groupsBench) send(ctx context.Context, r *node.Running, host mq.PeerID,
 	return err
 }
 
-// noTask stands for the task of a message when no trace is being taken.
-var noTask = &rtrace.Task{}
-
 // senderName names a latency measure's sender in its trace tasks.
 func senderName(host bool) string {
 	if host {
 		return "host sends"
 	}
 	return "member sends"
-}
-
-// startTrace starts a Go execution trace to path ("" for none) and returns
-// the function that stops it and closes the file.
-func startTrace(path string) (stop func() error, err error) {
-	if path == "" {
-		return func() error { return nil }, nil
-	}
-	f, err := os.Create(path)
-	if err != nil {
-		return nil, err
-	}
-	if err := rtrace.Start(f); err != nil {
-		_ = f.Close()
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return func() error {
-		rtrace.Stop()
-		return f.Close()
-	}, nil
 }
 
 // latency sends count messages from r one after the other, each once all
@@ -1022,12 +999,14 @@ func (b *groupsBench) latency(ctx context.Context, r *node.Running, host mq.Peer
 	cpu0, cpuOK := processCPU()
 	timer := time.NewTimer(groupsMsgWait)
 	defer timer.Stop()
+	// Traced (--trace): each message is a task, from before its send until
+	// its last delivery, named after its sender and receivers.
+	traced := rtrace.IsEnabled()
+	taskName := fmt.Sprintf("message to %d members (%s)", len(await), senderName(r == b.host))
 	for k := 0; k < count; k++ {
-		// Traced (--trace): each message is a task, from before its send
-		// until its last delivery, named after its sender and receivers.
-		task := noTask
-		if rtrace.IsEnabled() {
-			_, task = rtrace.NewTask(ctx, fmt.Sprintf("message to %d members (%s)", len(await), senderName(r == b.host)))
+		var task *rtrace.Task
+		if traced {
+			_, task = rtrace.NewTask(ctx, taskName)
 		}
 		m.sent[k] = b.now()
 		if err := b.send(ctx, r, host, m, k, 1); err != nil {
@@ -1036,7 +1015,9 @@ func (b *groupsBench) latency(ctx context.Context, r *node.Running, host mq.Peer
 		timer.Reset(groupsMsgWait)
 		select {
 		case <-m.done[k]:
-			task.End()
+			if task != nil {
+				task.End()
+			}
 		case <-timer.C:
 			return nil, fmt.Errorf("message %d: %d of %d deliveries missing after %s", k, m.left[k].Load(), len(await), groupsMsgWait)
 		case <-b.lost:

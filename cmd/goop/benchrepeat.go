@@ -29,11 +29,10 @@ func benchRepeated[T any, P benchTable[T]](c *cli.Context, stdout io.Writer, fs 
 		return err
 	}
 	k := c.Int("repeat")
-	if k > 1 && c.String("cpuprofile") != "" {
-		return cli.Exit("--cpuprofile profiles one run: drop --repeat or --cpuprofile", exitUsage)
-	}
-	if k > 1 && c.IsSet("trace") && c.String("trace") != "" {
-		return cli.Exit("--trace traces one run: drop --repeat or --trace", exitUsage)
+	for _, one := range []struct{ flag, verb string }{{"cpuprofile", "profiles"}, {"trace", "traces"}} {
+		if k > 1 && c.String(one.flag) != "" {
+			return cli.Exit(fmt.Sprintf("--%s %s one run: drop --repeat or --%s", one.flag, one.verb, one.flag), exitUsage)
+		}
 	}
 	results := make([]*T, 0, k)
 	start := time.Now()

@@ -2,29 +2,44 @@ package simcli
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 )
 
 // StartCPUProfile starts a CPU profile into path ("" for none) and returns the
 // function that stops it and closes the file.
 func StartCPUProfile(path string) (stop func() error, err error) {
+	return startToFile("cpu profile", path, pprof.StartCPUProfile, pprof.StopCPUProfile)
+}
+
+// StartTrace starts a Go execution trace into path ("" for none) and
+// returns the function that stops it and closes the file.
+func StartTrace(path string) (stop func() error, err error) {
+	return startToFile("execution trace", path, trace.Start, trace.Stop)
+}
+
+// startToFile starts recording what (start writes into the file at path, ""
+// for none) and returns the function that stops it (stop) and closes the
+// file.
+func startToFile(what, path string, start func(io.Writer) error, stop func()) (func() error, error) {
 	if path == "" {
 		return func() error { return nil }, nil
 	}
 	f, err := os.Create(path)
 	if err != nil {
-		return nil, fmt.Errorf("cpu profile: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	if err := pprof.StartCPUProfile(f); err != nil {
+	if err := start(f); err != nil {
 		_ = f.Close()
-		return nil, fmt.Errorf("cpu profile %s: %w", path, err)
+		return nil, fmt.Errorf("%s %s: %w", what, path, err)
 	}
 	return func() error {
-		pprof.StopCPUProfile()
+		stop()
 		if err := f.Close(); err != nil {
-			return fmt.Errorf("cpu profile: %w", err)
+			return fmt.Errorf("%s: %w", what, err)
 		}
 		return nil
 	}, nil
