@@ -123,7 +123,7 @@ func summarize(ds []time.Duration) latency {
 	for _, d := range s {
 		sum += d
 	}
-	p99 := s[max((len(s)*99+99)/100-1, 0)]
+	p99 := p99Of(s)
 	return latency{N: len(s), MedianUS: us(median(s)), P99US: us(p99), MeanUS: us(sum) / float64(len(s))}
 }
 

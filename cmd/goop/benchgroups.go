@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -53,6 +54,9 @@ const (
 	// Runtime.Do with groupsSendBatch SendToGroup calls at a time.
 	groupsSendBatch = 16
 	groupsSenders   = 4
+	// groupsBootstrap is how many resamples estimate the interval of the
+	// slow member's p99 ratio.
+	groupsBootstrap = 200
 	// groupsMsgWait bounds waiting for one message's deliveries (latency).
 	groupsMsgWait = 30 * time.Second
 	// groupsAllWait bounds waiting for all deliveries of a throughput measure
@@ -223,6 +227,11 @@ type slowMemberRun struct {
 	OthersSlowed   latency `json:"others_latency_slowed"`
 	// OthersP99Ratio is slowed p99 / baseline p99.
 	OthersP99Ratio float64 `json:"others_p99_ratio"`
+	// OthersP99RatioCI95 is a 95% interval of OthersP99Ratio, from a
+	// bootstrap over the pairs of blocks (see p99RatioInterval): how far a
+	// run's ratio may stray by chance, its p99s being set by a few rare,
+	// slow messages.
+	OthersP99RatioCI95 [2]float64 `json:"others_p99_ratio_ci95"`
 	// SlowMember is the slow member's own latency while slowed.
 	SlowMember latency `json:"slow_member_latency"`
 	// Deliveries per second at the N members (host sends, pipelined).
@@ -263,6 +272,8 @@ func (r *groupsBenchResult) writeTable(w io.Writer) error {
 			lat("others' latency, +1 member at 0 ms", s.OthersBaseline, 0)
 			lat(fmt.Sprintf("others' latency, +1 member at %d ms", s.DelayMS), s.OthersSlowed, 0)
 			fmt.Fprintf(tw, "  others' p99 slowed / baseline\t\t\t%.2fx\t\t\t\t\n", s.OthersP99Ratio)
+			fmt.Fprintf(tw, "  others' p99 slowed / baseline, 95%% interval (bootstrap over blocks)\t\t\t%.2fx-%.2fx\t\t\t\t\n",
+				s.OthersP99RatioCI95[0], s.OthersP99RatioCI95[1])
 			lat(fmt.Sprintf("slow member's own latency (%d ms each way)", s.DelayMS), s.SlowMember, 0)
 			tput("others' throughput, +1 member at 0 ms", s.OthersDeliveriesPerSecBaseline, 0)
 			tput(fmt.Sprintf("others' throughput, +1 member at %d ms", s.DelayMS), s.OthersDeliveriesPerSecSlowed, 0)
@@ -838,25 +849,31 @@ func (b *groupsBench) runSize(ctx context.Context, n int) (*groupsRun, error) {
 	// of the machine (other processes, frequency) then weighs on both alike
 	// instead of on whichever ran second.
 	var base, slowed, own []time.Duration
+	var pairs []blockPair
 	total := b.o.SlowMessages
 	block := max(1, min(groupsSlowBlock, total/4)) // at least 4 blocks each
 	for done := 0; done < total; {
 		n := min(block, total-done)
+		var pair blockPair
 		for _, d := range []time.Duration{0, delay} {
 			proxy.SetDelay(d)
 			if m, err = b.latency(ctx, sender, hostID, gid, others, slow, n); err != nil {
 				return nil, fmt.Errorf("slow member at %s: latency: %w", d, err)
 			}
 			if d == 0 {
-				base = append(base, m.samples(others)...)
+				pair.base = m.samples(others)
+				base = append(base, pair.base...)
 			} else {
-				slowed = append(slowed, m.samples(others)...)
+				pair.slowed = m.samples(others)
+				slowed = append(slowed, pair.slowed...)
 				own = append(own, m.samples(slow)...)
 			}
 		}
+		pairs = append(pairs, pair)
 		done += n
 	}
 	s.OthersBaseline, s.OthersSlowed, s.SlowMember = summarize(base), summarize(slowed), summarize(own)
+	s.OthersP99RatioCI95 = p99RatioInterval(pairs, groupsBootstrap)
 	proxy.SetDelay(0)
 	if s.OthersDeliveriesPerSecBaseline, _, err = b.throughput(ctx, b.host, hostID, gid, members, slow, tput); err != nil {
 		return nil, fmt.Errorf("slow member at 0 ms: throughput: %w", err)
@@ -1303,4 +1320,99 @@ func processCPU() (time.Duration, bool) {
 		return 0, false
 	}
 	return time.Duration(ut+st) * (time.Second / 100), true
+}
+
+// blockPair is the others' latency samples of one block of the slow member
+// measure without the delay (base) and of the block with it that followed.
+type blockPair struct{ base, slowed []time.Duration }
+
+// p99RatioInterval returns a 95% interval of p99(slowed) / p99(base) over
+// pairs, by a bootstrap: `resamples` times, as many pairs as there are are
+// drawn with replacement, and the ratio of the p99s of their pooled samples
+// is taken; the interval runs from the 2.5th to the 97.5th percentile of
+// those ratios. Pairs are drawn whole, so that each keeps its two blocks,
+// run next to each other under the same conditions of the machine. The
+// draws come from a fixed seed: the same samples give the same interval.
+// Zero when there are no pairs or a block has no samples.
+func p99RatioInterval(pairs []blockPair, resamples int) [2]float64 {
+	if len(pairs) == 0 || resamples < 1 {
+		return [2]float64{}
+	}
+	for _, p := range pairs {
+		if len(p.base) == 0 || len(p.slowed) == 0 {
+			return [2]float64{}
+		}
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	var base, slowed []time.Duration
+	ratios := make([]float64, resamples)
+	for r := range ratios {
+		base, slowed = base[:0], slowed[:0]
+		for range pairs {
+			p := pairs[rng.IntN(len(pairs))]
+			base = append(base, p.base...)
+			slowed = append(slowed, p.slowed...)
+		}
+		ratios[r] = float64(selectP99(slowed)) / float64(selectP99(base))
+	}
+	slices.Sort(ratios)
+	at := func(q float64) float64 { return ratios[min(int(q*float64(len(ratios))), len(ratios)-1)] }
+	return [2]float64{at(0.025), at(0.975)}
+}
+
+// p99Index is the index in sorted order of the p99 of n samples (n > 0), as
+// summarize reports it.
+func p99Index(n int) int { return max((n*99+99)/100-1, 0) }
+
+// p99Of returns the p99 of s (not empty), sorting s in place.
+func p99Of(s []time.Duration) time.Duration {
+	slices.Sort(s)
+	return s[p99Index(len(s))]
+}
+
+// selectP99 returns what p99Of does, reordering s (not empty) in place
+// without sorting it: a selection (quickselect, median-of-three pivots)
+// takes linear time, where a bootstrap's hundreds of sorts of a hundred
+// thousand samples took seconds.
+func selectP99(s []time.Duration) time.Duration {
+	k := p99Index(len(s))
+	lo, hi := 0, len(s)-1
+	for lo < hi {
+		// Median of three as the pivot, then a Hoare partition of [lo, hi].
+		mid := lo + (hi-lo)/2
+		if s[mid] < s[lo] {
+			s[mid], s[lo] = s[lo], s[mid]
+		}
+		if s[hi] < s[lo] {
+			s[hi], s[lo] = s[lo], s[hi]
+		}
+		if s[hi] < s[mid] {
+			s[hi], s[mid] = s[mid], s[hi]
+		}
+		pivot := s[mid]
+		i, j := lo, hi
+		for i <= j {
+			for s[i] < pivot {
+				i++
+			}
+			for s[j] > pivot {
+				j--
+			}
+			if i <= j {
+				s[i], s[j] = s[j], s[i]
+				i++
+				j--
+			}
+		}
+		// Now s[lo..j] <= pivot <= s[i..hi], and s[j+1..i-1] == pivot.
+		switch {
+		case k <= j:
+			hi = j
+		case k >= i:
+			lo = i
+		default:
+			return s[k]
+		}
+	}
+	return s[k]
 }

@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -58,17 +60,83 @@ func TestBenchGroupsTinyRun(t *testing.T) {
 	assert.Equal(t, slowMessages*(members-1), run.Slow.OthersSlowed.N)
 	assert.Equal(t, slowMessages, run.Slow.SlowMember.N, "the slow member got every message")
 	assert.Positive(t, run.Slow.OthersP99Ratio)
+	ci := run.Slow.OthersP99RatioCI95
+	assert.Positive(t, ci[0], "the ratio's interval")
+	assert.LessOrEqual(t, ci[0], ci[1])
 	assert.Positive(t, run.Slow.OthersDeliveriesPerSecBaseline)
 	assert.Positive(t, run.Slow.OthersDeliveriesPerSecSlowed)
-	for _, key := range []string{`"latency_member_sends"`, `"deliveries_per_sec_host_sends"`, `"others_p99_ratio"`, `"cpu_us_per_delivery"`} {
+	for _, key := range []string{`"latency_member_sends"`, `"deliveries_per_sec_host_sends"`, `"others_p99_ratio"`, `"others_p99_ratio_ci95"`, `"cpu_us_per_delivery"`} {
 		assert.Contains(t, out, key)
 	}
 
 	var table bytes.Buffer
 	require.NoError(t, res.writeTable(&table))
 	for _, row := range []string{"N=3 members over", "latency, member sends (via host)", "throughput, host sends",
-		"others' p99 slowed / baseline", "slow member's own latency (5 ms each way)"} {
+		"others' p99 slowed / baseline", "others' p99 slowed / baseline, 95% interval (bootstrap over blocks)",
+		"slow member's own latency (5 ms each way)"} {
 		assert.Contains(t, table.String(), row)
+	}
+}
+
+// The interval of the slow member measure's p99 ratio: exact when every
+// block pair shows the same ratio, wide when the p99 of one side hangs on a
+// single block's rare slow messages, the same for the same samples, and
+// zero without samples.
+func TestP99RatioInterval(t *testing.T) {
+	ms := func(vs ...int) []time.Duration {
+		ds := make([]time.Duration, len(vs))
+		for i, v := range vs {
+			ds[i] = time.Duration(v) * time.Millisecond
+		}
+		return ds
+	}
+	block := func(scale, outliers int) []time.Duration {
+		var vs []int
+		for v := 1; v <= 100; v++ {
+			vs = append(vs, v*scale)
+		}
+		for i := 0; i < outliers; i++ {
+			vs[i] = 10_000
+		}
+		return ms(vs...)
+	}
+	var doubled, steady []blockPair
+	for range 40 {
+		doubled = append(doubled, blockPair{base: block(1, 0), slowed: block(2, 0)})
+		steady = append(steady, blockPair{base: block(1, 0), slowed: block(1, 0)})
+	}
+	assert.Equal(t, [2]float64{2, 2}, p99RatioInterval(doubled, 200), "every pair doubles")
+	assert.Equal(t, [2]float64{1, 1}, p99RatioInterval(steady, 200))
+
+	// 40 pairs of 100 samples: the pooled p99 is the 40th largest of 4,000.
+	// One baseline block holds 60 slow messages: the baseline's p99 is one
+	// of them whenever that block is drawn, and the ratio falls far below 1.
+	steady[7].base = block(1, 60)
+	ci := p99RatioInterval(steady, 200)
+	assert.Less(t, ci[0], 0.1, "draws holding the slow block")
+	assert.Equal(t, 1.0, ci[1], "draws without it")
+	assert.Equal(t, ci, p99RatioInterval(steady, 200), "a fixed seed")
+
+	assert.Equal(t, [2]float64{}, p99RatioInterval(nil, 200))
+	assert.Equal(t, [2]float64{}, p99RatioInterval([]blockPair{{base: ms(1)}}, 200))
+}
+
+// selectP99 finds what sorting finds, whatever the order and repeats.
+func TestSelectP99(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	for _, n := range []int{1, 2, 3, 7, 100, 101, 1000, 4999} {
+		for _, spread := range []int{1, 3, 1000, 1 << 30} {
+			s := make([]time.Duration, n)
+			for i := range s {
+				s[i] = time.Duration(rng.IntN(spread))
+			}
+			want := p99Of(slices.Clone(s))
+			assert.Equal(t, want, selectP99(s), "n=%d spread=%d", n, spread)
+			slices.Sort(s)
+			assert.Equal(t, want, selectP99(s), "n=%d spread=%d, sorted", n, spread)
+			slices.Reverse(s)
+			assert.Equal(t, want, selectP99(s), "n=%d spread=%d, reversed", n, spread)
+		}
 	}
 }
 

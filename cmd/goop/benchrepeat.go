@@ -187,6 +187,8 @@ func groupsFigures(sizes []int) []figureOf[groupsBenchResult] {
 			of("throughput, member sends (via host)", unitPerSec, func(r *groupsRun) float64 { return r.DeliveriesPerSecMemberSends }),
 			of("CPU per delivery, latency, host sends", unitUSDeliv, func(r *groupsRun) float64 { return r.CPUPerDeliveryUS.LatencyHostSends }),
 			of("others' p99 slowed / baseline", unitRatio, slow(func(s *slowMemberRun) float64 { return s.OthersP99Ratio })),
+			of("others' p99 ratio, 95% interval, low", unitRatio, slow(func(s *slowMemberRun) float64 { return s.OthersP99RatioCI95[0] })),
+			of("others' p99 ratio, 95% interval, high", unitRatio, slow(func(s *slowMemberRun) float64 { return s.OthersP99RatioCI95[1] })),
 		)
 	}
 	return fs
