@@ -1327,10 +1327,10 @@ func processCPU() (time.Duration, bool) {
 type blockPair struct{ base, slowed []time.Duration }
 
 // p99RatioInterval returns a 95% interval of p99(slowed) / p99(base) over
-// pairs, by a bootstrap: `resamples` times, as many pairs as there are are
-// drawn with replacement, and the ratio of the p99s of their pooled samples
-// is taken; the interval runs from the 2.5th to the 97.5th percentile of
-// those ratios. Pairs are drawn whole, so that each keeps its two blocks,
+// pairs, by a bootstrap: `resamples` times, len(pairs) pairs are drawn with
+// replacement and the ratio of the p99s of their pooled samples is taken;
+// the interval runs from the 2.5th to the 97.5th percentile of those
+// ratios. Pairs are drawn whole, so that each keeps its two blocks,
 // run next to each other under the same conditions of the machine. The
 // draws come from a fixed seed: the same samples give the same interval.
 // Zero when there are no pairs or a block has no samples.
