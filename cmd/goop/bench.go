@@ -123,8 +123,7 @@ func summarize(ds []time.Duration) latency {
 	for _, d := range s {
 		sum += d
 	}
-	p99 := p99Of(s)
-	return latency{N: len(s), MedianUS: us(median(s)), P99US: us(p99), MeanUS: us(sum) / float64(len(s))}
+	return latency{N: len(s), MedianUS: us(median(s)), P99US: us(s[p99Index(len(s))]), MeanUS: us(sum) / float64(len(s))}
 }
 
 // median returns the median of s, which is sorted and not empty: with an

@@ -523,24 +523,22 @@ func benchGroupSize(ctx context.Context, o groupsBenchOptions, n int) (_ *groups
 		}
 		return path
 	}
-	stopTrace, err := simcli.StartTrace(perSize(o.Trace))
-	if err != nil {
-		return nil, fmt.Errorf("bench groups: --trace: %w", err)
-	}
-	defer func() {
-		if terr := stopTrace(); terr != nil && err == nil {
-			err = fmt.Errorf("bench groups: --trace: %w", terr)
+	// Each recording stops (in reverse order) when the measures are done;
+	// a failure to stop is the size's error if it has none.
+	for _, rec := range []struct {
+		flag, path string
+		start      func(string) (func() error, error)
+	}{{"trace", o.Trace, simcli.StartTrace}, {"cpuprofile", o.CPUProfile, simcli.StartCPUProfile}} {
+		stop, serr := rec.start(perSize(rec.path))
+		if serr != nil {
+			return nil, fmt.Errorf("bench groups: --%s: %w", rec.flag, serr)
 		}
-	}()
-	stopProfile, err := simcli.StartCPUProfile(perSize(o.CPUProfile))
-	if err != nil {
-		return nil, fmt.Errorf("bench groups: --cpuprofile: %w", err)
+		defer func() {
+			if serr := stop(); serr != nil && err == nil {
+				err = fmt.Errorf("bench groups: --%s: %w", rec.flag, serr)
+			}
+		}()
 	}
-	defer func() {
-		if perr := stopProfile(); perr != nil && err == nil {
-			err = fmt.Errorf("bench groups: --cpuprofile: %w", perr)
-		}
-	}()
 	run, err := b.runSize(ctx, n)
 	if err != nil {
 		return nil, fmt.Errorf("bench groups: N=%d: %w", n, err)
@@ -1364,14 +1362,8 @@ func p99RatioInterval(pairs []blockPair, resamples int) [2]float64 {
 // summarize reports it.
 func p99Index(n int) int { return max((n*99+99)/100-1, 0) }
 
-// p99Of returns the p99 of s (not empty), sorting s in place.
-func p99Of(s []time.Duration) time.Duration {
-	slices.Sort(s)
-	return s[p99Index(len(s))]
-}
-
-// selectP99 returns what p99Of does, reordering s (not empty) in place
-// without sorting it: a selection (quickselect, median-of-three pivots)
+// selectP99 returns the p99 of s (not empty), s[p99Index(len(s))] once s
+// is sorted, reordering s in place without sorting it: a selection (quickselect, median-of-three pivots)
 // takes linear time, where a bootstrap's hundreds of sorts of a hundred
 // thousand samples took seconds.
 func selectP99(s []time.Duration) time.Duration {

@@ -130,7 +130,9 @@ func TestSelectP99(t *testing.T) {
 			for i := range s {
 				s[i] = time.Duration(rng.IntN(spread))
 			}
-			want := p99Of(slices.Clone(s))
+			sorted := slices.Clone(s)
+			slices.Sort(sorted)
+			want := sorted[p99Index(n)]
 			assert.Equal(t, want, selectP99(s), "n=%d spread=%d", n, spread)
 			slices.Sort(s)
 			assert.Equal(t, want, selectP99(s), "n=%d spread=%d, sorted", n, spread)
@@ -205,15 +207,22 @@ func TestBenchGroupsHelp(t *testing.T) {
 }
 
 // --trace writes a Go execution trace of the measures, a file per group
-// size after the first, in which each latency message is a task.
+// size after the first, in which each latency message is a task; beside it,
+// --cpuprofile writes a CPU profile per size the same way.
 func TestBenchGroupsTrace(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts nodes")
 	}
-	path := filepath.Join(t.TempDir(), "groups.trace")
+	dir := t.TempDir()
+	path, prof := filepath.Join(dir, "groups.trace"), filepath.Join(dir, "groups.prof")
 	code, _, errOut := runGoop(t, "bench", "groups", "--members", "2,3", "--messages", "10",
-		"--min-deliveries", "20", "--slow-ms", "0", "--trace", path)
+		"--min-deliveries", "20", "--slow-ms", "0", "--trace", path, "--cpuprofile", prof)
 	require.Equal(t, 0, code, errOut)
+	for _, p := range []string{prof, prof + ".3"} {
+		b, err := os.ReadFile(p)
+		require.NoError(t, err)
+		assert.True(t, bytes.HasPrefix(b, []byte{0x1f, 0x8b}), "%s is a (gzipped) pprof profile", p)
+	}
 	for _, f := range []struct{ path, task string }{
 		{path, "message to 2 members (host sends)"},
 		{path + ".3", "message to 3 members (host sends)"},
