@@ -145,6 +145,7 @@ func (r *Runtime) discover(ctx context.Context, rd *Ready) {
 
 // shutdown announces the node offline and flushes what that produced.
 func (r *Runtime) shutdown(ctx context.Context) {
-	r.node.StopPresence(r.clock.Now())
-	_ = r.flush(ctx, nil) // a failure is logged and kept in Err
+	now := r.clock.Now()
+	r.node.StopPresence(now)
+	_ = r.flush(ctx, now, nil) // a failure is logged and kept in Err
 }

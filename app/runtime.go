@@ -145,6 +145,21 @@ type Runtime struct {
 	ds      ports.DirectSender // tr's fast path, if it has one
 	quick   ports.QuickStore   // store's fast path, if it has one
 	direct  *[]func()          // set during an inline step: writes to run after it
+	// directTo, during a step of a received frame on a network goroutine
+	// (stepReceived), is the frame's sender: the only peer written to
+	// directly, so that a slow peer never holds up the reading of another.
+	directTo mq.PeerID
+	// ackOf, during such a step of a msg, names the msg; acked records that
+	// the step sent its final ack.
+	ackOf mq.Outgoing
+	acked bool
+	wakes *[]wake              // set during such a step: the callers it wakes at its end
+	ir    ports.InlineReceiver // tr's inline path, if it has one
+	taken int64                // events taken from tr.Events() so far
+	// armed: the loop's timer is set for armedAt (zero: an hour after it
+	// was set) and has not fired since (see armTimer).
+	armed   bool
+	armedAt time.Time
 	// Lazy changes (see splitLazy) gathered before they go to the
 	// persister: each outbox row (lazyRows) for up to linger, deletions
 	// (lazyDels) for up to deleteLinger (at least linger); an outbox row
@@ -158,6 +173,7 @@ type Runtime struct {
 	mu      sync.Mutex
 	subs    map[*Subscription]struct{}
 	waiters map[string]waiter
+	nwait   atomic.Int64 // len(waiters), read without mu
 
 	// Members' history questions, answered from the store by one goroutine
 	// (historyWorker); nil when the store keeps no history. asking counts
@@ -196,6 +212,10 @@ func NewRuntime(node *Node, tr ports.Transport, store ports.Store, clock ports.C
 	r.quick, _ = store.(ports.QuickStore)
 	if an, ok := tr.(ports.AckNotifier); ok {
 		an.SetAckHook(r.onAck)
+	}
+	if ir, ok := tr.(ports.InlineReceiver); ok {
+		r.ir = ir
+		ir.SetInlineHandler(r.stepReceived)
 	}
 	return r
 }
@@ -238,13 +258,14 @@ func (r *Runtime) Run(ctx context.Context) error {
 	// Finish restoring (timers, re-joins), persist what that produced (e.g. a
 	// new epoch) and resend the outbox.
 	r.stepMu.Lock()
-	r.node.Tick(r.clock.Now())
-	if err := r.flush(ctx, nil); err != nil {
+	now := r.clock.Now()
+	r.node.Tick(now)
+	if err := r.flush(ctx, now, nil); err != nil {
 		r.stepMu.Unlock()
 		return err
 	}
 	r.runCtx, r.timer, r.running = ctx, timer, true
-	r.armTimer(timer)
+	r.armTimer(timer, now)
 	r.stepMu.Unlock()
 	// No inline step may run once Run returns (the persister is gone), and
 	// the lazy changes gathered go to the persister first.
@@ -275,6 +296,7 @@ func (r *Runtime) Run(ctx context.Context) error {
 				return nil
 			}
 			r.stepMu.Lock()
+			r.taken++
 			r.node.Handle(r.clock.Now(), ev)
 		case c := <-r.cmds:
 			r.stepMu.Lock()
@@ -284,6 +306,7 @@ func (r *Runtime) Run(ctx context.Context) error {
 			}
 		case <-timer.C():
 			r.stepMu.Lock()
+			r.armed = false
 			r.node.Tick(r.clock.Now())
 		}
 		// Take whatever else is ready, up to maxBatch inputs, then flush once.
@@ -296,6 +319,7 @@ func (r *Runtime) Run(ctx context.Context) error {
 				if !ok {
 					break more
 				}
+				r.taken++
 				r.node.Handle(r.clock.Now(), ev)
 			case c := <-r.cmds:
 				c.fn(r.clock.Now(), r.node)
@@ -306,8 +330,9 @@ func (r *Runtime) Run(ctx context.Context) error {
 				break more
 			}
 		}
-		err := r.flush(ctx, pending)
-		r.armTimer(timer)
+		now := r.clock.Now()
+		err := r.flush(ctx, now, pending)
+		r.armTimer(timer, now)
 		r.stepMu.Unlock()
 		if err != nil {
 			return err
@@ -327,12 +352,13 @@ func (r *Runtime) stepInline(fn func(now time.Time, n *Node)) (bool, error) {
 		r.stepMu.Unlock()
 		return false, nil
 	}
-	fn(r.clock.Now(), r.node)
+	now := r.clock.Now()
+	fn(now, r.node)
 	var direct []func()
 	r.direct = &direct
-	err := r.flush(r.runCtx, nil)
+	err := r.flush(r.runCtx, now, nil)
 	r.direct = nil
-	r.armTimer(r.timer)
+	r.armTimer(r.timer, now)
 	r.stepMu.Unlock()
 	for _, write := range direct {
 		write()
@@ -340,13 +366,71 @@ func (r *Runtime) stepInline(fn func(now time.Time, n *Node)) (bool, error) {
 	return true, err
 }
 
-func (r *Runtime) armTimer(t ports.Timer) {
+// stepReceived is the transport's inline handler (ports.InlineReceiver). It
+// takes the frames somebody waits on: a msg whose sender waits for its round
+// trip (it asks for the received ack), and acks while a caller here waits
+// for one. When the node is idle — nobody steps it and no event is on its
+// way through Events, so f overtakes nothing — it steps f on the network
+// goroutine that read it, like the loop would, and writes the frames for
+// f's sender from there (the others are queued): the loop is not woken, and
+// the ack of a msg leaves without a hand-over to the peer's writer. It
+// declines (taken false) any other frame, and when the node is busy or not
+// running: the loop steps those, many at once under load.
+func (r *Runtime) stepReceived(from mq.PeerID, f mq.Frame) (taken, acked bool) {
+	if f.Type == mq.TypeAck && r.nwait.Load() == 0 || f.Type == mq.TypeMsg && !f.AsksReceived() {
+		return false, false
+	}
+	if !r.stepMu.TryLock() {
+		return false, false
+	}
+	if !r.running || r.taken != r.ir.Queued() {
+		r.stepMu.Unlock()
+		return false, false
+	}
+	now := r.clock.Now()
+	r.node.Handle(now, ports.TransportEvent{Kind: ports.FrameReceived, From: from, Frame: f})
+	var direct []func()
+	var wakes []wake
+	r.direct, r.directTo, r.wakes = &direct, from, &wakes
+	if f.Type == mq.TypeMsg {
+		r.ackOf = mq.Outgoing{To: from, Frame: mq.Frame{ID: f.ID}}
+	}
+	err := r.flush(r.runCtx, now, nil)
+	acked = r.acked
+	r.direct, r.directTo, r.wakes, r.ackOf, r.acked = nil, "", nil, mq.Outgoing{}, false
+	r.armTimer(r.timer, now)
+	r.stepMu.Unlock()
+	for _, write := range direct {
+		write()
+	}
+	for _, w := range wakes {
+		w.ch <- w.ev
+	}
+	if err != nil {
+		// The persister failed: the loop sees it (r.fatal) and stops.
+		r.log.Debug("inline step", "from", from, "err", err)
+	}
+	return true, acked
+}
+
+// armTimer sets the loop's timer t for the node's next wake-up or the next
+// hand-over of lazy changes, whichever comes first (in an hour when there is
+// none). A timer already set for that time, and not yet fired, is left as it
+// is: most steps change neither.
+func (r *Runtime) armTimer(t ports.Timer, now time.Time) {
 	at, ok := r.node.NextWake()
 	for _, due := range []time.Time{r.rowsDue(), r.delsDue} {
 		if !due.IsZero() && (!ok || due.Before(at)) {
 			at, ok = due, true
 		}
 	}
+	if !ok {
+		at = time.Time{}
+	}
+	if r.armed && at.Equal(r.armedAt) {
+		return
+	}
+	r.armed, r.armedAt = true, at
 	if !t.Stop() {
 		select {
 		case <-t.C():
@@ -357,7 +441,7 @@ func (r *Runtime) armTimer(t ports.Timer) {
 		t.Reset(time.Hour)
 		return
 	}
-	t.Reset(max(at.Sub(r.clock.Now()), 0))
+	t.Reset(max(at.Sub(now), 0))
 }
 
 // flush takes the node's Ready. Frames that depend on nothing stored go out
@@ -369,7 +453,7 @@ func (r *Runtime) armTimer(t ports.Timer) {
 // nothing earlier is still being stored, and the step has nothing to store
 // or the store stores it at once (ports.QuickStore: a receiver's cursor),
 // it all happens here, without a hand-over.
-func (r *Runtime) flush(ctx context.Context, pending []command) error {
+func (r *Runtime) flush(ctx context.Context, now time.Time, pending []command) error {
 	r.node.Mute(r.mutedKinds())
 	rd := r.node.Ready()
 	if r.barriers.Load() == 0 {
@@ -383,7 +467,7 @@ func (r *Runtime) flush(ctx context.Context, pending []command) error {
 	later := rd.Events[:0]
 	for _, ev := range rd.Events {
 		if ev.Kind == EventDelivered || ev.Kind == EventReceived {
-			r.publish([]Event{ev})
+			r.publishWaking([]Event{ev}, r.wakes)
 			continue
 		}
 		later = append(later, ev)
@@ -404,28 +488,30 @@ func (r *Runtime) flush(ctx context.Context, pending []command) error {
 	// the store can do it at once (a receiver's cursor), and the step
 	// completes here, without a hand-over to the persister.
 	if r.inflight.Load() == 0 && (j.rd.Batch.Empty() || r.quick != nil && r.quick.ApplyNow(j.rd.Batch)) {
-		r.complete(ctx, j)
+		r.completeHere(ctx, j)
 	} else if j.hasWork() {
 		if err := r.enqueue(j); err != nil {
 			return err
 		}
 	}
 	if len(lazy) > 0 {
-		r.gatherLazy(lazy)
+		r.gatherLazy(lazy, now)
 	}
-	return r.lazyDueNow()
+	return r.lazyDue(now)
 }
 
-// lazyDueNow hands the gathered lazy changes over when their time has come
-// or they are too many: the rows alone when only theirs has come.
-func (r *Runtime) lazyDueNow() error {
-	now := r.clock.Now()
+// lazyDue hands the gathered lazy changes over when their time has come by
+// now, or they are too many: the rows alone when only theirs has come.
+func (r *Runtime) lazyDue(now time.Time) error {
+	if len(r.lazyRows) == 0 && len(r.lazyDels) == 0 {
+		return nil
+	}
 	switch {
 	case len(r.lazyRows)+len(r.lazyDels) >= maxLazy,
 		!r.delsDue.IsZero() && !now.Before(r.delsDue):
 		return r.handOverLazy()
 	case len(r.rowsAt) > 0 && !now.Before(r.rowsDue()):
-		return r.handOver(false)
+		return r.handOver(false, now)
 	}
 	return nil
 }
@@ -434,8 +520,7 @@ func (r *Runtime) lazyDueNow() error {
 // gathered. A deletion of a row gathered and not yet handed over drops the
 // row and itself: the row was never stored (PutOutbox is emitted once per
 // message, and (peer, seq) names one message, never reused).
-func (r *Runtime) gatherLazy(cs []mq.Change) {
-	now := r.clock.Now()
+func (r *Runtime) gatherLazy(cs []mq.Change, now time.Time) {
 	for _, c := range cs {
 		k := outKey{c.Peer, c.Seq}
 		switch c.Kind {
@@ -458,7 +543,7 @@ func (r *Runtime) gatherLazy(cs []mq.Change) {
 }
 
 // handOverLazy sends every gathered lazy change to the persister.
-func (r *Runtime) handOverLazy() error { return r.handOver(true) }
+func (r *Runtime) handOverLazy() error { return r.handOver(true, time.Time{}) }
 
 // handOver sends gathered outbox rows, and the gathered deletions too if
 // dels, to the persister as one job: rows first (a deletion gathered never
@@ -466,10 +551,10 @@ func (r *Runtime) handOverLazy() error { return r.handOver(true) }
 // goes; without, only the rows gathered linger ago or earlier: each row
 // gets its whole linger to be acknowledged and never written, not only the
 // first of a batch.
-func (r *Runtime) handOver(dels bool) error {
+func (r *Runtime) handOver(dels bool, now time.Time) error {
 	n := len(r.lazyRows) // with dels: every row
 	if !dels {
-		cutoff := r.clock.Now().Add(-r.linger)
+		cutoff := now.Add(-r.linger)
 		n = 0
 		for n < len(r.rowsAt) && !r.rowsAt[n].After(cutoff) {
 			n++
@@ -644,7 +729,7 @@ func (r *Runtime) persister(ctx context.Context) {
 			// back later steps (done), so none overtakes them; its
 			// commands return only after that, so a caller's next step is
 			// not held back by the job it waited for.
-			r.send(ctx, g)
+			r.send(ctx, g, nil)
 			r.done(g)
 			r.returnCmds(g.cmds, nil)
 		}
@@ -653,19 +738,31 @@ func (r *Runtime) persister(ctx context.Context) {
 
 // complete carries out a stored (or storeless) job.
 func (r *Runtime) complete(ctx context.Context, j job) {
-	r.send(ctx, j)
+	r.send(ctx, j, nil)
+	r.returnCmds(j.cmds, nil)
+}
+
+// completeHere is complete for the stepping goroutine, under stepMu: during
+// an inline step its frames may be written directly.
+func (r *Runtime) completeHere(ctx context.Context, j job) {
+	r.send(ctx, j, r.direct)
 	r.returnCmds(j.cmds, nil)
 }
 
 // send hands a stored job's frames and dials over, and publishes its events.
-func (r *Runtime) send(ctx context.Context, j job) {
-	r.sendFrames(j.rd.Frames, nil)
+// direct is as for sendFrames.
+func (r *Runtime) send(ctx context.Context, j job, direct *[]func()) {
+	r.sendFrames(j.rd.Frames, direct)
 	r.discover(ctx, &j.rd)
 	if len(j.rd.History) > 0 {
 		r.askHistory(j.rd.History)
 	}
 	if len(j.events) > 0 {
-		r.publish(j.events)
+		var later *[]wake
+		if direct != nil {
+			later = r.wakes
+		}
+		r.publishWaking(j.events, later)
 	}
 }
 
@@ -680,15 +777,21 @@ func (r *Runtime) returnCmds(cmds []command, err error) {
 
 func (r *Runtime) fail(j job, err error) { r.returnCmds(j.cmds, err) }
 
-// sendFrames hands frames to the transport. With direct set (an inline
-// step), frames the transport lets the caller write itself are collected
-// there instead.
+// sendFrames hands frames to the transport. With direct set (a step on the
+// stepping goroutine, under stepMu, during an inline step), frames the
+// transport lets the caller write itself are collected there instead, and
+// the final ack of the msg an inline step handles (ackOf) is noted.
 func (r *Runtime) sendFrames(frames []mq.Outgoing, direct *[]func()) {
 	for _, o := range frames {
-		if direct != nil && r.ds != nil {
-			if write, ok := r.ds.ClaimDirect(o.To, o.Frame); ok {
-				*direct = append(*direct, write)
-				continue
+		if direct != nil {
+			if o.To == r.ackOf.To && o.Frame.Type == mq.TypeAck && o.Frame.Stage == "" && o.Frame.ID == r.ackOf.Frame.ID {
+				r.acked = true
+			}
+			if r.ds != nil && (r.directTo == "" || o.To == r.directTo) {
+				if write, ok := r.ds.ClaimDirect(o.To, o.Frame); ok {
+					*direct = append(*direct, write)
+					continue
+				}
 			}
 		}
 		if err := r.tr.Send(o.To, o.Frame); err != nil && !errors.Is(err, ports.ErrBackpressure) {
@@ -836,6 +939,7 @@ func (r *Runtime) sendWait(ctx context.Context, to mq.PeerID, topic string, payl
 		if serr == nil {
 			r.mu.Lock()
 			r.waiters[f.ID] = waiter{ch: ch, early: early, to: to, seq: f.Seq, topic: topic}
+			r.nwait.Store(int64(len(r.waiters)))
 			r.mu.Unlock()
 		}
 	}
@@ -873,6 +977,7 @@ func (r *Runtime) sendWait(ctx context.Context, to mq.PeerID, topic string, payl
 	defer func() {
 		r.mu.Lock()
 		delete(r.waiters, f.ID)
+		r.nwait.Store(int64(len(r.waiters)))
 		r.mu.Unlock()
 	}()
 	select {
@@ -907,6 +1012,7 @@ func (r *Runtime) onAck(from mq.PeerID, ack mq.Frame) {
 		ev.Kind = EventReceived
 	}
 	delete(r.waiters, ack.ID)
+	r.nwait.Store(int64(len(r.waiters)))
 	w.ch <- ev
 }
 
@@ -977,7 +1083,19 @@ func (r *Runtime) mutedKinds() uint32 {
 	return Mutable &^ wanted
 }
 
-func (r *Runtime) publish(evs []Event) {
+func (r *Runtime) publish(evs []Event) { r.publishWaking(evs, nil) }
+
+// wake is a waiting caller's event, handed over once a step is done.
+type wake struct {
+	ch chan Event
+	ev Event
+}
+
+// publishWaking is publish that, with later set, collects the events of
+// waiting callers there instead of handing them over: an inline step of a
+// received frame (stepReceived) wakes the caller as its last act, so that
+// the caller runs next on this thread rather than on another.
+func (r *Runtime) publishWaking(evs []Event, later *[]wake) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.logFailures(evs)
@@ -985,7 +1103,12 @@ func (r *Runtime) publish(evs []Event) {
 		if ev.Kind == EventDelivered || ev.Kind == EventFailed || ev.Kind == EventReceived {
 			if w, ok := r.waiters[ev.MsgID]; ok && (ev.Kind != EventReceived || w.early) {
 				delete(r.waiters, ev.MsgID)
-				w.ch <- ev
+				r.nwait.Store(int64(len(r.waiters)))
+				if later != nil {
+					*later = append(*later, wake{w.ch, ev})
+				} else {
+					w.ch <- ev
+				}
 			}
 		}
 		for s := range r.subs {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/goop-p2p/goop/domain/group"
 	"github.com/goop-p2p/goop/domain/mq"
 	"github.com/goop-p2p/goop/ports"
+	"github.com/goop-p2p/goop/ports/memory"
 )
 
 // Members' history questions wait in a bounded queue: a member asking in a
@@ -27,7 +29,7 @@ func TestHistoryQuestionsAreBounded(t *testing.T) {
 	sub := r.Subscribe(1)
 	q := group.HistoryQuestion{Req: "r", Limit: 5}
 	ask := func(from mq.PeerID) {
-		r.send(context.Background(), job{rd: Ready{History: []HistoryQuestion{{Group: "g", From: from, Q: q}}}})
+		r.send(context.Background(), job{rd: Ready{History: []HistoryQuestion{{Group: "g", From: from, Q: q}}}}, nil)
 	}
 	for range 10 {
 		ask("A")
@@ -109,21 +111,21 @@ func TestDeletionsLingerLongerThanRows(t *testing.T) {
 		}
 	}
 
-	r.gatherLazy([]mq.Change{row(1), row(2), del(0)})
-	r.gatherLazy([]mq.Change{del(2)}) // acked before it was stored
-	require.NoError(t, r.lazyDueNow())
+	r.gatherLazy([]mq.Change{row(1), row(2), del(0)}, clk.now)
+	r.gatherLazy([]mq.Change{del(2)}, clk.now) // acked before it was stored
+	require.NoError(t, r.lazyDue(clk.now))
 	assert.Nil(t, handed(), "nothing is due yet")
 
 	clk.now = clk.now.Add(commitLinger)
-	require.NoError(t, r.lazyDueNow())
+	require.NoError(t, r.lazyDue(clk.now))
 	assert.Equal(t, []mq.Change{row(1)}, handed(), "the rows go after commitLinger; row 2 never")
-	r.gatherLazy([]mq.Change{del(1)})
+	r.gatherLazy([]mq.Change{del(1)}, clk.now)
 
 	clk.now = clk.now.Add(deleteLinger - commitLinger - time.Millisecond)
-	require.NoError(t, r.lazyDueNow())
+	require.NoError(t, r.lazyDue(clk.now))
 	assert.Nil(t, handed(), "the deletions wait")
 	clk.now = clk.now.Add(time.Millisecond)
-	require.NoError(t, r.lazyDueNow())
+	require.NoError(t, r.lazyDue(clk.now))
 	assert.Equal(t, []mq.Change{del(0), del(1)}, handed(), "then go together, in order")
 	assert.True(t, r.rowsDue().IsZero() && r.delsDue.IsZero())
 }
@@ -168,19 +170,87 @@ func TestEachRowGetsItsWholeLinger(t *testing.T) {
 			return nil
 		}
 	}
-	r.gatherLazy([]mq.Change{row(1)})
+	r.gatherLazy([]mq.Change{row(1)}, clk.now)
 	clk.now = clk.now.Add(commitLinger / 2)
-	r.gatherLazy([]mq.Change{row(2), row(3)})
+	r.gatherLazy([]mq.Change{row(2), row(3)}, clk.now)
 	clk.now = clk.now.Add(commitLinger / 2)
-	require.NoError(t, r.lazyDueNow())
+	require.NoError(t, r.lazyDue(clk.now))
 	assert.Equal(t, []mq.Change{row(1)}, handed(), "only the row whose linger is over")
 	assert.Equal(t, clk.now.Add(commitLinger/2), r.rowsDue(), "the next row's own time")
 
-	r.gatherLazy([]mq.Change{{Kind: mq.DeleteOutbox, Peer: "B", Seq: 2}}) // acked in time
+	r.gatherLazy([]mq.Change{{Kind: mq.DeleteOutbox, Peer: "B", Seq: 2}}, clk.now) // acked in time
 	clk.now = clk.now.Add(commitLinger / 2)
-	require.NoError(t, r.lazyDueNow())
+	require.NoError(t, r.lazyDue(clk.now))
 	assert.Equal(t, []mq.Change{row(3)}, handed(), "row 2 was never written, nor its deletion")
 	assert.True(t, r.rowsDue().IsZero())
 	assert.Empty(t, r.lazyRows)
 	assert.Empty(t, r.lazyDels)
+}
+
+// countedTransport is a memory transport whose Queued the test sets.
+type countedTransport struct {
+	*memory.Transport
+	queued atomic.Int64
+}
+
+func (c *countedTransport) SetInlineHandler(func(mq.PeerID, mq.Frame) (bool, bool)) {}
+func (c *countedTransport) Queued() int64                                           { return c.queued.Load() }
+
+// nowStore is a memory store that stores every batch at once
+// (ports.QuickStore).
+type nowStore struct{ *memory.Store }
+
+func (s nowStore) ApplyNow(b ports.Batch) bool { return s.Apply(context.Background(), b) == nil }
+
+// stepReceived steps only frames somebody waits on — a msg asking for the
+// received ack, an ack while a caller waits — and only when the node is
+// idle: the loop runs, nobody holds the node, and every event handed to
+// Events was taken, so a frame never overtakes one still on its way. It
+// reports a msg's ack as sent when its step sent it.
+func TestStepReceivedOnlyWhenIdle(t *testing.T) {
+	net := memory.NewNetwork()
+	tr := &countedTransport{Transport: net.Join("A")}
+	net.Join("B")
+	r := NewRuntime(NewNode("A", State{}, system.Rand{}, NodeOptions{}), tr, nowStore{memory.NewStore()}, system.Clock{}, nil)
+	seq := int64(0)
+	msg := func() mq.Frame {
+		seq++
+		return mq.Frame{Type: mq.TypeMsg, ID: fmt.Sprint("m", seq), Seq: seq, Topic: "chat", Payload: []byte(`1`),
+			Epoch: "e1", Want: mq.StageReceived}
+	}
+	ack := mq.Frame{Type: mq.TypeAck, ID: "x", Seq: 1}
+	m1 := msg() // declined until it is taken: the node never saw it
+	taken, _ := r.stepReceived("B", m1)
+	assert.False(t, taken, "not before Run")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = r.Run(ctx) }()
+	require.NoError(t, r.Do(ctx, func(time.Time, *Node) {}))
+	r.stepMu.Lock()
+	took := r.taken
+	r.stepMu.Unlock()
+
+	tr.queued.Store(took + 1)
+	taken, _ = r.stepReceived("B", m1)
+	assert.False(t, taken, "an event is on its way through Events")
+	tr.queued.Store(took)
+	r.stepMu.Lock()
+	taken, _ = r.stepReceived("B", m1)
+	r.stepMu.Unlock()
+	assert.False(t, taken, "somebody steps the node")
+	taken, acked := r.stepReceived("B", m1)
+	assert.True(t, taken)
+	assert.True(t, acked, "the step sent the msg's ack")
+
+	m := msg()
+	m.Want = ""
+	taken, _ = r.stepReceived("B", m)
+	assert.False(t, taken, "nobody waits on a msg that does not ask for the received ack")
+	taken, _ = r.stepReceived("B", ack)
+	assert.False(t, taken, "nobody waits on an ack")
+	r.nwait.Store(1) // a caller waits
+	taken, acked = r.stepReceived("B", ack)
+	assert.True(t, taken)
+	assert.False(t, acked, "an ack gets no ack")
 }

@@ -105,6 +105,27 @@ type AckNotifier interface {
 	SetAckHook(hook func(from mq.PeerID, ack mq.Frame))
 }
 
+// InlineReceiver is an optional Transport fast path: a received frame is
+// offered to a handler on the network goroutine that read it before it goes
+// to Events, so that a node with nothing else to do is stepped right there
+// instead of waking its loop, and the step's answer to the sender (an ack)
+// is written from there too. A frame the handler does not take goes to
+// Events as usual.
+type InlineReceiver interface {
+	// SetInlineHandler installs h; set it before any traffic. h reports
+	// whether it took f, and whether the step already sent f's final ack to
+	// from (the transport then sends no early received ack for f). h is
+	// called from many goroutines at once and must not wait for the node:
+	// it declines when the node is busy.
+	SetInlineHandler(h func(from mq.PeerID, f mq.Frame) (taken, acked bool))
+	// Queued counts the events handed to Events so far. Each is counted
+	// before it is put in the channel, and uncounted if it could not be put
+	// there. A handler that counts the events it took from Events takes a
+	// frame only when both counts agree: then no earlier event is still on
+	// its way, and the frame overtakes nothing.
+	Queued() int64
+}
+
 // Batch is one atomic set of durable changes produced by a node step. The
 // runtime persists it before sending any frame of the same step.
 type Batch struct {

@@ -123,10 +123,14 @@ func (o MQOptions) withDefaults() MQOptions {
 }
 
 var (
-	_ ports.Transport    = (*MQTransport)(nil)
-	_ ports.DirectSender = (*MQTransport)(nil)
-	_ ports.AckNotifier  = (*MQTransport)(nil)
+	_ ports.Transport      = (*MQTransport)(nil)
+	_ ports.DirectSender   = (*MQTransport)(nil)
+	_ ports.AckNotifier    = (*MQTransport)(nil)
+	_ ports.InlineReceiver = (*MQTransport)(nil)
 )
+
+// inlineHandler is the handler of ports.InlineReceiver.
+type inlineHandler = func(from mq.PeerID, f mq.Frame) (taken, acked bool)
 
 // MQTransport carries bus frames over libp2p (ports.Transport). It speaks
 // /goop/mq/1.1.0 (one pipelined stream per peer pair) and falls back to
@@ -158,6 +162,8 @@ type MQTransport struct {
 	nwait   atomic.Int64
 
 	ackHook atomic.Pointer[func(mq.PeerID, mq.Frame)]
+	inline  atomic.Pointer[inlineHandler]
+	queued  atomic.Int64 // events handed to Events so far (see Queued)
 
 	amu   sync.Mutex
 	addrs map[peer.ID][]ma.Multiaddr // see rememberAddrs
@@ -354,6 +360,16 @@ func (t *MQTransport) SetAckHook(hook func(from mq.PeerID, ack mq.Frame)) {
 	t.ackHook.Store(&hook)
 }
 
+// SetInlineHandler implements ports.InlineReceiver: frames read from 1.1.0
+// streams are offered to h on the stream's reader goroutine before they go
+// to Events. Set it before any traffic.
+func (t *MQTransport) SetInlineHandler(h func(from mq.PeerID, f mq.Frame) (taken, acked bool)) {
+	t.inline.Store(&h)
+}
+
+// Queued implements ports.InlineReceiver.
+func (t *MQTransport) Queued() int64 { return t.queued.Load() }
+
 // Close implements ports.Transport: it removes the stream handlers, resets
 // every bus stream, stops all goroutines (waiting for them) and closes Events.
 // The host is left open. Safe to call more than once.
@@ -407,8 +423,18 @@ func (t *MQTransport) track() bool {
 }
 
 // emit hands ev to Events, waiting at most wait for room (0: not at all).
-// It reports false if ev was not delivered.
+// It reports false if ev was not delivered. Queued counts ev meanwhile.
 func (t *MQTransport) emit(ev ports.TransportEvent, wait time.Duration) bool {
+	t.queued.Add(1)
+	if t.put(ev, wait) {
+		return true
+	}
+	t.queued.Add(-1)
+	return false
+}
+
+// put is emit without the count.
+func (t *MQTransport) put(ev ports.TransportEvent, wait time.Duration) bool {
 	select {
 	case t.events <- ev:
 		return true
@@ -432,9 +458,20 @@ func (t *MQTransport) emit(ev ports.TransportEvent, wait time.Duration) bool {
 // deliver reports a received frame, unless the test hook drops it. It returns
 // false when Events stayed full for the read deadline.
 func (t *MQTransport) deliver(from mq.PeerID, f mq.Frame) bool {
-	if t.opts.DropInbound != nil && t.opts.DropInbound(from, f) {
+	if t.dropped(from, f) {
 		return true
 	}
+	return t.emitFrame(from, f)
+}
+
+// dropped reports whether the test hook DropInbound drops f.
+func (t *MQTransport) dropped(from mq.PeerID, f mq.Frame) bool {
+	return t.opts.DropInbound != nil && t.opts.DropInbound(from, f)
+}
+
+// emitFrame hands a received frame to Events (see deliver), then shows an
+// ack to the ack hook.
+func (t *MQTransport) emitFrame(from mq.PeerID, f mq.Frame) bool {
 	ok := t.emit(ports.TransportEvent{Kind: ports.FrameReceived, From: from, Frame: f}, t.opts.ReadTimeout)
 	// The hook comes after the event: the goroutine it wakes (a caller
 	// waiting for this ack) is then the one the scheduler runs next.
@@ -459,10 +496,12 @@ func (t *MQTransport) report(from mq.PeerID, ack mq.Frame) {
 func (t *MQTransport) watchConns() {
 	defer t.wg.Done()
 	wait := func(ev ports.TransportEvent) bool {
+		t.queued.Add(1)
 		select {
 		case t.events <- ev:
 			return true
 		case <-t.done:
+			t.queued.Add(-1)
 			return false
 		}
 	}
@@ -656,7 +695,25 @@ func (t *MQTransport) readLoop(p *peerState, st *stream11) {
 		if f.Type == mq.TypeMsg {
 			p.noteRoute(f.ID, st)
 		}
-		if t.answersReceived(&f) {
+		early := t.answersReceived(&f)
+		if t.dropped(p.pid, f) {
+			if early {
+				p.q.push(outItem{f: mq.ReceivedAckFor(&f), via: st})
+			}
+			continue
+		}
+		// The node steps the frame here when it has nothing else to do;
+		// its final ack, written from here, then makes the early one
+		// needless.
+		if h := t.inline.Load(); h != nil {
+			if taken, acked := (*h)(p.pid, f); taken {
+				if early && !acked {
+					p.q.push(outItem{f: mq.ReceivedAckFor(&f), via: st})
+				}
+				continue
+			}
+		}
+		if early {
 			// Ours: tell the sender at once that the msg arrived (a transport
 			// ack, SPEC §2) when it asks (a caller waits for it); the node's
 			// final ack follows once the message is durably delivered.
@@ -667,7 +724,7 @@ func (t *MQTransport) readLoop(p *peerState, st *stream11) {
 			// full the final ack still comes.
 			p.q.push(outItem{f: mq.ReceivedAckFor(&f), via: st})
 		}
-		if !t.deliver(p.pid, f) {
+		if !t.emitFrame(p.pid, f) {
 			if !t.closed.Load() {
 				t.log.Debug("p2p: mq: events channel full; resetting 1.1.0 stream", "peer", p.pid)
 			}

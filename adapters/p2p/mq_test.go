@@ -891,3 +891,88 @@ func TestMQ11IsAnnouncedNoLaterThanMQ10(t *testing.T) {
 	}
 	assert.Contains(t, added, ProtocolMQ11, "1.1.0 announced before or with 1.0.0 (announced: %v)", added)
 }
+
+// TestInlineHandler11: a frame read from a 1.1.0 stream is offered to the
+// inline handler on the reader goroutine first. A msg it takes and acks gets
+// no early received ack (its final ack is the answer); a msg it takes
+// without acking gets the received ack; a frame it declines goes to Events,
+// after its received ack, and is counted by Queued.
+func TestInlineHandler11(t *testing.T) {
+	hs, hc := newTestHost(t), newTestHost(t)
+	connect(t, hc, hs)
+	tr := newTransport(t, hs, MQOptions{})
+	type call struct {
+		from mq.PeerID
+		id   string
+	}
+	calls := make(chan call, 8)
+	tr.SetInlineHandler(func(from mq.PeerID, f mq.Frame) (taken, acked bool) {
+		calls <- call{from, f.ID}
+		switch f.ID {
+		case "i1": // taken and acked, as a runtime's step would
+			require.NoError(t, tr.Send(from, mq.AckFor(&f)))
+			return true, true
+		case "i2": // taken, the final ack comes later
+			return true, false
+		}
+		return false, false
+	})
+
+	s := rawStream(t, hc, hs.ID(), ProtocolMQ11)
+	r := bufio.NewReader(s)
+	send := func(id string, seq int64) {
+		t.Helper()
+		_, err := io.WriteString(s, fmt.Sprintf(`{"type":"msg","id":%q,"seq":%d,"topic":"chat","payload":1,"epoch":"e","want":"received"}`+"\n", id, seq))
+		require.NoError(t, err)
+	}
+	readLine := func() string {
+		t.Helper()
+		line, err := r.ReadString('\n')
+		require.NoError(t, err)
+		return line
+	}
+	offered := func() call {
+		t.Helper()
+		select {
+		case c := <-calls:
+			return c
+		case <-time.After(waitFor):
+			require.FailNow(t, "the frame was not offered to the inline handler")
+			return call{}
+		}
+	}
+
+	send("i1", 1)
+	assert.Equal(t, call{pidOf(hc), "i1"}, offered(), "offered on the reader goroutine with its sender")
+	assert.Equal(t, `{"type":"ack","id":"i1","seq":1}`+"\n", readLine(), "the final ack alone: no early ack before it")
+
+	send("i2", 2)
+	assert.Equal(t, call{pidOf(hc), "i2"}, offered())
+	assert.Equal(t, `{"type":"ack","id":"i2","seq":2,"stage":"received"}`+"\n", readLine(), "taken without its ack: the received ack")
+
+	q0 := tr.Queued()
+	send("i3", 3)
+	assert.Equal(t, call{pidOf(hc), "i3"}, offered())
+	assert.Equal(t, `{"type":"ack","id":"i3","seq":3,"stage":"received"}`+"\n", readLine(), "declined: the received ack as before")
+	ev := nextEvent(t, tr, isFrame)
+	assert.Equal(t, "i3", ev.Frame.ID, "declined: the frame goes to Events; i1 and i2 never did")
+	assert.GreaterOrEqual(t, tr.Queued()-q0, int64(1), "and Queued counted it")
+}
+
+// TestQueuedCountsEventsPutInEvents: Queued counts an event before it is put
+// in Events, and uncounts one that could not be put there (a full channel).
+func TestQueuedCountsEventsPutInEvents(t *testing.T) {
+	tr := newTransport(t, newTestHost(t), MQOptions{EventBuffer: 1})
+	for len(tr.Events()) > 0 { // a PeerConnected of the watcher, if any
+		<-tr.Events()
+	}
+	q := tr.Queued()
+	ev := ports.TransportEvent{Kind: ports.FrameReceived, From: "p", Frame: testMsg("q1", 1)}
+	require.True(t, tr.emit(ev, 0))
+	assert.Equal(t, q+1, tr.Queued())
+	assert.False(t, tr.emit(ev, 0), "the channel is full")
+	assert.Equal(t, q+1, tr.Queued(), "an event that was not put in Events is not counted")
+	<-tr.Events()
+	require.True(t, tr.emit(ev, 0))
+	assert.Equal(t, q+2, tr.Queued())
+}

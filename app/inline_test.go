@@ -1,0 +1,211 @@
+package app_test
+
+import (
+	"context"
+	"encoding/json"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/goop-p2p/goop/adapters/system"
+	"github.com/goop-p2p/goop/app"
+	"github.com/goop-p2p/goop/domain/mq"
+	"github.com/goop-p2p/goop/ports"
+	"github.com/goop-p2p/goop/ports/memory"
+)
+
+// inlineTransport is a memory transport with the inline path of the p2p
+// one (ports.InlineReceiver, ports.DirectSender): its reader offers each
+// frame received to the runtime's inline handler first, and only the frames
+// declined go to Events, counted by Queued.
+type inlineTransport struct {
+	*memory.Transport
+	h        atomic.Pointer[func(mq.PeerID, mq.Frame) (bool, bool)]
+	events   chan ports.TransportEvent
+	queued   atomic.Int64
+	taken    atomic.Int64 // msgs the handler took
+	acked    atomic.Int64 // of which it reported acked
+	direct   chan mq.Frame
+	declined chan struct{} // a token per msg handed to Events
+}
+
+func newInlineTransport(net *memory.Network, id mq.PeerID) *inlineTransport {
+	t := &inlineTransport{Transport: net.Join(id), events: make(chan ports.TransportEvent, 1024),
+		direct: make(chan mq.Frame, 1024), declined: make(chan struct{}, 4096)}
+	go t.read()
+	return t
+}
+
+func (t *inlineTransport) read() {
+	defer close(t.events)
+	for ev := range t.Transport.Events() {
+		if h := t.h.Load(); h != nil && ev.Kind == ports.FrameReceived {
+			if taken, acked := (*h)(ev.From, ev.Frame); taken {
+				if ev.Frame.Type == mq.TypeMsg {
+					t.taken.Add(1)
+				}
+				if acked {
+					t.acked.Add(1)
+				}
+				continue
+			}
+		}
+		t.queued.Add(1)
+		t.events <- ev
+		if ev.Kind == ports.FrameReceived && ev.Frame.Type == mq.TypeMsg {
+			select {
+			case t.declined <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+func (t *inlineTransport) Events() <-chan ports.TransportEvent { return t.events }
+
+func (t *inlineTransport) SetInlineHandler(h func(mq.PeerID, mq.Frame) (bool, bool)) { t.h.Store(&h) }
+
+func (t *inlineTransport) Queued() int64 { return t.queued.Load() }
+
+func (t *inlineTransport) ClaimDirect(to mq.PeerID, f mq.Frame) (func(), bool) {
+	return func() {
+		select {
+		case t.direct <- f:
+		default:
+		}
+		_ = t.Transport.Send(to, f)
+	}, true
+}
+
+// startInlineNode runs node id on an inlineTransport, with a store that
+// stores a receiver's cursors at once (ports.QuickStore), as SQLite does.
+func startInlineNode(t *testing.T, net *memory.Network, id mq.PeerID) (*app.Runtime, *inlineTransport) {
+	t.Helper()
+	tr := newInlineTransport(net, id)
+	node := app.NewNode(id, app.State{}, memory.NewRand(seedOf(id)), app.NodeOptions{})
+	store := &quickStore{recStore: &recStore{Store: memory.NewStore()}}
+	rt := app.NewRuntime(node, tr, store, system.Clock{}, nil)
+	require.NotNil(t, tr.h.Load(), "the runtime installs its inline handler")
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { _ = rt.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-rt.Done()
+		_ = tr.Close()
+	})
+	return rt, tr
+}
+
+// TestInlineStepAcksFromTheReader: a msg received while the node is idle is
+// stepped on the transport's reader goroutine: delivered to the
+// application, and its final ack written from there (ClaimDirect) — the
+// handler reports it acked, so the transport sends no early ack. The ack,
+// taken inline at the sender too, wakes the caller waiting for it.
+func TestInlineStepAcksFromTheReader(t *testing.T) {
+	net := memory.NewNetwork()
+	a, ta := startInlineNode(t, net, "A")
+	b, tb := startInlineNode(t, net, "B")
+	_ = ta
+	sub := b.SubscribeKinds(16, app.EventMessage)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	settle(ctx, t, b, tb)
+
+	f, ev, err := a.SendRoundTrip(ctx, "B", "chat", json.RawMessage(`"hi"`))
+	require.NoError(t, err)
+	assert.Equal(t, app.EventDelivered, ev.Kind, "the final ack answers at once: no received ack was needed")
+	got := waitEvent(t, sub, app.EventMessage)
+	assert.Equal(t, f.ID, got.MsgID)
+	assert.Positive(t, tb.taken.Load(), "B stepped the msg on its reader")
+	assert.Equal(t, tb.taken.Load(), tb.acked.Load(), "and acked it in that step")
+	select {
+	case d := <-tb.direct:
+		assert.Equal(t, mq.TypeAck, d.Type)
+		assert.Equal(t, f.ID, d.ID)
+	default:
+		t.Fatal("B's ack was not written directly")
+	}
+	assert.Equal(t, int64(0), ta.acked.Load(), "an ack is not acked")
+}
+
+// TestInlineKeepsOrderWhenTheLoopIsBusy: round trips are stepped on the
+// receiver's reader while its node is idle. While its loop holds the node
+// (a long command) the reader steps none and hands them to Events; once the
+// loop is free it still declines while earlier frames wait there. Every
+// message is delivered exactly once and in order, whichever goroutine
+// stepped it. Pipelined messages (Post) always go through the loop.
+func TestInlineKeepsOrderWhenTheLoopIsBusy(t *testing.T) {
+	net := memory.NewNetwork()
+	a, _ := startInlineNode(t, net, "A")
+	b, tb := startInlineNode(t, net, "B")
+	sub := b.SubscribeKinds(4096, app.EventMessage)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	settle(ctx, t, b, tb)
+	const k = 100
+	roundTrips := func() {
+		for range k {
+			_, _, err := a.SendRoundTrip(ctx, "B", "chat", json.RawMessage(`1`))
+			require.NoError(t, err)
+		}
+	}
+	roundTrips()
+	assert.Equal(t, int64(k), tb.taken.Load(), "an idle node steps each round trip on its reader")
+
+	entered, release := make(chan struct{}), make(chan struct{})
+	busy := make(chan error, 1)
+	go func() {
+		busy <- b.Do(ctx, func(time.Time, *app.Node) {
+			close(entered)
+			<-release
+		})
+	}()
+	<-entered
+	done := make(chan error, 2*k)
+	for range 2 * k { // concurrent callers: their msgs pile up at B
+		go func() {
+			_, _, err := a.SendRoundTrip(ctx, "B", "chat", json.RawMessage(`2`))
+			done <- err
+		}()
+	}
+	for range 2 * k { // the loop holds the node: the reader steps none of them
+		select {
+		case <-tb.declined:
+		case <-ctx.Done():
+			t.Fatal("the msgs sent while the loop was busy did not go to Events")
+		}
+	}
+	assert.Equal(t, int64(k), tb.taken.Load())
+	close(release)
+	require.NoError(t, <-busy)
+	for range 2 * k {
+		require.NoError(t, <-done)
+	}
+	roundTrips()
+	assert.Greater(t, tb.taken.Load(), int64(k), "an idle node again steps them on its reader")
+
+	for range 10 {
+		require.NoError(t, a.Post(ctx, "B", "chat", json.RawMessage(`3`)))
+	}
+	for i := range 4*k + 10 {
+		ev := waitEvent(t, sub, app.EventMessage)
+		require.Equal(t, int64(i+1), ev.Msg.Seq, "message %d delivered once, in order", i+1)
+	}
+	t.Logf("B stepped %d msgs inline; %d events went through its loop", tb.taken.Load(), tb.queued.Load())
+	assert.LessOrEqual(t, tb.taken.Load(), int64(4*k), "pipelined msgs went through the loop")
+}
+
+// settle returns once rt's loop has stepped every event tr handed to
+// Events so far (peers joining): the node is then idle.
+func settle(ctx context.Context, t *testing.T, rt *app.Runtime, tr *inlineTransport) {
+	t.Helper()
+	for {
+		require.NoError(t, rt.Do(ctx, func(time.Time, *app.Node) {}))
+		if len(tr.events) == 0 {
+			return
+		}
+	}
+}
