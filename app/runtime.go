@@ -415,8 +415,11 @@ func (r *Runtime) stepReceived(from mq.PeerID, f mq.Frame) (taken, acked bool) {
 
 // armTimer sets the loop's timer t for the node's next wake-up or the next
 // hand-over of lazy changes, whichever comes first (in an hour when there is
-// none). A timer already set for that time, and not yet fired, is left as it
-// is: most steps change neither.
+// none). A timer set, and not yet fired, for that time or an earlier one is
+// left as it is: waking the loop early costs a Tick that finds nothing due
+// and sets the timer again, while setting it costs every step. Messages sent
+// one after another, each acknowledged before the next, thus set it once per
+// retransmission timeout, not twice a message.
 func (r *Runtime) armTimer(t ports.Timer, now time.Time) {
 	at, ok := r.node.NextWake()
 	for _, due := range []time.Time{r.rowsDue(), r.delsDue} {
@@ -427,7 +430,7 @@ func (r *Runtime) armTimer(t ports.Timer, now time.Time) {
 	if !ok {
 		at = time.Time{}
 	}
-	if r.armed && at.Equal(r.armedAt) {
+	if r.armed && (!ok || !r.armedAt.IsZero() && !at.Before(r.armedAt)) {
 		return
 	}
 	r.armed, r.armedAt = true, at
@@ -532,6 +535,12 @@ func (r *Runtime) gatherLazy(cs []mq.Change, now time.Time) {
 			if i, ok := r.lazyPuts[k]; ok {
 				r.lazyRows[i] = mq.Change{} // dropped at hand-over
 				delete(r.lazyPuts, k)
+				if len(r.lazyPuts) == 0 {
+					// Every row gathered was dropped: none is due any
+					// more, and no timer need wake the loop for them.
+					clear(r.lazyRows)
+					r.lazyRows, r.rowsAt = r.lazyRows[:0], r.rowsAt[:0]
+				}
 				continue
 			}
 			if r.delsDue.IsZero() {

@@ -254,3 +254,27 @@ func TestStepReceivedOnlyWhenIdle(t *testing.T) {
 	assert.True(t, taken)
 	assert.False(t, acked, "an ack gets no ack")
 }
+
+// Rows that were all acknowledged while gathered leave nothing due: the
+// loop's timer is not set for a hand-over that would store nothing (a
+// caller sending one round trip after another never wakes the loop).
+func TestAckedRowsLeaveNothingDue(t *testing.T) {
+	clk := &manualClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	r := NewRuntime(NewNode("H", State{}, system.Rand{}, NodeOptions{}), nil, nil, clk, nil)
+	row := func(seq int64) mq.Change {
+		return mq.Change{Kind: mq.PutOutbox, Peer: "B", Seq: seq, Frame: &mq.Frame{Type: mq.TypeMsg, ID: fmt.Sprint("m", seq), Seq: seq}}
+	}
+	del := func(seq int64) mq.Change { return mq.Change{Kind: mq.DeleteOutbox, Peer: "B", Seq: seq} }
+	r.gatherLazy([]mq.Change{row(1), row(2)}, clk.now)
+	r.gatherLazy([]mq.Change{del(1)}, clk.now)
+	assert.Equal(t, clk.now.Add(commitLinger), r.rowsDue(), "row 2 is still due")
+	r.gatherLazy([]mq.Change{del(2)}, clk.now)
+	assert.True(t, r.rowsDue().IsZero(), "no row is due")
+	assert.Empty(t, r.lazyRows)
+	r.gatherLazy([]mq.Change{row(3)}, clk.now.Add(time.Millisecond))
+	assert.Equal(t, clk.now.Add(time.Millisecond+commitLinger), r.rowsDue(), "a new row gets its whole linger")
+	clk.now = clk.now.Add(time.Millisecond + commitLinger)
+	require.NoError(t, r.lazyDue(clk.now))
+	j := <-r.jobs
+	assert.Equal(t, []mq.Change{row(3)}, j.rd.Batch.Bus)
+}
