@@ -213,3 +213,74 @@ func TestTenThousandEachWayWithLostAcksAndARestart(t *testing.T) {
 	assert.Positive(t, dropA.dropped.Load()+dropB.dropped.Load(), "acks were really dropped")
 	t.Logf("acks dropped: %d at A, %d at B", dropA.dropped.Load(), dropB.dropped.Load())
 }
+
+// TestRoundTripsAmidPipelinedTraffic: callers waiting on round trips
+// (their msgs and acks are stepped on the stream readers while a node is
+// idle) share the bus with pipelined messages both ways (stepped by the
+// nodes' loops), while 10% of acks are dropped (the callers then wait for
+// retransmissions). Every round trip completes, and every message of every
+// sender arrives exactly once, in order.
+func TestRoundTripsAmidPipelinedTraffic(t *testing.T) {
+	const callers, trips, piped = 4, 200, 3000
+	drop := func(seed uint64) *ackDropper { return &ackDropper{r: rand.New(rand.NewPCG(seed, 7)), p: 0.10} }
+	atA, atB := newReceiver(), newReceiver()
+	follow := func(topics ...string) func(*app.Runtime) {
+		return func(rt *app.Runtime) {
+			for _, tp := range topics {
+				atB.follow(tp)(rt)
+			}
+		}
+	}
+	topics := []string{"p"}
+	for c := range callers {
+		topics = append(topics, fmt.Sprint("rt", c))
+	}
+	a := start(t, t.TempDir(), drop(1), nil, atA.follow("p"))
+	defer a.Close()
+	b := start(t, t.TempDir(), drop(2), dialable(a), follow(topics...))
+	defer b.Close()
+	aID, bID := mq.PeerID(a.PeerID.String()), mq.PeerID(b.PeerID.String())
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	payload := func(i int) []byte { return []byte(fmt.Sprintf(`{"n":%d}`, i)) }
+
+	errs := make(chan error, callers+2)
+	for c := range callers {
+		go func() {
+			for i := range trips {
+				_, ev, err := a.Runtime.SendRoundTrip(ctx, bID, fmt.Sprint("rt", c), payload(i))
+				if err == nil && ev.Kind != app.EventReceived && ev.Kind != app.EventDelivered {
+					err = fmt.Errorf("answered by a %d event", ev.Kind)
+				}
+				if err != nil {
+					errs <- fmt.Errorf("caller %d, round trip %d: %w", c, i, err)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	pipe := func(from *node.Running, to mq.PeerID) {
+		for i := range piped {
+			if err := from.Runtime.Post(ctx, to, "p", payload(i)); err != nil {
+				errs <- fmt.Errorf("post %d: %w", i, err)
+				return
+			}
+		}
+		errs <- nil
+	}
+	go pipe(a, bID)
+	go pipe(b, aID)
+	for range callers + 2 {
+		require.NoError(t, <-errs)
+	}
+	waitCount(t, atB, "p", piped)
+	waitCount(t, atA, "p", piped)
+	assertExactlyOnceInOrder(t, atB.seq("p"), piped, "A→B pipelined")
+	assertExactlyOnceInOrder(t, atA.seq("p"), piped, "B→A pipelined")
+	for c := range callers {
+		tp := fmt.Sprint("rt", c)
+		waitCount(t, atB, tp, trips)
+		assertExactlyOnceInOrder(t, atB.seq(tp), trips, "round trips of caller "+fmt.Sprint(c))
+	}
+}
