@@ -95,12 +95,8 @@ func (c *manualClock) NewTimer(d time.Duration) ports.Timer { panic("not used") 
 // whose members' acks come one at a time does not store them one
 // transaction at a time. A deletion of a row still gathered drops both.
 func TestDeletionsLingerLongerThanRows(t *testing.T) {
-	clk := &manualClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	r := NewRuntime(NewNode("H", State{}, system.Rand{}, NodeOptions{}), nil, nil, clk, nil)
-	row := func(seq int64) mq.Change {
-		return mq.Change{Kind: mq.PutOutbox, Peer: "B", Seq: seq, Frame: &mq.Frame{Type: mq.TypeMsg, ID: fmt.Sprint("m", seq), Seq: seq}}
-	}
-	del := func(seq int64) mq.Change { return mq.Change{Kind: mq.DeleteOutbox, Peer: "B", Seq: seq} }
+	r, clk := lazyRuntime()
+	row, del := outboxRow, outboxDel
 	handed := func() []mq.Change {
 		select {
 		case j := <-r.jobs:
@@ -157,11 +153,8 @@ func TestSubscribeKindsGetsOnlyThoseKinds(t *testing.T) {
 // first of a batch: a row gathered just before the batch's time came stays
 // for the next one, and is never written if acknowledged meanwhile.
 func TestEachRowGetsItsWholeLinger(t *testing.T) {
-	clk := &manualClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	r := NewRuntime(NewNode("H", State{}, system.Rand{}, NodeOptions{}), nil, nil, clk, nil)
-	row := func(seq int64) mq.Change {
-		return mq.Change{Kind: mq.PutOutbox, Peer: "B", Seq: seq, Frame: &mq.Frame{Type: mq.TypeMsg, ID: fmt.Sprint("m", seq), Seq: seq}}
-	}
+	r, clk := lazyRuntime()
+	row := outboxRow
 	handed := func() []mq.Change {
 		select {
 		case j := <-r.jobs:
@@ -259,12 +252,8 @@ func TestStepReceivedOnlyWhenIdle(t *testing.T) {
 // loop's timer is not set for a hand-over that would store nothing (a
 // caller sending one round trip after another never wakes the loop).
 func TestAckedRowsLeaveNothingDue(t *testing.T) {
-	clk := &manualClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	r := NewRuntime(NewNode("H", State{}, system.Rand{}, NodeOptions{}), nil, nil, clk, nil)
-	row := func(seq int64) mq.Change {
-		return mq.Change{Kind: mq.PutOutbox, Peer: "B", Seq: seq, Frame: &mq.Frame{Type: mq.TypeMsg, ID: fmt.Sprint("m", seq), Seq: seq}}
-	}
-	del := func(seq int64) mq.Change { return mq.Change{Kind: mq.DeleteOutbox, Peer: "B", Seq: seq} }
+	r, clk := lazyRuntime()
+	row, del := outboxRow, outboxDel
 	r.gatherLazy([]mq.Change{row(1), row(2)}, clk.now)
 	r.gatherLazy([]mq.Change{del(1)}, clk.now)
 	assert.Equal(t, clk.now.Add(commitLinger), r.rowsDue(), "row 2 is still due")
@@ -278,3 +267,17 @@ func TestAckedRowsLeaveNothingDue(t *testing.T) {
 	j := <-r.jobs
 	assert.Equal(t, []mq.Change{row(3)}, j.rd.Batch.Bus)
 }
+
+// lazyRuntime is a runtime, not running, on a manual clock, for tests of
+// the gathering of lazy changes.
+func lazyRuntime() (*Runtime, *manualClock) {
+	clk := &manualClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	return NewRuntime(NewNode("H", State{}, system.Rand{}, NodeOptions{}), nil, nil, clk, nil), clk
+}
+
+// outboxRow is the outbox row of msg seq to B; outboxDel its deletion.
+func outboxRow(seq int64) mq.Change {
+	return mq.Change{Kind: mq.PutOutbox, Peer: "B", Seq: seq, Frame: &mq.Frame{Type: mq.TypeMsg, ID: fmt.Sprint("m", seq), Seq: seq}}
+}
+
+func outboxDel(seq int64) mq.Change { return mq.Change{Kind: mq.DeleteOutbox, Peer: "B", Seq: seq} }
