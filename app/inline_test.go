@@ -27,14 +27,14 @@ type inlineTransport struct {
 	events   chan ports.TransportEvent
 	queued   atomic.Int64
 	taken    atomic.Int64 // msgs the handler took
-	acked    atomic.Int64 // of which it reported acked
 	direct   chan mq.Frame
 	declined chan struct{} // a token per msg handed to Events
+	peers    chan struct{} // a token per PeerConnected handed to Events
 }
 
 func newInlineTransport(net *memory.Network, id mq.PeerID) *inlineTransport {
 	t := &inlineTransport{Transport: net.Join(id), events: make(chan ports.TransportEvent, 1024),
-		direct: make(chan mq.Frame, 1024), declined: make(chan struct{}, 4096)}
+		direct: make(chan mq.Frame, 1024), declined: make(chan struct{}, 4096), peers: make(chan struct{}, 16)}
 	go t.read()
 	return t
 }
@@ -42,19 +42,25 @@ func newInlineTransport(net *memory.Network, id mq.PeerID) *inlineTransport {
 func (t *inlineTransport) read() {
 	defer close(t.events)
 	for ev := range t.Transport.Events() {
+		isMsg := ev.Kind == ports.FrameReceived && ev.Frame.Type == mq.TypeMsg
 		if h := t.h.Load(); h != nil && ev.Kind == ports.FrameReceived {
-			if taken, acked := (*h)(ev.From, ev.Frame); taken {
-				if ev.Frame.Type == mq.TypeMsg {
-					t.taken.Add(1)
-				}
-				if acked {
-					t.acked.Add(1)
-				}
+			// Counted before the step, whose answer may end the test's
+			// round trip before the handler returns.
+			if isMsg {
+				t.taken.Add(1)
+			}
+			if taken, _ := (*h)(ev.From, ev.Frame); taken {
 				continue
+			}
+			if isMsg {
+				t.taken.Add(-1)
 			}
 		}
 		t.queued.Add(1)
 		t.events <- ev
+		if ev.Kind == ports.PeerConnected {
+			t.peers <- struct{}{}
+		}
 		if ev.Kind == ports.FrameReceived && ev.Frame.Type == mq.TypeMsg {
 			select {
 			case t.declined <- struct{}{}:
@@ -101,17 +107,17 @@ func startInlineNode(t *testing.T, net *memory.Network, id mq.PeerID) (*app.Runt
 
 // TestInlineStepAcksFromTheReader: a msg received while the node is idle is
 // stepped on the transport's reader goroutine: delivered to the
-// application, and its final ack written from there (ClaimDirect) — the
-// handler reports it acked, so the transport sends no early ack. The ack,
-// taken inline at the sender too, wakes the caller waiting for it.
+// application, and its final ack written from there (ClaimDirect). The
+// ack, taken inline at the sender too, wakes the caller waiting for it:
+// the final ack answers at once.
 func TestInlineStepAcksFromTheReader(t *testing.T) {
 	net := memory.NewNetwork()
 	a, ta := startInlineNode(t, net, "A")
 	b, tb := startInlineNode(t, net, "B")
-	_ = ta
 	sub := b.SubscribeKinds(16, app.EventMessage)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	settle(ctx, t, a, ta)
 	settle(ctx, t, b, tb)
 
 	f, ev, err := a.SendRoundTrip(ctx, "B", "chat", json.RawMessage(`"hi"`))
@@ -120,7 +126,6 @@ func TestInlineStepAcksFromTheReader(t *testing.T) {
 	got := waitEvent(t, sub, app.EventMessage)
 	assert.Equal(t, f.ID, got.MsgID)
 	assert.Positive(t, tb.taken.Load(), "B stepped the msg on its reader")
-	assert.Equal(t, tb.taken.Load(), tb.acked.Load(), "and acked it in that step")
 	select {
 	case d := <-tb.direct:
 		assert.Equal(t, mq.TypeAck, d.Type)
@@ -128,7 +133,6 @@ func TestInlineStepAcksFromTheReader(t *testing.T) {
 	default:
 		t.Fatal("B's ack was not written directly")
 	}
-	assert.Equal(t, int64(0), ta.acked.Load(), "an ack is not acked")
 }
 
 // TestInlineKeepsOrderWhenTheLoopIsBusy: round trips are stepped on the
@@ -139,11 +143,12 @@ func TestInlineStepAcksFromTheReader(t *testing.T) {
 // stepped it. Pipelined messages (Post) always go through the loop.
 func TestInlineKeepsOrderWhenTheLoopIsBusy(t *testing.T) {
 	net := memory.NewNetwork()
-	a, _ := startInlineNode(t, net, "A")
+	a, ta := startInlineNode(t, net, "A")
 	b, tb := startInlineNode(t, net, "B")
 	sub := b.SubscribeKinds(4096, app.EventMessage)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	settle(ctx, t, a, ta)
 	settle(ctx, t, b, tb)
 	const k = 100
 	roundTrips := func() {
@@ -153,7 +158,9 @@ func TestInlineKeepsOrderWhenTheLoopIsBusy(t *testing.T) {
 		}
 	}
 	roundTrips()
-	assert.Equal(t, int64(k), tb.taken.Load(), "an idle node steps each round trip on its reader")
+	// (A msg sent again — a slow machine — is taken too.)
+	assert.GreaterOrEqual(t, tb.taken.Load(), int64(k), "an idle node steps each round trip on its reader")
+	took := tb.taken.Load()
 
 	entered, release := make(chan struct{}), make(chan struct{})
 	busy := make(chan error, 1)
@@ -178,30 +185,41 @@ func TestInlineKeepsOrderWhenTheLoopIsBusy(t *testing.T) {
 			t.Fatal("the msgs sent while the loop was busy did not go to Events")
 		}
 	}
-	assert.Equal(t, int64(k), tb.taken.Load())
+	assert.Equal(t, took, tb.taken.Load())
 	close(release)
 	require.NoError(t, <-busy)
 	for range 2 * k {
 		require.NoError(t, <-done)
 	}
 	roundTrips()
-	assert.Greater(t, tb.taken.Load(), int64(k), "an idle node again steps them on its reader")
+	assert.Greater(t, tb.taken.Load(), took, "an idle node again steps them on its reader")
 
-	for range 10 {
-		require.NoError(t, a.Post(ctx, "B", "chat", json.RawMessage(`3`)))
-	}
-	for i := range 4*k + 10 {
+	for i := range 4 * k {
 		ev := waitEvent(t, sub, app.EventMessage)
 		require.Equal(t, int64(i+1), ev.Msg.Seq, "message %d delivered once, in order", i+1)
 	}
+	took = tb.taken.Load()
+	for range 10 {
+		require.NoError(t, a.Post(ctx, "B", "chat", json.RawMessage(`3`)))
+	}
+	for i := 4 * k; i < 4*k+10; i++ {
+		ev := waitEvent(t, sub, app.EventMessage)
+		require.Equal(t, int64(i+1), ev.Msg.Seq, "message %d delivered once, in order", i+1)
+	}
+	assert.Equal(t, took, tb.taken.Load(), "pipelined msgs went through the loop")
 	t.Logf("B stepped %d msgs inline; %d events went through its loop", tb.taken.Load(), tb.queued.Load())
-	assert.LessOrEqual(t, tb.taken.Load(), int64(4*k), "pipelined msgs went through the loop")
 }
 
-// settle returns once rt's loop has stepped every event tr handed to
-// Events so far (peers joining): the node is then idle.
+// settle returns once rt's loop has stepped the event of its one peer
+// joining, and every other event tr handed to Events so far: the node is
+// then idle.
 func settle(ctx context.Context, t *testing.T, rt *app.Runtime, tr *inlineTransport) {
 	t.Helper()
+	select {
+	case <-tr.peers:
+	case <-ctx.Done():
+		t.Fatal("the peer never joined")
+	}
 	for {
 		require.NoError(t, rt.Do(ctx, func(time.Time, *app.Node) {}))
 		if len(tr.events) == 0 {

@@ -219,7 +219,15 @@ func TestStepReceivedOnlyWhenIdle(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { _ = r.Run(ctx) }()
-	require.NoError(t, r.Do(ctx, func(time.Time, *Node) {}))
+	// The loop takes B's PeerConnected: once the channel is empty, one
+	// more command completes after that event was stepped.
+	for {
+		require.NoError(t, r.Do(ctx, func(time.Time, *Node) {}))
+		if len(tr.Events()) == 0 {
+			require.NoError(t, r.Do(ctx, func(time.Time, *Node) {}))
+			break
+		}
+	}
 	r.stepMu.Lock()
 	took := r.taken
 	r.stepMu.Unlock()
