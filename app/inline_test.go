@@ -110,14 +110,9 @@ func startInlineNode(t *testing.T, net *memory.Network, id mq.PeerID) (*app.Runt
 // application, and its final ack written from there (ClaimDirect). The
 // ack, taken inline at the sender too, wakes the caller waiting for it.
 func TestInlineStepAcksFromTheReader(t *testing.T) {
-	net := memory.NewNetwork()
-	a, ta := startInlineNode(t, net, "A")
-	b, tb := startInlineNode(t, net, "B")
-	sub := b.SubscribeKinds(16, app.EventMessage)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	settle(ctx, t, a, ta)
-	settle(ctx, t, b, tb)
+	a, _, tb, sub := idlePair(ctx, t, 16)
 
 	// Several round trips: the node's own timers may hold it for a moment,
 	// and a round trip then goes through the loop.
@@ -149,14 +144,9 @@ func TestInlineStepAcksFromTheReader(t *testing.T) {
 // message is delivered exactly once and in order, whichever goroutine
 // stepped it. Pipelined messages (Post) always go through the loop.
 func TestInlineKeepsOrderWhenTheLoopIsBusy(t *testing.T) {
-	net := memory.NewNetwork()
-	a, ta := startInlineNode(t, net, "A")
-	b, tb := startInlineNode(t, net, "B")
-	sub := b.SubscribeKinds(4096, app.EventMessage)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	settle(ctx, t, a, ta)
-	settle(ctx, t, b, tb)
+	a, b, tb, sub := idlePair(ctx, t, 4096)
 	const k = 100
 	roundTrips := func() {
 		for range k {
@@ -216,6 +206,19 @@ func TestInlineKeepsOrderWhenTheLoopIsBusy(t *testing.T) {
 	}
 	assert.Equal(t, took, tb.taken.Load(), "pipelined msgs went through the loop")
 	t.Logf("B stepped %d msgs inline; %d events went through its loop", tb.taken.Load(), tb.queued.Load())
+}
+
+// idlePair runs nodes A and B on inline transports and returns once both
+// are idle, with a subscription of subBuf to B's messages.
+func idlePair(ctx context.Context, t *testing.T, subBuf int) (a, b *app.Runtime, tb *inlineTransport, sub *app.Subscription) {
+	t.Helper()
+	net := memory.NewNetwork()
+	a, ta := startInlineNode(t, net, "A")
+	b, tb = startInlineNode(t, net, "B")
+	sub = b.SubscribeKinds(subBuf, app.EventMessage)
+	settle(ctx, t, a, ta)
+	settle(ctx, t, b, tb)
+	return a, b, tb, sub
 }
 
 // settle returns once rt's loop has stepped the event of its one peer

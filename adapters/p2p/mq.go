@@ -698,7 +698,7 @@ func (t *MQTransport) readLoop(p *peerState, st *stream11) {
 		early := t.answersReceived(&f)
 		if t.dropped(p.pid, f) {
 			if early {
-				p.q.push(outItem{f: mq.ReceivedAckFor(&f), via: st})
+				p.pushReceived(st, &f)
 			}
 			continue
 		}
@@ -708,7 +708,7 @@ func (t *MQTransport) readLoop(p *peerState, st *stream11) {
 		if h := t.inline.Load(); h != nil {
 			if taken, acked := (*h)(p.pid, f); taken {
 				if early && !acked {
-					p.q.push(outItem{f: mq.ReceivedAckFor(&f), via: st})
+					p.pushReceived(st, &f)
 				}
 				continue
 			}
@@ -722,7 +722,7 @@ func (t *MQTransport) readLoop(p *peerState, st *stream11) {
 			// the msg the stream is reset and the sender retransmits: the
 			// received ack is early news only. Best effort: if the queue is
 			// full the final ack still comes.
-			p.q.push(outItem{f: mq.ReceivedAckFor(&f), via: st})
+			p.pushReceived(st, &f)
 		}
 		if !t.emitFrame(p.pid, f) {
 			if !t.closed.Load() {

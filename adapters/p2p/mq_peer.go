@@ -170,6 +170,12 @@ func (p *peerState) dropStream(st *stream11) {
 	st.kill()
 }
 
+// pushReceived queues the early received ack of msg f, which came in on st
+// (best effort: with the queue full, the final ack still comes).
+func (p *peerState) pushReceived(st *stream11, f *mq.Frame) {
+	p.q.push(outItem{f: mq.ReceivedAckFor(f), via: st})
+}
+
 // firstLive returns the oldest live 1.1.0 stream, or nil.
 func (p *peerState) firstLive() *stream11 {
 	p.mu.Lock()
