@@ -138,13 +138,14 @@ type Runtime struct {
 	// stepMu is held by whoever steps the node: the loop for each batch of
 	// inputs, or a caller stepping inline (see stepInline). The fields below
 	// it are guarded by it.
-	stepMu  sync.Mutex
-	running bool               // Run is looping: inline steps are allowed
-	runCtx  context.Context    // Run's ctx
-	timer   ports.Timer        // the loop's wake-up timer
-	ds      ports.DirectSender // tr's fast path, if it has one
-	quick   ports.QuickStore   // store's fast path, if it has one
-	direct  *[]func()          // set during an inline step: writes to run after it
+	stepMu    sync.Mutex
+	running   bool               // Run is looping: inline steps are allowed
+	runCtx    context.Context    // Run's ctx
+	timer     ports.Timer        // the loop's wake-up timer
+	ds        ports.DirectSender // tr's fast path, if it has one
+	quick     ports.QuickStore   // store's fast path, if it has one
+	direct    *[]func()          // set during an inline step: writes to run after it
+	directBuf []func()           // where direct points (see takeDirect)
 	// directTo, during a step of a received frame on a network goroutine
 	// (stepReceived), is the frame's sender: the only peer written to
 	// directly, so that a slow peer never holds up the reading of another.
@@ -354,10 +355,11 @@ func (r *Runtime) stepInline(fn func(now time.Time, n *Node)) (bool, error) {
 	}
 	now := r.clock.Now()
 	fn(now, r.node)
-	var direct []func()
-	r.direct = &direct
+	r.direct = &r.directBuf
 	err := r.flush(r.runCtx, now, nil)
 	r.direct = nil
+	var local [4]func()
+	direct := r.takeDirect(&local)
 	r.armTimer(r.timer, now)
 	r.stepMu.Unlock()
 	for _, write := range direct {
@@ -389,15 +391,16 @@ func (r *Runtime) stepReceived(from mq.PeerID, f mq.Frame) (taken, acked bool) {
 	}
 	now := r.clock.Now()
 	r.node.Handle(now, ports.TransportEvent{Kind: ports.FrameReceived, From: from, Frame: f})
-	var direct []func()
 	var wakes []wake
-	r.direct, r.directTo, r.wakes = &direct, from, &wakes
+	r.direct, r.directTo, r.wakes = &r.directBuf, from, &wakes
 	if f.Type == mq.TypeMsg {
 		r.ackOf = mq.Outgoing{To: from, Frame: mq.Frame{ID: f.ID}}
 	}
 	err := r.flush(r.runCtx, now, nil)
 	acked = r.acked
 	r.direct, r.directTo, r.wakes, r.ackOf, r.acked = nil, "", nil, mq.Outgoing{}, false
+	var local [4]func()
+	direct := r.takeDirect(&local)
 	r.armTimer(r.timer, now)
 	r.stepMu.Unlock()
 	for _, write := range direct {
@@ -411,6 +414,16 @@ func (r *Runtime) stepReceived(from mq.PeerID, f mq.Frame) (taken, acked bool) {
 		r.log.Debug("inline step", "from", from, "err", err)
 	}
 	return true, acked
+}
+
+// takeDirect hands over the direct writes a step collected in directBuf,
+// copied into local when they fit (no allocation for the usual one or two),
+// and empties directBuf for the next step. Under stepMu.
+func (r *Runtime) takeDirect(local *[4]func()) []func() {
+	d := append(local[:0], r.directBuf...)
+	clear(r.directBuf)
+	r.directBuf = r.directBuf[:0]
+	return d
 }
 
 // armTimer sets the loop's timer t for the node's next wake-up or the next

@@ -350,7 +350,8 @@ func (t *MQTransport) ClaimDirect(to mq.PeerID, f mq.Frame) (write func(), ok bo
 	if st == nil {
 		return nil, false
 	}
-	return func() { p.writeClaimed(st, &f) }, true
+	p.claimedSt, p.claimedF = st, f
+	return p.writeClaimedFn, true
 }
 
 // SetAckHook implements ports.AckNotifier: hook is called with every ack

@@ -72,6 +72,12 @@ type peerState struct {
 	// MQTransport.ClaimDirect writing one frame on its own goroutine.
 	wmu sync.Mutex
 	w   *peerWriter
+	// claimedSt and claimedF, under wmu from ClaimDirect to the write it
+	// returns (writeClaimedFn: writeClaimed, bound once), are the stream
+	// and frame claimed.
+	claimedSt      *stream11
+	claimedF       mq.Frame
+	writeClaimedFn func()
 
 	mu      sync.Mutex
 	torn    bool
@@ -95,6 +101,7 @@ func newPeerState(t *MQTransport, id peer.ID, pid mq.PeerID) *peerState {
 		routes: map[string]*stream11{},
 	}
 	p.w = &peerWriter{p: p}
+	p.writeClaimedFn = p.writeClaimed
 	return p
 }
 
@@ -387,13 +394,15 @@ func (p *peerState) claim() *stream11 {
 	return nil
 }
 
-// writeClaimed writes f to st and flushes, then releases the write lock
-// taken by claim. A failed write is handled as the writer would (the stream
-// is dropped, or a peer that does not read is disconnected); the bus
-// retransmits.
-func (p *peerState) writeClaimed(st *stream11, f *mq.Frame) {
+// writeClaimed writes the frame claimed (claimedF, to claimedSt) and
+// flushes, forgets it, then releases the write lock taken by claim. A
+// failed write is handled as the writer would (the stream is dropped, or a
+// peer that does not read is disconnected); the bus retransmits.
+func (p *peerState) writeClaimed() {
 	defer p.wmu.Unlock()
-	if p.w.write(st, f) {
+	ok := p.w.write(p.claimedSt, &p.claimedF)
+	p.claimedSt, p.claimedF = nil, mq.Frame{}
+	if ok {
 		p.w.flush()
 	}
 }
