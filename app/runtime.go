@@ -145,7 +145,7 @@ type Runtime struct {
 	ds        ports.DirectSender // tr's fast path, if it has one
 	quick     ports.QuickStore   // store's fast path, if it has one
 	direct    *[]func()          // set during an inline step: writes to run after it
-	directBuf []func()           // where direct points (see takeDirect)
+	directBuf []func()           // where direct points (see endStep)
 	// directTo, during a step of a received frame on a network goroutine
 	// (stepReceived), is the frame's sender: the only peer written to
 	// directly, so that a slow peer never holds up the reading of another.
@@ -358,13 +358,7 @@ func (r *Runtime) stepInline(fn func(now time.Time, n *Node)) (bool, error) {
 	r.direct = &r.directBuf
 	err := r.flush(r.runCtx, now, nil)
 	r.direct = nil
-	var local [4]func()
-	direct := r.takeDirect(&local)
-	r.armTimer(r.timer, now)
-	r.stepMu.Unlock()
-	for _, write := range direct {
-		write()
-	}
+	r.endStep(now)
 	return true, err
 }
 
@@ -399,13 +393,7 @@ func (r *Runtime) stepReceived(from mq.PeerID, f mq.Frame) (taken, acked bool) {
 	err := r.flush(r.runCtx, now, nil)
 	acked = r.acked
 	r.direct, r.directTo, r.wakes, r.ackOf, r.acked = nil, "", nil, mq.Outgoing{}, false
-	var local [4]func()
-	direct := r.takeDirect(&local)
-	r.armTimer(r.timer, now)
-	r.stepMu.Unlock()
-	for _, write := range direct {
-		write()
-	}
+	r.endStep(now)
 	for _, w := range wakes {
 		w.ch <- w.ev
 	}
@@ -416,14 +404,21 @@ func (r *Runtime) stepReceived(from mq.PeerID, f mq.Frame) (taken, acked bool) {
 	return true, acked
 }
 
-// takeDirect hands over the direct writes a step collected in directBuf,
-// copied into local when they fit (no allocation for the usual one or two),
-// and empties directBuf for the next step. Under stepMu.
-func (r *Runtime) takeDirect(local *[4]func()) []func() {
-	d := append(local[:0], r.directBuf...)
+// endStep ends an inline step (stepInline, stepReceived): it sets the
+// loop's timer, releases the node, then carries out the direct writes the
+// step collected in directBuf — copied first into an array on the stack
+// when they fit (the usual one or two), and directBuf emptied for the next
+// step.
+func (r *Runtime) endStep(now time.Time) {
+	var local [4]func()
+	direct := append(local[:0], r.directBuf...)
 	clear(r.directBuf)
 	r.directBuf = r.directBuf[:0]
-	return d
+	r.armTimer(r.timer, now)
+	r.stepMu.Unlock()
+	for _, write := range direct {
+		write()
+	}
 }
 
 // armTimer sets the loop's timer t for the node's next wake-up or the next
