@@ -138,25 +138,27 @@ type Runtime struct {
 	// stepMu is held by whoever steps the node: the loop for each batch of
 	// inputs, or a caller stepping inline (see stepInline). The fields below
 	// it are guarded by it.
-	stepMu    sync.Mutex
-	running   bool               // Run is looping: inline steps are allowed
-	runCtx    context.Context    // Run's ctx
-	timer     ports.Timer        // the loop's wake-up timer
-	ds        ports.DirectSender // tr's fast path, if it has one
-	quick     ports.QuickStore   // store's fast path, if it has one
-	direct    *[]func()          // set during an inline step: writes to run after it
-	directBuf []func()           // where direct points (see endStep)
+	stepMu  sync.Mutex
+	running bool               // Run is looping: inline steps are allowed
+	runCtx  context.Context    // Run's ctx
+	timer   ports.Timer        // the loop's wake-up timer
+	ds      ports.DirectSender // tr's fast path, if it has one
+	quick   ports.QuickStore   // store's fast path, if it has one
+	// inline is set during an inline step (stepInline, stepReceived):
+	// frames the transport lets the stepping goroutine write itself are
+	// collected in direct, and written once the step is done (endStep).
+	inline bool
+	direct []func()
 	// directTo, during a step of a received frame on a network goroutine
 	// (stepReceived), is the frame's sender: the only peer written to
 	// directly, so that a slow peer never holds up the reading of another.
+	// If the frame is a msg, ackID is its id, and acked records that the
+	// step sent its final ack.
 	directTo mq.PeerID
-	// ackOf, during such a step of a msg, names the msg; acked records that
-	// the step sent its final ack.
-	ackOf mq.Outgoing
-	acked bool
-	wakes *[]wake              // set during such a step: the callers it wakes at its end
-	ir    ports.InlineReceiver // tr's inline path, if it has one
-	taken int64                // events taken from tr.Events() so far
+	ackID    string
+	acked    bool
+	ir       ports.InlineReceiver // tr's inline path, if it has one
+	taken    int64                // events taken from tr.Events() so far
 	// armed: the loop's timer is set for armedAt (zero: an hour after it
 	// was set) and has not fired since (see armTimer).
 	armed   bool
@@ -355,9 +357,9 @@ func (r *Runtime) stepInline(fn func(now time.Time, n *Node)) (bool, error) {
 	}
 	now := r.clock.Now()
 	fn(now, r.node)
-	r.direct = &r.directBuf
+	r.inline = true
 	err := r.flush(r.runCtx, now, nil)
-	r.direct = nil
+	r.inline = false
 	r.endStep(now)
 	return true, err
 }
@@ -385,18 +387,14 @@ func (r *Runtime) stepReceived(from mq.PeerID, f mq.Frame) (taken, acked bool) {
 	}
 	now := r.clock.Now()
 	r.node.Handle(now, ports.TransportEvent{Kind: ports.FrameReceived, From: from, Frame: f})
-	var wakes []wake
-	r.direct, r.directTo, r.wakes = &r.directBuf, from, &wakes
+	r.inline, r.directTo = true, from
 	if f.Type == mq.TypeMsg {
-		r.ackOf = mq.Outgoing{To: from, Frame: mq.Frame{ID: f.ID}}
+		r.ackID = f.ID
 	}
 	err := r.flush(r.runCtx, now, nil)
 	acked = r.acked
-	r.direct, r.directTo, r.wakes, r.ackOf, r.acked = nil, "", nil, mq.Outgoing{}, false
+	r.inline, r.directTo, r.ackID, r.acked = false, "", "", false
 	r.endStep(now)
-	for _, w := range wakes {
-		w.ch <- w.ev
-	}
 	if err != nil {
 		// The persister failed: the loop sees it (r.fatal) and stops.
 		r.log.Debug("inline step", "from", from, "err", err)
@@ -406,14 +404,13 @@ func (r *Runtime) stepReceived(from mq.PeerID, f mq.Frame) (taken, acked bool) {
 
 // endStep ends an inline step (stepInline, stepReceived): it sets the
 // loop's timer, releases the node, then carries out the direct writes the
-// step collected in directBuf — copied first into an array on the stack
-// when they fit (the usual one or two), and directBuf emptied for the next
-// step.
+// step collected — copied first into an array on the stack when they fit
+// (the usual one or two), and r.direct emptied for the next step.
 func (r *Runtime) endStep(now time.Time) {
 	var local [4]func()
-	direct := append(local[:0], r.directBuf...)
-	clear(r.directBuf)
-	r.directBuf = r.directBuf[:0]
+	direct := append(local[:0], r.direct...)
+	clear(r.direct)
+	r.direct = r.direct[:0]
 	r.armTimer(r.timer, now)
 	r.stepMu.Unlock()
 	for _, write := range direct {
@@ -468,7 +465,7 @@ func (r *Runtime) flush(ctx context.Context, now time.Time, pending []command) e
 	r.node.Mute(r.mutedKinds())
 	rd := r.node.Ready()
 	if r.barriers.Load() == 0 {
-		r.sendFrames(rd.EarlyFrames, r.direct)
+		r.sendFrames(rd.EarlyFrames, r.inline)
 	} else {
 		rd.Frames = append(rd.EarlyFrames, rd.Frames...)
 	}
@@ -478,7 +475,7 @@ func (r *Runtime) flush(ctx context.Context, now time.Time, pending []command) e
 	later := rd.Events[:0]
 	for _, ev := range rd.Events {
 		if ev.Kind == EventDelivered || ev.Kind == EventReceived {
-			r.publishWaking([]Event{ev}, r.wakes)
+			r.publish([]Event{ev})
 			continue
 		}
 		later = append(later, ev)
@@ -499,7 +496,7 @@ func (r *Runtime) flush(ctx context.Context, now time.Time, pending []command) e
 	// the store can do it at once (a receiver's cursor), and the step
 	// completes here, without a hand-over to the persister.
 	if r.inflight.Load() == 0 && (j.rd.Batch.Empty() || r.quick != nil && r.quick.ApplyNow(j.rd.Batch)) {
-		r.completeHere(ctx, j)
+		r.complete(ctx, j, r.inline)
 	} else if j.hasWork() {
 		if err := r.enqueue(j); err != nil {
 			return err
@@ -746,40 +743,30 @@ func (r *Runtime) persister(ctx context.Context) {
 			// back later steps (done), so none overtakes them; its
 			// commands return only after that, so a caller's next step is
 			// not held back by the job it waited for.
-			r.send(ctx, g, nil)
+			r.send(ctx, g, false)
 			r.done(g)
 			r.returnCmds(g.cmds, nil)
 		}
 	}
 }
 
-// complete carries out a stored (or storeless) job.
-func (r *Runtime) complete(ctx context.Context, j job) {
-	r.send(ctx, j, nil)
-	r.returnCmds(j.cmds, nil)
-}
-
-// completeHere is complete for the stepping goroutine, under stepMu: during
-// an inline step its frames may be written directly.
-func (r *Runtime) completeHere(ctx context.Context, j job) {
-	r.send(ctx, j, r.direct)
+// complete carries out a job that needs nothing stored (or stored at once),
+// on the stepping goroutine. direct is as for sendFrames.
+func (r *Runtime) complete(ctx context.Context, j job, direct bool) {
+	r.send(ctx, j, direct)
 	r.returnCmds(j.cmds, nil)
 }
 
 // send hands a stored job's frames and dials over, and publishes its events.
 // direct is as for sendFrames.
-func (r *Runtime) send(ctx context.Context, j job, direct *[]func()) {
+func (r *Runtime) send(ctx context.Context, j job, direct bool) {
 	r.sendFrames(j.rd.Frames, direct)
 	r.discover(ctx, &j.rd)
 	if len(j.rd.History) > 0 {
 		r.askHistory(j.rd.History)
 	}
 	if len(j.events) > 0 {
-		var later *[]wake
-		if direct != nil {
-			later = r.wakes
-		}
-		r.publishWaking(j.events, later)
+		r.publish(j.events)
 	}
 }
 
@@ -794,19 +781,19 @@ func (r *Runtime) returnCmds(cmds []command, err error) {
 
 func (r *Runtime) fail(j job, err error) { r.returnCmds(j.cmds, err) }
 
-// sendFrames hands frames to the transport. With direct set (a step on the
-// stepping goroutine, under stepMu, during an inline step), frames the
-// transport lets the caller write itself are collected there instead, and
-// the final ack of the msg an inline step handles (ackOf) is noted.
-func (r *Runtime) sendFrames(frames []mq.Outgoing, direct *[]func()) {
+// sendFrames hands frames to the transport. With direct (an inline step,
+// on the stepping goroutine under stepMu), frames the transport lets the
+// stepping goroutine write itself are collected in r.direct instead, and
+// the final ack of the msg a stepReceived handles (ackID) is noted.
+func (r *Runtime) sendFrames(frames []mq.Outgoing, direct bool) {
 	for _, o := range frames {
-		if direct != nil {
-			if o.To == r.ackOf.To && o.Frame.Type == mq.TypeAck && o.Frame.Stage == "" && o.Frame.ID == r.ackOf.Frame.ID {
+		if direct {
+			if r.ackID != "" && o.To == r.directTo && o.Frame.Type == mq.TypeAck && o.Frame.Stage == "" && o.Frame.ID == r.ackID {
 				r.acked = true
 			}
 			if r.ds != nil && (r.directTo == "" || o.To == r.directTo) {
 				if write, ok := r.ds.ClaimDirect(o.To, o.Frame); ok {
-					*direct = append(*direct, write)
+					r.direct = append(r.direct, write)
 					continue
 				}
 			}
@@ -956,7 +943,7 @@ func (r *Runtime) sendWait(ctx context.Context, to mq.PeerID, topic string, payl
 		if serr == nil {
 			r.mu.Lock()
 			r.waiters[f.ID] = waiter{ch: ch, early: early, to: to, seq: f.Seq, topic: topic}
-			r.nwait.Store(int64(len(r.waiters)))
+			r.nwait.Add(1)
 			r.mu.Unlock()
 		}
 	}
@@ -993,8 +980,7 @@ func (r *Runtime) sendWait(ctx context.Context, to mq.PeerID, topic string, payl
 	}
 	defer func() {
 		r.mu.Lock()
-		delete(r.waiters, f.ID)
-		r.nwait.Store(int64(len(r.waiters)))
+		r.dropWaiter(f.ID)
 		r.mu.Unlock()
 	}()
 	select {
@@ -1028,9 +1014,16 @@ func (r *Runtime) onAck(from mq.PeerID, ack mq.Frame) {
 		}
 		ev.Kind = EventReceived
 	}
-	delete(r.waiters, ack.ID)
-	r.nwait.Store(int64(len(r.waiters)))
+	r.dropWaiter(ack.ID)
 	w.ch <- ev
+}
+
+// dropWaiter forgets the caller waiting for msg id, if any. Under r.mu.
+func (r *Runtime) dropWaiter(id string) {
+	if _, ok := r.waiters[id]; ok {
+		delete(r.waiters, id)
+		r.nwait.Add(-1)
+	}
 }
 
 // Subscription receives node events. When its buffer is full the
@@ -1100,32 +1093,15 @@ func (r *Runtime) mutedKinds() uint32 {
 	return Mutable &^ wanted
 }
 
-func (r *Runtime) publish(evs []Event) { r.publishWaking(evs, nil) }
-
-// wake is a waiting caller's event, handed over once a step is done.
-type wake struct {
-	ch chan Event
-	ev Event
-}
-
-// publishWaking is publish that, with later set, collects the events of
-// waiting callers there instead of handing them over: an inline step of a
-// received frame (stepReceived) wakes the caller as its last act, so that
-// the caller runs next on this thread rather than on another.
-func (r *Runtime) publishWaking(evs []Event, later *[]wake) {
+func (r *Runtime) publish(evs []Event) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.logFailures(evs)
 	for _, ev := range evs {
 		if ev.Kind == EventDelivered || ev.Kind == EventFailed || ev.Kind == EventReceived {
 			if w, ok := r.waiters[ev.MsgID]; ok && (ev.Kind != EventReceived || w.early) {
-				delete(r.waiters, ev.MsgID)
-				r.nwait.Store(int64(len(r.waiters)))
-				if later != nil {
-					*later = append(*later, wake{w.ch, ev})
-				} else {
-					w.ch <- ev
-				}
+				r.dropWaiter(ev.MsgID)
+				w.ch <- ev
 			}
 		}
 		for s := range r.subs {
