@@ -423,37 +423,35 @@ func (t *MQTransport) track() bool {
 	return true
 }
 
-// emit hands ev to Events, waiting at most wait for room (0: not at all).
-// It reports false if ev was not delivered. Queued counts ev meanwhile.
+// untilClosed, as emit's wait, waits for room until the transport closes.
+const untilClosed time.Duration = -1
+
+// emit hands ev to Events, waiting at most wait for room (0: not at all;
+// untilClosed: until Close). It reports false if ev was not delivered.
+// Queued counts ev meanwhile.
 func (t *MQTransport) emit(ev ports.TransportEvent, wait time.Duration) bool {
 	t.queued.Add(1)
-	if t.put(ev, wait) {
-		return true
-	}
-	t.queued.Add(-1)
-	return false
-}
-
-// put is emit without the count.
-func (t *MQTransport) put(ev ports.TransportEvent, wait time.Duration) bool {
 	select {
 	case t.events <- ev:
 		return true
 	default:
 	}
-	if wait <= 0 {
-		return false
+	if wait != 0 {
+		var expired <-chan time.Time
+		if wait > 0 {
+			tm := time.NewTimer(wait)
+			defer tm.Stop()
+			expired = tm.C
+		}
+		select {
+		case t.events <- ev:
+			return true
+		case <-expired:
+		case <-t.done:
+		}
 	}
-	tm := time.NewTimer(wait)
-	defer tm.Stop()
-	select {
-	case t.events <- ev:
-		return true
-	case <-tm.C:
-		return false
-	case <-t.done:
-		return false
-	}
+	t.queued.Add(-1)
+	return false
 }
 
 // deliver reports a received frame, unless the test hook drops it. It returns
@@ -496,16 +494,7 @@ func (t *MQTransport) report(from mq.PeerID, ack mq.Frame) {
 // last connection down) into PeerConnected / PeerDisconnected events.
 func (t *MQTransport) watchConns() {
 	defer t.wg.Done()
-	wait := func(ev ports.TransportEvent) bool {
-		t.queued.Add(1)
-		select {
-		case t.events <- ev:
-			return true
-		case <-t.done:
-			t.queued.Add(-1)
-			return false
-		}
-	}
+	wait := func(ev ports.TransportEvent) bool { return t.emit(ev, untilClosed) }
 	for _, id := range t.h.Network().Peers() {
 		if !wait(ports.TransportEvent{Kind: ports.PeerConnected, From: mq.PeerID(id.String())}) {
 			return
