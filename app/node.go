@@ -121,6 +121,7 @@ type State struct {
 type Node struct {
 	self     mq.PeerID
 	rnd      ports.Rand
+	idBuf    [16]byte // newID's random bytes (a field: no allocation per id)
 	bus      *mq.Bus
 	groups   *group.Core
 	now      time.Time // time of the latest step, for outputs produced in Ready
@@ -250,17 +251,17 @@ func (n *Node) Bus() *mq.Bus { return n.bus }
 // Stats returns the node's counters.
 func (n *Node) Stats() Stats { return n.stats }
 
+// newID returns a new random (version 4) UUID for a message id. Its only
+// allocation is the string.
 func (n *Node) newID() string {
-	u, err := uuid.NewRandomFromReader(randReader{n.rnd})
-	if err != nil {
+	if _, err := n.rnd.Read(n.idBuf[:]); err != nil {
 		panic(fmt.Sprintf("app: uuid from rand: %v", err)) // Rand.Read never fails
 	}
+	u := uuid.UUID(n.idBuf)
+	u[6] = u[6]&0x0f | 0x40 // version 4
+	u[8] = u[8]&0x3f | 0x80 // RFC 4122 variant
 	return u.String()
 }
-
-type randReader struct{ r ports.Rand }
-
-func (r randReader) Read(p []byte) (int, error) { return r.r.Read(p) }
 
 // Send queues an application message to peer to on topic. It returns the
 // frame with its id; the message is durable once the next Ready is persisted.
