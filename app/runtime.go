@@ -177,6 +177,9 @@ type Runtime struct {
 	subs    map[*Subscription]struct{}
 	waiters map[string]waiter
 	nwait   atomic.Int64 // len(waiters), read without mu
+	// waitChans are waiters' channels kept for the next ones (endWait),
+	// at most maxWaitChans.
+	waitChans []chan Event
 
 	// Members' history questions, answered from the store by one goroutine
 	// (historyWorker); nil when the store keeps no history. asking counts
@@ -918,73 +921,42 @@ func (r *Runtime) SendRoundTrip(ctx context.Context, to mq.PeerID, topic string,
 
 // waiter is a caller of SendWait/SendRoundTrip waiting for its message.
 type waiter struct {
-	ch    chan Event
-	early bool // EventReceived is enough
+	ch    chan Event // capacity 1: the one event that ends the wait
+	early bool       // EventReceived is enough
 	to    mq.PeerID
 	seq   int64
 	topic string
 }
 
+// maxWaitChans bounds the waiters' channels kept for reuse.
+const maxWaitChans = 64
+
 func (r *Runtime) sendWait(ctx context.Context, to mq.PeerID, topic string, payload []byte, early bool) (mq.Frame, Event, error) {
-	ch := make(chan Event, 1)
-	var f mq.Frame
-	var serr error
 	// Wait until the node queued the message, not until its outbox row is
 	// stored: the ack this call waits for supersedes that (and if storing
 	// fails the node stops, which ends the wait).
 	// A caller content with the transport ack asks the peer for it (it is
 	// sent only when asked).
+	w := waiter{early: early, to: to, topic: topic}
 	want := ""
 	if early {
 		want = mq.StageReceived
 	}
-	send := func(now time.Time, n *Node) {
-		f, serr = n.SendWant(now, to, topic, payload, "", want)
-		if serr == nil {
-			r.mu.Lock()
-			r.waiters[f.ID] = waiter{ch: ch, early: early, to: to, seq: f.Seq, topic: topic}
-			r.nwait.Add(1)
-			r.mu.Unlock()
-		}
-	}
 	// The caller waits anyway: step the node on its goroutine, and write the
 	// msg from here when the transport allows (no hand-over to the loop nor
 	// to the peer's writer).
-	ran, err := r.stepInline(send)
+	f, ran, err := r.stepSend(&w, payload, want)
+	if err == nil && !ran {
+		f, err = r.loopSend(ctx, &w, payload, want)
+	}
+	if w.ch != nil { // queued, and w is its waiter
+		defer r.endWait(f.ID, w.ch)
+	}
 	if err != nil {
-		return mq.Frame{}, Event{}, err
+		return f, Event{}, err
 	}
-	if !ran {
-		done := make(chan struct{})
-		c := command{fn: func(now time.Time, n *Node) {
-			send(now, n)
-			close(done)
-		}}
-		select {
-		case r.cmds <- c:
-		case <-r.stopped:
-			return mq.Frame{}, Event{}, ErrStopped
-		case <-ctx.Done():
-			return mq.Frame{}, Event{}, ctx.Err()
-		}
-		select {
-		case <-done:
-		case <-r.stopped:
-			return mq.Frame{}, Event{}, ErrStopped
-		case <-ctx.Done():
-			return mq.Frame{}, Event{}, ctx.Err()
-		}
-	}
-	if serr != nil {
-		return f, Event{}, serr
-	}
-	defer func() {
-		r.mu.Lock()
-		r.dropWaiter(f.ID)
-		r.mu.Unlock()
-	}()
 	select {
-	case ev := <-ch:
+	case ev := <-w.ch:
 		if ev.Kind == EventFailed {
 			return f, ev, fmt.Errorf("message %s to %s failed: %s", f.ID, to, ev.Reason)
 		}
@@ -993,6 +965,87 @@ func (r *Runtime) sendWait(ctx context.Context, to mq.PeerID, topic string, payl
 		return f, Event{}, ctx.Err()
 	case <-r.stopped:
 		return f, Event{}, ErrStopped
+	}
+}
+
+// stepSend queues w's message as an inline step (see stepInline) and
+// registers w as its waiter. ran is false when the loop must do it
+// (loopSend); err is the node's refusal or a failed step.
+func (r *Runtime) stepSend(w *waiter, payload []byte, want string) (f mq.Frame, ran bool, err error) {
+	var serr error
+	ran, err = r.stepInline(func(now time.Time, n *Node) { f, serr = r.queueWaiting(now, n, w, payload, want) })
+	if err == nil {
+		err = serr
+	}
+	return f, ran, err
+}
+
+// loopSend is stepSend through the loop, for when it cannot step inline.
+// The loop works on a copy of w (the inline path keeps w on the caller's
+// stack), copied back once it is done.
+func (r *Runtime) loopSend(ctx context.Context, w *waiter, payload []byte, want string) (mq.Frame, error) {
+	type result struct {
+		w   waiter
+		f   mq.Frame
+		err error
+	}
+	res := &result{w: *w}
+	done := make(chan struct{})
+	c := command{fn: func(now time.Time, n *Node) {
+		res.f, res.err = r.queueWaiting(now, n, &res.w, payload, want)
+		close(done)
+	}}
+	select {
+	case r.cmds <- c:
+	case <-r.stopped:
+		return mq.Frame{}, ErrStopped
+	case <-ctx.Done():
+		return mq.Frame{}, ctx.Err()
+	}
+	select {
+	case <-done:
+		*w = res.w
+		return res.f, res.err
+	case <-r.stopped:
+		return mq.Frame{}, ErrStopped
+	case <-ctx.Done():
+		return mq.Frame{}, ctx.Err()
+	}
+}
+
+// queueWaiting queues w's message on n and, once it is queued, registers w
+// as its waiter with a channel of its own (w.ch).
+func (r *Runtime) queueWaiting(now time.Time, n *Node, w *waiter, payload []byte, want string) (mq.Frame, error) {
+	f, err := n.SendWant(now, w.to, w.topic, payload, "", want)
+	if err != nil {
+		return f, err
+	}
+	r.mu.Lock()
+	w.seq = f.Seq
+	if k := len(r.waitChans); k > 0 {
+		w.ch = r.waitChans[k-1]
+		r.waitChans = r.waitChans[:k-1]
+	} else {
+		w.ch = make(chan Event, 1)
+	}
+	r.waiters[f.ID] = *w
+	r.nwait.Add(1)
+	r.mu.Unlock()
+	return f, nil
+}
+
+// endWait forgets the waiter of msg id, if it is still there, and keeps its
+// channel ch for the next one: emptied, as nobody can send to it any more.
+func (r *Runtime) endWait(id string, ch chan Event) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.dropWaiter(id)
+	select {
+	case <-ch:
+	default:
+	}
+	if len(r.waitChans) < maxWaitChans {
+		r.waitChans = append(r.waitChans, ch)
 	}
 }
 

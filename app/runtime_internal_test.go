@@ -289,3 +289,34 @@ func outboxRow(seq int64) mq.Change {
 }
 
 func outboxDel(seq int64) mq.Change { return mq.Change{Kind: mq.DeleteOutbox, Peer: "B", Seq: seq} }
+
+// A waiter's channel is kept for the next waiter once the wait ended, and
+// emptied first: an event that came after its caller stopped waiting (its
+// ctx ended) never reaches the next caller.
+func TestWaitChannelsAreReusedEmpty(t *testing.T) {
+	r := NewRuntime(NewNode("A", State{}, memory.NewRand(1), NodeOptions{}), nil, nil, system.Clock{}, nil)
+	now := time.Unix(1, 0)
+	w1 := waiter{to: "B", topic: "t"}
+	f1, err := r.queueWaiting(now, r.node, &w1, []byte(`1`), "")
+	require.NoError(t, err)
+	require.NotNil(t, w1.ch)
+	assert.Equal(t, int64(1), r.nwait.Load())
+	// The ack comes, but the caller has already given up.
+	r.publish([]Event{{Kind: EventDelivered, Peer: "B", MsgID: f1.ID}})
+	require.Len(t, w1.ch, 1)
+	r.endWait(f1.ID, w1.ch)
+	assert.Zero(t, r.nwait.Load())
+	assert.Empty(t, r.waiters)
+
+	w2 := waiter{to: "B", topic: "t"}
+	f2, err := r.queueWaiting(now, r.node, &w2, []byte(`2`), "")
+	require.NoError(t, err)
+	assert.Equal(t, w1.ch, w2.ch, "the channel is reused")
+	assert.Empty(t, w2.ch, "and holds nothing of the last wait")
+	assert.Equal(t, f2.Seq, r.waiters[f2.ID].seq)
+	r.endWait(f2.ID, w2.ch)
+
+	// A wait that ends without its waiter's event leaves no waiter either.
+	assert.Zero(t, r.nwait.Load())
+	assert.Len(t, r.waitChans, 1)
+}
