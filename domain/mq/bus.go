@@ -2,7 +2,6 @@ package mq
 
 import (
 	"cmp"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -363,8 +362,8 @@ func (b *Bus) SendWant(now time.Time, to PeerID, id, topic string, payload []byt
 	if err := f.Validate(); err != nil {
 		return Frame{}, err
 	}
-	if !b.checkedJSON(f.Payload) {
-		return Frame{}, fmt.Errorf("%w: payload is not valid JSON", ErrBadFrame)
+	if err := b.checkedJSON(f.Payload); err != nil {
+		return Frame{}, fmt.Errorf("payload: %w", err)
 	}
 	d := b.dest(to)
 	if len(d.queue) >= b.opts.MaxPending {
@@ -671,17 +670,18 @@ func (b *Bus) retransmit(now time.Time, to PeerID, d *dest) {
 	d.due = now.Add(d.rto)
 }
 
-// checkedJSON reports whether p is valid JSON, checking only a payload
-// other than the last one found valid since the last Drain (see validJSON).
-func (b *Bus) checkedJSON(p []byte) bool {
+// checkedJSON checks that p is one JSON value as a frame's payload (see
+// CheckPayload), checking only a payload other than the last one found
+// valid since the last Drain (see validJSON).
+func (b *Bus) checkedJSON(p []byte) error {
 	if len(p) > 0 && len(p) == len(b.validJSON) && &p[0] == &b.validJSON[0] {
-		return true
+		return nil
 	}
-	if !json.Valid(p) {
-		return false
+	if err := CheckPayload(p); err != nil {
+		return err
 	}
 	b.validJSON = p
-	return true
+	return nil
 }
 
 // Drain returns the accumulated outputs and resets them. Cursor and sequence

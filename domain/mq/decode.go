@@ -3,6 +3,7 @@ package mq
 import (
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/bits"
 	"strings"
@@ -470,6 +471,29 @@ func scanLiteral(d []byte, i int, lit string) (int, error) {
 	return i + len(lit), nil
 }
 
+// CheckPayload reports whether p is a payload a frame can carry: one JSON
+// value, with whitespace around it, that encoding/json accepts (json.Valid)
+// and that nests at most maxNestingDepth-1 deep, so that the frame holding
+// it decodes (the frame object is the first level). The error, wrapping
+// ErrBadFrame, says what is wrong and where.
+func CheckPayload(p []byte) error {
+	i := skipWS(p, 0)
+	if i >= len(p) {
+		return fmt.Errorf("%w: payload is not valid JSON: it is empty", ErrBadFrame)
+	}
+	end, err := skipValue(p, i, 1)
+	if err == nil && skipWS(p, end) != len(p) {
+		err = syntaxErr("trailing data after the JSON value", skipWS(p, end))
+	}
+	if se := (*syntaxError)(nil); errors.As(err, &se) {
+		return fmt.Errorf("%w: payload is not valid JSON: %s", ErrBadFrame, se.detail())
+	}
+	if errors.Is(err, errTooDeep) {
+		return fmt.Errorf("%w: payload nests deeper than %d levels", ErrBadFrame, maxNestingDepth-1)
+	}
+	return err
+}
+
 // skipValue validates the JSON value at d[i] (no leading whitespace), nested
 // inside depth open containers, and returns the index just after it.
 func skipValue(d []byte, i, depth int) (int, error) {
@@ -763,8 +787,23 @@ func unhex(c byte) rune {
 }
 
 func syntaxErr(what string, at int) error {
-	return fmt.Errorf("%w: %s at byte %d", ErrBadFrame, what, at)
+	return &syntaxError{what: what, at: at}
 }
+
+// syntaxError is a JSON syntax error in a line: what is wrong, and the
+// byte it was found at. It wraps ErrBadFrame.
+type syntaxError struct {
+	what string
+	at   int
+}
+
+func (e *syntaxError) Error() string {
+	return fmt.Sprintf("%v: %s", ErrBadFrame, e.detail())
+}
+
+func (e *syntaxError) Unwrap() error { return ErrBadFrame }
+
+func (e *syntaxError) detail() string { return fmt.Sprintf("%s at byte %d", e.what, e.at) }
 
 func typeErr(field int, want string, at int) error {
 	return fmt.Errorf("%w: %s must be %s (byte %d)", ErrBadFrame, fieldName(field), want, at)

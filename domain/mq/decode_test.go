@@ -468,3 +468,59 @@ func TestParseInt64MatchesStrconv(t *testing.T) {
 		}
 	}
 }
+
+// checkPayloadCases are payloads for CheckPayload: JSON values of every
+// kind, with whitespace, and what json.Valid refuses.
+var checkPayloadCases = []string{
+	`1`, `-0.5e+3`, `"s"`, `"\u00e9\ud83d\ude00"`, "\"\xff\"", `true`, `false`, `null`, `[]`, `{}`,
+	` {"a":[1,"x",{"b":null}]} `, "\t[ 1 , 2 ]\r\n", `{"k":"v","k":1}`,
+	``, ` `, `1 2`, `[1,]`, `{"a":1,}`, `{"a"}`, `"\x"`, `nul`, `-`, `01`, `1.`, `1e`, `+1`, `.5`,
+	`"unterminated`, "\"ctl\x01\"", `[`, `]`, `{"a":1}}`, `[1]x`, `'s'`, `NaN`,
+	nested(100), nested(maxNestingDepth - 1),
+}
+
+func TestCheckPayloadMatchesJSONValid(t *testing.T) {
+	for _, p := range checkPayloadCases {
+		err := CheckPayload([]byte(p))
+		if json.Valid([]byte(p)) {
+			assert.NoError(t, err, "payload %q", p)
+			continue
+		}
+		if assert.Error(t, err, "payload %q", p) {
+			assert.ErrorIs(t, err, ErrBadFrame)
+			assert.Contains(t, err.Error(), "payload is not valid JSON", "payload %q", p)
+		}
+	}
+	err := CheckPayload([]byte(`{"a":[1,2}`))
+	assert.EqualError(t, err, "mq: malformed frame: payload is not valid JSON: expected ',' or the end of an array or object at byte 9")
+}
+
+// A payload is refused when the frame carrying it would nest too deep for
+// a receiver to decode it; one level less is accepted, and decodes.
+func TestCheckPayloadBoundsNestingDepth(t *testing.T) {
+	err := CheckPayload([]byte(nested(maxNestingDepth)))
+	require.ErrorIs(t, err, ErrBadFrame)
+	assert.Contains(t, err.Error(), fmt.Sprintf("payload nests deeper than %d levels", maxNestingDepth-1))
+
+	p := nested(maxNestingDepth - 1)
+	require.NoError(t, CheckPayload([]byte(p)))
+	f := Frame{Type: TypeMsg, ID: "a", Seq: 1, Topic: "t", Payload: json.RawMessage(p)}
+	line := AppendFrame(nil, &f)
+	_, err = DecodeFrame(line[:len(line)-1])
+	assert.NoError(t, err)
+}
+
+func FuzzCheckPayload(f *testing.F) {
+	for _, p := range checkPayloadCases {
+		f.Add([]byte(p))
+	}
+	f.Fuzz(func(t *testing.T, p []byte) {
+		err := CheckPayload(p)
+		if errors.Is(err, ErrBadFrame) && strings.Contains(err.Error(), "nests deeper") {
+			return // the documented difference
+		}
+		if (err == nil) != json.Valid(p) {
+			t.Fatalf("payload %q: CheckPayload %v, json.Valid %v", p, err, json.Valid(p))
+		}
+	})
+}
