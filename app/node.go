@@ -119,17 +119,20 @@ type State struct {
 // Node is one peer's composition of domain cores. Not safe for concurrent
 // use: exactly one goroutine (Runtime) or scheduler (simnet) drives it.
 type Node struct {
-	self     mq.PeerID
-	rnd      ports.Rand
-	idBuf    [16]byte // newID's random bytes (a field: no allocation per id)
-	bus      *mq.Bus
-	groups   *group.Core
-	now      time.Time // time of the latest step, for outputs produced in Ready
-	events   []Event
-	history  []HistoryQuestion // for the next Ready
-	stats    Stats
-	handlers map[string]ports.GroupTypeHandler
-	presence *presence.Core
+	self   mq.PeerID
+	rnd    ports.Rand
+	idBuf  [16]byte // newID's random bytes (a field: no allocation per id)
+	bus    *mq.Bus
+	groups *group.Core
+	now    time.Time // time of the latest step, for outputs produced in Ready
+	events []Event
+	// spareEvents is an events array handed back by Reuse, for the next
+	// Ready's events.
+	spareEvents []Event
+	history     []HistoryQuestion // for the next Ready
+	stats       Stats
+	handlers    map[string]ports.GroupTypeHandler
+	presence    *presence.Core
 	// presenceStarted: the first Tick started the presence core.
 	presenceStarted bool
 	// groupDelivered: a delivery went to the group core since the last
@@ -336,6 +339,7 @@ func (n *Node) Ready() Ready {
 		r.EarlyFrames = appendOrTake(r.EarlyFrames, br.EarlyFrames)
 		r.Frames = appendOrTake(r.Frames, br.Frames)
 		n.route(br)
+		n.bus.Reuse(nil, nil, br.Results) // route made them events
 		gr := n.groups.Drain()
 		r.Batch.Groups = append(r.Batch.Groups, gr.Changes...)
 		n.history = append(n.history, gr.History...)
@@ -364,9 +368,28 @@ func (n *Node) Ready() Ready {
 	n.groupDelivered = false
 	n.drainPresence(&r)
 	r.Events = n.events
-	n.events = nil
+	n.events, n.spareEvents = n.spareEvents, nil
 	r.History, n.history = n.history, nil
 	return r
+}
+
+// maxReusedEvents bounds the events array Reuse keeps.
+const maxReusedEvents = 1024
+
+// Reuse hands back the arrays of rd, a Ready of this node, once the caller
+// is done with them: the bus changes were stored or copied, the frames
+// sent and the events published, and nothing holds on to the arrays or
+// their elements any more. Any of them may be nil (one the caller still
+// holds). The next steps' outputs go in them: a step in a steady state
+// allocates none.
+func (n *Node) Reuse(rd *Ready) {
+	n.bus.Reuse(rd.Batch.Bus, rd.Frames, nil)
+	n.bus.Reuse(nil, rd.EarlyFrames, nil)
+	if c := cap(rd.Events); c > cap(n.spareEvents) && c <= maxReusedEvents {
+		evs := rd.Events[:0]
+		clear(evs[:c])
+		n.spareEvents = evs
+	}
 }
 
 // announcesGroupState reports whether the group messages of a step must
@@ -398,7 +421,7 @@ func appendOrTake[T any](a, b []T) []T {
 
 // route turns bus outputs into events, feeding group topics to the group core.
 func (n *Node) route(br mq.Ready) {
-	if n.events == nil {
+	if cap(n.events) == 0 {
 		// A delivery is an event, and on a group topic its group event
 		// usually follows: room for both.
 		k := 0

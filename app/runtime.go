@@ -467,8 +467,12 @@ func (r *Runtime) armTimer(t ports.Timer, now time.Time) {
 func (r *Runtime) flush(ctx context.Context, now time.Time, pending []command) error {
 	r.node.Mute(r.mutedKinds())
 	rd := r.node.Ready()
+	// spent collects the arrays of rd handed back to the node (Reuse) once
+	// nothing holds them: all of them when the step completes here.
+	spent := Ready{Batch: ports.Batch{Bus: rd.Batch.Bus}, Frames: rd.Frames, Events: rd.Events}
 	if r.barriers.Load() == 0 {
 		r.sendFrames(rd.EarlyFrames, r.inline)
+		spent.EarlyFrames = rd.EarlyFrames
 	} else {
 		rd.Frames = append(rd.EarlyFrames, rd.Frames...)
 	}
@@ -500,14 +504,23 @@ func (r *Runtime) flush(ctx context.Context, now time.Time, pending []command) e
 	// completes here, without a hand-over to the persister.
 	if r.inflight.Load() == 0 && (j.rd.Batch.Empty() || r.quick != nil && r.quick.ApplyNow(j.rd.Batch)) {
 		r.complete(ctx, j, r.inline)
-	} else if j.hasWork() {
-		if err := r.enqueue(j); err != nil {
-			return err
+	} else {
+		// The job holds its arrays, but not those of the changes split off
+		// (gathered below, by copy), nor the frames sent early.
+		spent.Frames, spent.Events = nil, nil
+		if len(lazy) == 0 {
+			spent.Batch.Bus = nil
+		}
+		if j.hasWork() {
+			if err := r.enqueue(j); err != nil {
+				return err
+			}
 		}
 	}
 	if len(lazy) > 0 {
 		r.gatherLazy(lazy, now)
 	}
+	r.node.Reuse(&spent)
 	return r.lazyDue(now)
 }
 

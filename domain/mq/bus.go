@@ -243,6 +243,9 @@ type Bus struct {
 	seenQ   []string
 	seenAt  int
 	out     Ready
+	// spare holds arrays handed back by Reuse while out's were in use,
+	// for the outputs after the next Drain (empty, at most maxReused long).
+	spare Ready
 	// validJSON is the last payload Send found valid JSON, until the next
 	// Drain: a group fan-out sends one payload (the same memory, which the
 	// bus keeps and nobody may modify) to every member, checked once.
@@ -579,7 +582,11 @@ func (b *Bus) onAck(now time.Time, from PeerID, f Frame) {
 	}
 	if popped > 0 {
 		clear(d.queue[:popped])
-		d.queue = d.queue[popped:]
+		if popped == len(d.queue) {
+			d.queue = d.queue[:0] // the next message takes the same slot
+		} else {
+			d.queue = d.queue[popped:]
+		}
 		d.sent -= popped
 		if d.sent < 0 {
 			d.sent = 0
@@ -684,6 +691,38 @@ func (b *Bus) checkedJSON(p []byte) error {
 	return nil
 }
 
+// maxReused bounds the length of an array Reuse keeps: a burst's arrays
+// are left to the garbage collector.
+const maxReused = 1024
+
+// Reuse hands back arrays of Readys that Drain returned, for the next
+// outputs, once the caller holds on to nothing in them: neither the arrays
+// nor pointers to their elements (a Delivery's is never taken back: the
+// node's events point to it). A step in a steady state then allocates none
+// of them. Any of them may be nil; at most two arrays of each kind are
+// kept, the larger ones.
+func (b *Bus) Reuse(changes []Change, frames []Outgoing, results []Result) {
+	b.out.Changes, b.spare.Changes = reuse(b.out.Changes, b.spare.Changes, changes)
+	b.out.Frames, b.spare.Frames = reuse(b.out.Frames, b.spare.Frames, frames)
+	b.out.Results, b.spare.Results = reuse(b.out.Results, b.spare.Results, results)
+}
+
+// reuse takes s, emptied (cleared to its capacity: nothing it pointed to
+// is held), as the outputs' array out when they have none yet, or else as
+// the spare array, when it is larger than the one it replaces and not
+// larger than maxReused.
+func reuse[T any](out, spare, s []T) ([]T, []T) {
+	if cap(s) > maxReused || cap(s) <= cap(spare) && (len(out) > 0 || cap(s) <= cap(out)) {
+		return out, spare
+	}
+	s = s[:0]
+	clear(s[:cap(s)])
+	if len(out) == 0 && cap(s) > cap(out) {
+		return s, spare
+	}
+	return out, s
+}
+
 // Drain returns the accumulated outputs and resets them. Cursor and sequence
 // changes are coalesced: one per peer per Ready, in peer order.
 func (b *Bus) Drain() Ready {
@@ -709,7 +748,8 @@ func (b *Bus) Drain() Ready {
 	}
 	b.dirtySources = b.dirtySources[:0]
 	r := b.out
-	b.out = Ready{}
+	b.out = Ready{Changes: b.spare.Changes, Frames: b.spare.Frames, Results: b.spare.Results}
+	b.spare = Ready{}
 	// Msg frames (new or retransmitted) depend only on the epoch and the
 	// sequence reservation; acks depend on the cursors in Changes.
 	if !b.mustPersistFirst {

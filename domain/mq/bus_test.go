@@ -710,3 +710,74 @@ func TestFanOutChecksItsPayloadOnce(t *testing.T) {
 	_, err = a.bus.Send(t0, "E", "id-5", "chat", payload, "")
 	require.ErrorIs(t, err, ErrBadFrame, "checked anew after Drain")
 }
+
+// Arrays handed back by Reuse hold the next outputs, emptied; a burst's
+// large array is not kept.
+func TestDrainReusesArraysHandedBack(t *testing.T) {
+	a := newPeer("A", Options{})
+	send := func(i int) Ready {
+		_, err := a.bus.Send(t0, "B", fmt.Sprint("m", i), "t", []byte(`1`), "")
+		require.NoError(t, err)
+		return a.bus.Drain()
+	}
+	r1 := send(1)
+	require.NotEmpty(t, r1.Changes)
+	require.NotEmpty(t, r1.Frames)
+	changes, frames := r1.Changes, r1.Frames
+	a.bus.Reuse(changes, frames, nil)
+	assert.Zero(t, changes[:1][0], "emptied: nothing it pointed to is held")
+	assert.Zero(t, frames[:1][0])
+
+	r2 := send(2)
+	require.NotEmpty(t, r2.Changes)
+	assert.Same(t, &changes[:1][0], &r2.Changes[0], "the array handed back holds the next outputs")
+	frames2 := r2.EarlyFrames // msgs only, and no new reservation
+	require.Len(t, frames2, 1)
+	assert.Equal(t, "m2", frames2[0].Frame.ID)
+	assert.Same(t, &frames[:1][0], &frames2[0])
+
+	// An array longer than maxReused is left to the garbage collector; so
+	// is one smaller than the one kept.
+	big := make([]Change, 0, maxReused+1)
+	a.bus.Reuse(big, nil, nil)
+	a.bus.Reuse(make([]Change, 0, 1), nil, nil)
+	small := make([]Change, 0, 2)
+	a.bus.Reuse(small, nil, nil)
+	a.bus.Reuse(make([]Change, 0, 1), nil, nil)
+	r3 := send(3)
+	require.NotEmpty(t, r3.Changes)
+	assert.Same(t, &small[:1][0], &r3.Changes[0])
+}
+
+// A round trip between two buses whose outputs are handed back allocates
+// only what it must: the queued message and its delivery.
+func TestRoundTripAllocationsWithReuse(t *testing.T) {
+	a, b := newPeer("A", Options{}), newPeer("B", Options{})
+	payload := []byte(`{"n":1}`)
+	out := make([]Outgoing, 0, 4)
+	step := func(p *peer) []Outgoing {
+		r := p.bus.Drain()
+		out = append(append(out[:0], r.EarlyFrames...), r.Frames...)
+		p.bus.Reuse(r.Changes, r.Frames, r.Results)
+		p.bus.Reuse(nil, r.EarlyFrames, nil)
+		return out
+	}
+	roundTrip := func() {
+		if _, err := a.bus.Send(t0, "B", "id", "t", payload, ""); err != nil {
+			panic(err)
+		}
+		for _, o := range step(a) {
+			b.bus.Receive(t0, "A", o.Frame)
+		}
+		for _, o := range step(b) {
+			a.bus.Receive(t0, "B", o.Frame)
+		}
+		step(a)
+	}
+	for range 10 {
+		roundTrip()
+	}
+	allocs := testing.AllocsPerRun(200, roundTrip)
+	t.Logf("allocations per round trip: %.1f", allocs)
+	assert.LessOrEqual(t, allocs, 2.0)
+}

@@ -485,6 +485,14 @@ func CheckPayload(p []byte) error {
 	if err == nil && skipWS(p, end) != len(p) {
 		err = syntaxErr("trailing data after the JSON value", skipWS(p, end))
 	}
+	if err != nil {
+		return payloadErr(err)
+	}
+	return nil
+}
+
+// payloadErr words err, from skipValue, for a payload.
+func payloadErr(err error) error {
 	if se := (*syntaxError)(nil); errors.As(err, &se) {
 		return fmt.Errorf("%w: payload is not valid JSON: %s", ErrBadFrame, se.detail())
 	}
