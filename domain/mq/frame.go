@@ -227,7 +227,7 @@ func DecodeFrame(line []byte) (Frame, error) {
 // a stage (an early ack) or a floor (a batched one).
 func AppendFrame(dst []byte, f *Frame) []byte {
 	dst = append(dst, `{"type":`...)
-	dst = strconv.AppendQuote(dst, f.Type)
+	dst = appendJSONString(dst, f.Type)
 	dst = append(dst, `,"id":`...)
 	dst = appendJSONString(dst, f.ID)
 	dst = append(dst, `,"seq":`...)
@@ -285,23 +285,31 @@ func appendCompact(dst []byte, raw []byte) []byte {
 	return append(dst, buf.Bytes()...)
 }
 
+// appendJSONString appends s as encoding/json encodes it.
 func appendJSONString(dst []byte, s string) []byte {
-	simple := true
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c < 0x20 || c == '"' || c == '\\' || c >= 0x80 || c == '<' || c == '>' || c == '&' {
-			simple = false
-			break
+		if !jsonPlain[s[i]] {
+			b, _ := json.Marshal(s)
+			return append(dst, b...)
 		}
 	}
-	if simple {
-		dst = append(dst, '"')
-		dst = append(dst, s...)
-		return append(dst, '"')
-	}
-	b, _ := json.Marshal(s)
-	return append(dst, b...)
+	dst = append(dst, '"')
+	dst = append(dst, s...)
+	return append(dst, '"')
 }
+
+// jsonPlain marks the bytes encoding/json writes as they are in a string:
+// printable ASCII but for the quote, the backslash and the HTML characters
+// it escapes.
+var jsonPlain = func() (t [256]bool) {
+	for c := 0x20; c < 0x80; c++ {
+		t[c] = true
+	}
+	for _, c := range `"\<>&` {
+		t[c] = false
+	}
+	return t
+}()
 
 func truncate(s string, n int) string {
 	if len(s) <= n {

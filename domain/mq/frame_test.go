@@ -121,3 +121,19 @@ func TestAsksReceived(t *testing.T) {
 		assert.False(t, f.AsksReceived(), name)
 	}
 }
+
+// Strings in frames are encoded as encoding/json encodes them, byte for
+// byte: every single byte, and strings around them.
+func TestAppendJSONStringMatchesEncodingJSON(t *testing.T) {
+	for c := 0; c < 256; c++ {
+		for _, s := range []string{string([]byte{byte(c)}), "id-" + string([]byte{byte(c)}) + "-x"} {
+			want, err := json.Marshal(s)
+			require.NoError(t, err)
+			assert.Equal(t, string(want), string(appendJSONString(nil, s)), "byte %#x", c)
+		}
+	}
+	for _, s := range []string{"", "msg", "é", "a\u2028b", "<script>", `q"b\s`} {
+		want, _ := json.Marshal(s)
+		assert.Equal(t, string(want), string(appendJSONString([]byte("x"), s))[1:])
+	}
+}
