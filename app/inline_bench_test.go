@@ -4,7 +4,6 @@ import (
 	"context"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/goop-p2p/goop/adapters/system"
 	"github.com/goop-p2p/goop/app"
@@ -118,7 +117,6 @@ func BenchmarkInlineRoundTrip(b *testing.B) {
 	for range 100 {
 		roundTrip()
 	}
-	inline := ta.h
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
@@ -128,7 +126,6 @@ func BenchmarkInlineRoundTrip(b *testing.B) {
 	if ta.queued.Load()+tb.queued.Load() > 0 {
 		b.Logf("%d frames went through the loops", ta.queued.Load()+tb.queued.Load())
 	}
-	_ = inline
 }
 
 func benchPayload() []byte {
@@ -139,5 +136,3 @@ func benchPayload() []byte {
 	}
 	return append(p, `"}`...)
 }
-
-var _ = time.Second
