@@ -386,9 +386,8 @@ func (n *Node) Reuse(rd *Ready) {
 	n.bus.Reuse(rd.Batch.Bus, rd.Frames, nil)
 	n.bus.Reuse(nil, rd.EarlyFrames, nil)
 	if c := cap(rd.Events); c > cap(n.spareEvents) && c <= maxReusedEvents {
-		evs := rd.Events[:0]
-		clear(evs[:c])
-		n.spareEvents = evs
+		clear(rd.Events) // past its length the array holds nothing
+		n.spareEvents = rd.Events[:0]
 	}
 }
 

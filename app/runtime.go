@@ -175,6 +175,10 @@ type Runtime struct {
 
 	mu      sync.Mutex
 	subs    map[*Subscription]struct{}
+	// subKinds is the union of the kinds subs take (bit k: kind k; all bits
+	// when one takes every kind), kept by subsChanged for mutedKinds,
+	// which reads it without mu.
+	subKinds atomic.Uint32
 	waiters map[string]waiter
 	nwait   atomic.Int64 // len(waiters), read without mu
 	// waitChans are waiters' channels kept for the next ones (endWait),
@@ -833,6 +837,7 @@ func (r *Runtime) stop() {
 		s.closeLocked()
 	}
 	r.subs = map[*Subscription]struct{}{}
+	r.subsChanged()
 }
 
 // Err returns why the runtime stopped, if it failed.
@@ -1122,6 +1127,7 @@ func (r *Runtime) SubscribeKinds(n int, kinds ...EventKind) *Subscription {
 		s.closeLocked()
 	default:
 		r.subs[s] = struct{}{}
+		r.subsChanged()
 	}
 	return s
 }
@@ -1131,6 +1137,7 @@ func (s *Subscription) Close() {
 	s.r.mu.Lock()
 	defer s.r.mu.Unlock()
 	delete(s.r.subs, s)
+	s.r.subsChanged()
 	s.closeLocked()
 }
 
@@ -1141,19 +1148,24 @@ func (s *Subscription) closeLocked() {
 	}
 }
 
-// mutedKinds returns the kinds of Mutable events that no subscriber and no
-// waiter takes: the node need not build them.
-func (r *Runtime) mutedKinds() uint32 {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+// subsChanged recomputes subKinds after subs changed. Under r.mu.
+func (r *Runtime) subsChanged() {
 	var wanted uint32
 	for s := range r.subs {
 		if s.kinds == 0 {
-			return 0
+			wanted = ^uint32(0)
+			break
 		}
 		wanted |= s.kinds
 	}
-	if len(r.waiters) > 0 {
+	r.subKinds.Store(wanted)
+}
+
+// mutedKinds returns the kinds of Mutable events that no subscriber and no
+// waiter takes: the node need not build them.
+func (r *Runtime) mutedKinds() uint32 {
+	wanted := r.subKinds.Load()
+	if r.nwait.Load() > 0 {
 		wanted |= 1<<EventDelivered | 1<<EventReceived // (failures are never muted)
 	}
 	return Mutable &^ wanted
@@ -1179,6 +1191,7 @@ func (r *Runtime) publish(evs []Event) {
 			default:
 				r.log.Warn("event subscriber too slow; closing it")
 				delete(r.subs, s)
+				r.subsChanged()
 				s.closeLocked()
 			}
 		}

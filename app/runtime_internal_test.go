@@ -320,3 +320,31 @@ func TestWaitChannelsAreReusedEmpty(t *testing.T) {
 	assert.Zero(t, r.nwait.Load())
 	assert.Len(t, r.waitChans, 1)
 }
+
+// The kinds muted follow the subscriptions as they come and go (closed by
+// their owner, or for being too slow) and the callers waiting for acks.
+func TestMutedKindsFollowSubscriptions(t *testing.T) {
+	r := NewRuntime(NewNode("A", State{}, memory.NewRand(1), NodeOptions{}), nil, nil, system.Clock{}, nil)
+	assert.Equal(t, Mutable, r.mutedKinds(), "nobody listens")
+	msgs := r.SubscribeKinds(1, EventMessage)
+	assert.Equal(t, Mutable&^(1<<EventMessage), r.mutedKinds())
+	all := r.Subscribe(1)
+	assert.Zero(t, r.mutedKinds(), "a subscriber of every kind")
+	all.Close()
+	assert.Equal(t, Mutable&^(1<<EventMessage), r.mutedKinds())
+
+	// A waiter wants its acks.
+	w := waiter{to: "B", topic: "t"}
+	f, err := r.queueWaiting(time.Unix(1, 0), r.node, &w, []byte(`1`), "")
+	require.NoError(t, err)
+	assert.Equal(t, uint32(1<<EventMessage|1<<EventDelivered|1<<EventReceived)&Mutable, Mutable&^r.mutedKinds())
+	r.endWait(f.ID, w.ch)
+
+	// A subscriber closed for being slow wants nothing any more.
+	r.publish([]Event{{Kind: EventMessage, MsgID: "1"}, {Kind: EventMessage, MsgID: "2"}})
+	_, open := <-msgs.C
+	assert.True(t, open)
+	_, open = <-msgs.C
+	assert.False(t, open, "closed: its buffer overflowed")
+	assert.Equal(t, Mutable, r.mutedKinds())
+}

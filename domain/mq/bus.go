@@ -707,16 +707,16 @@ func (b *Bus) Reuse(changes []Change, frames []Outgoing, results []Result) {
 	b.out.Results, b.spare.Results = reuse(b.out.Results, b.spare.Results, results)
 }
 
-// reuse takes s, emptied (cleared to its capacity: nothing it pointed to
-// is held), as the outputs' array out when they have none yet, or else as
+// reuse takes s, emptied (cleared: nothing it pointed to is held), as the
+// outputs' array out when they have none yet, or else as
 // the spare array, when it is larger than the one it replaces and not
 // larger than maxReused.
 func reuse[T any](out, spare, s []T) ([]T, []T) {
 	if cap(s) > maxReused || cap(s) <= cap(spare) && (len(out) > 0 || cap(s) <= cap(out)) {
 		return out, spare
 	}
+	clear(s) // past its length an array from Drain holds nothing
 	s = s[:0]
-	clear(s[:cap(s)])
 	if len(out) == 0 && cap(s) > cap(out) {
 		return s, spare
 	}
