@@ -173,14 +173,14 @@ type Runtime struct {
 	lazyPuts map[outKey]int // index in lazyRows of a gathered PutOutbox
 	delsDue  time.Time      // when lazyDels must be handed over (zero: none)
 
-	mu      sync.Mutex
-	subs    map[*Subscription]struct{}
+	mu   sync.Mutex
+	subs map[*Subscription]struct{}
 	// subKinds is the union of the kinds subs take (bit k: kind k; all bits
 	// when one takes every kind), kept by subsChanged for mutedKinds,
 	// which reads it without mu.
 	subKinds atomic.Uint32
-	waiters map[string]waiter
-	nwait   atomic.Int64 // len(waiters), read without mu
+	waiters  map[string]waiter
+	nwait    atomic.Int64 // len(waiters), read without mu
 	// waitChans are waiters' channels kept for the next ones (endWait),
 	// at most maxWaitChans.
 	waitChans []chan Event
