@@ -3,6 +3,7 @@ package app_test
 import (
 	"context"
 	"encoding/json"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -90,10 +91,16 @@ func (t *inlineTransport) ClaimDirect(to mq.PeerID, f mq.Frame) (func(), bool) {
 // stores a receiver's cursors at once (ports.QuickStore), as SQLite does.
 func startInlineNode(t *testing.T, net *memory.Network, id mq.PeerID) (*app.Runtime, *inlineTransport) {
 	t.Helper()
+	return startInlineNodeClock(t, net, id, system.Clock{})
+}
+
+// startInlineNodeClock is startInlineNode with the runtime on clock.
+func startInlineNodeClock(t *testing.T, net *memory.Network, id mq.PeerID, clock ports.Clock) (*app.Runtime, *inlineTransport) {
+	t.Helper()
 	tr := newInlineTransport(net, id)
 	node := app.NewNode(id, app.State{}, memory.NewRand(seedOf(id)), app.NodeOptions{})
 	store := &quickStore{recStore: &recStore{Store: memory.NewStore()}}
-	rt := app.NewRuntime(node, tr, store, system.Clock{}, nil)
+	rt := app.NewRuntime(node, tr, store, clock, nil)
 	require.NotNil(t, tr.h.Load(), "the runtime installs its inline handler")
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { _ = rt.Run(ctx) }()
@@ -237,4 +244,67 @@ func settle(ctx context.Context, t *testing.T, rt *app.Runtime, tr *inlineTransp
 			return
 		}
 	}
+}
+
+// timerClock is the system clock whose timers record every duration they
+// are set for.
+type timerClock struct {
+	system.Clock
+	mu  sync.Mutex
+	set []time.Duration
+}
+
+func (c *timerClock) NewTimer(d time.Duration) ports.Timer {
+	c.record(d)
+	return &recTimer{Timer: c.Clock.NewTimer(d), c: c}
+}
+
+func (c *timerClock) record(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.set = append(c.set, d)
+}
+
+// shortest returns the shortest duration a timer was set for since the
+// last call (an hour if none).
+func (c *timerClock) shortest() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := time.Hour
+	for _, d := range c.set {
+		m = min(m, d)
+	}
+	c.set = nil
+	return m
+}
+
+type recTimer struct {
+	ports.Timer
+	c *timerClock
+}
+
+func (t *recTimer) Reset(d time.Duration) {
+	t.c.record(d)
+	t.Timer.Reset(d)
+}
+
+// Round trips one after another set no timer but the retransmission's: a
+// message's outbox row, acknowledged within the round trip, never needed
+// storing, and a timer set for it would wake the node for nothing (and
+// moving a timer earlier wakes the scheduler's network poller).
+func TestRoundTripsSetNoLingerTimer(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	net := memory.NewNetwork()
+	clock := &timerClock{}
+	a, ta := startInlineNodeClock(t, net, "A", clock)
+	b, tb := startInlineNode(t, net, "B")
+	settle(ctx, t, a, ta)
+	settle(ctx, t, b, tb)
+	clock.shortest()
+	for range 50 {
+		_, _, err := a.SendRoundTrip(ctx, "B", "t", []byte(`1`))
+		require.NoError(t, err)
+	}
+	assert.Greater(t, clock.shortest(), time.Second)
 }

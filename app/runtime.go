@@ -1,10 +1,12 @@
 package app
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -172,6 +174,15 @@ type Runtime struct {
 	lazyDels []mq.Change
 	lazyPuts map[outKey]int // index in lazyRows of a gathered PutOutbox
 	delsDue  time.Time      // when lazyDels must be handed over (zero: none)
+	// held are the outbox rows of messages a caller waits on (SendWait,
+	// SendRoundTrip), kept apart from lazyRows until the wait ends without
+	// the message's final ack (see release): no timer is set for them, so
+	// round trips one after another set none. Nothing is lost if the node
+	// stops meanwhile: the caller has been told nothing yet. Their deletion
+	// drops them, as it drops a gathered row. stepWaited lists the
+	// messages of waiting callers queued in the step being flushed.
+	held       map[outKey]mq.Change
+	stepWaited []outKey
 
 	mu   sync.Mutex
 	subs map[*Subscription]struct{}
@@ -184,6 +195,10 @@ type Runtime struct {
 	// waitChans are waiters' channels kept for the next ones (endWait),
 	// at most maxWaitChans.
 	waitChans []chan Event
+	// released lists held rows whose wait ended without the final ack,
+	// for the next step to gather (nreleased: its length, read without mu).
+	released  []outKey
+	nreleased atomic.Int32
 
 	// Members' history questions, answered from the store by one goroutine
 	// (historyWorker); nil when the store keeps no history. asking counts
@@ -215,6 +230,7 @@ func NewRuntime(node *Node, tr ports.Transport, store ports.Store, clock ports.C
 		fatal:     make(chan struct{}),
 		persisted: make(chan struct{}),
 		lazyPuts:  map[outKey]int{},
+		held:      map[outKey]mq.Change{},
 		subs:      map[*Subscription]struct{}{},
 		waiters:   map[string]waiter{},
 	}
@@ -469,6 +485,9 @@ func (r *Runtime) armTimer(t ports.Timer, now time.Time) {
 // or the store stores it at once (ports.QuickStore: a receiver's cursor),
 // it all happens here, without a hand-over.
 func (r *Runtime) flush(ctx context.Context, now time.Time, pending []command) error {
+	if r.nreleased.Load() > 0 {
+		r.gatherReleased(now)
+	}
 	r.node.Mute(r.mutedKinds())
 	rd := r.node.Ready()
 	// spent collects the arrays of rd handed back to the node (Reuse) once
@@ -524,6 +543,7 @@ func (r *Runtime) flush(ctx context.Context, now time.Time, pending []command) e
 	if len(lazy) > 0 {
 		r.gatherLazy(lazy, now)
 	}
+	r.stepWaited = r.stepWaited[:0]
 	r.node.Reuse(&spent)
 	return r.lazyDue(now)
 }
@@ -531,11 +551,11 @@ func (r *Runtime) flush(ctx context.Context, now time.Time, pending []command) e
 // lazyDue hands the gathered lazy changes over when their time has come by
 // now, or they are too many: the rows alone when only theirs has come.
 func (r *Runtime) lazyDue(now time.Time) error {
-	if len(r.lazyRows) == 0 && len(r.lazyDels) == 0 {
+	if len(r.lazyRows) == 0 && len(r.lazyDels) == 0 && len(r.held) == 0 {
 		return nil
 	}
 	switch {
-	case len(r.lazyRows)+len(r.lazyDels) >= maxLazy,
+	case len(r.lazyRows)+len(r.lazyDels)+len(r.held) >= maxLazy,
 		!r.delsDue.IsZero() && !now.Before(r.delsDue):
 		return r.handOverLazy()
 	case len(r.rowsAt) > 0 && !now.Before(r.rowsDue()):
@@ -545,18 +565,27 @@ func (r *Runtime) lazyDue(now time.Time) error {
 }
 
 // gatherLazy adds lazy changes (outbox rows and deletions) to those
-// gathered. A deletion of a row gathered and not yet handed over drops the
-// row and itself: the row was never stored (PutOutbox is emitted once per
-// message, and (peer, seq) names one message, never reused).
+// gathered, or held (the rows of waited messages). A deletion of a row
+// gathered or held and not yet handed over drops the row and itself: the
+// row was never stored (PutOutbox is emitted once per message, and (peer,
+// seq) names one message, never reused).
 func (r *Runtime) gatherLazy(cs []mq.Change, now time.Time) {
 	for _, c := range cs {
 		k := outKey{c.Peer, c.Seq}
 		switch c.Kind {
 		case mq.PutOutbox:
+			if slices.Contains(r.stepWaited, k) {
+				r.held[k] = c
+				continue
+			}
 			r.lazyPuts[k] = len(r.lazyRows)
 			r.lazyRows = append(r.lazyRows, c)
 			r.rowsAt = append(r.rowsAt, now)
 		case mq.DeleteOutbox:
+			if _, ok := r.held[k]; ok {
+				delete(r.held, k)
+				continue
+			}
 			if i, ok := r.lazyPuts[k]; ok {
 				r.lazyRows[i] = mq.Change{} // dropped at hand-over
 				delete(r.lazyPuts, k)
@@ -576,11 +605,43 @@ func (r *Runtime) gatherLazy(cs []mq.Change, now time.Time) {
 	}
 }
 
-// handOverLazy sends every gathered lazy change to the persister.
+// release moves the held row of message (to, seq) to the rows gathered
+// for the linger, through the next step: its caller stopped waiting before
+// the final ack (it gave up, or an early received ack was enough), and may
+// have been told that the message is queued. The loop is woken for it
+// unless its command queue is full: then it steps soon anyway.
+func (r *Runtime) release(to mq.PeerID, seq int64) {
+	r.mu.Lock()
+	r.released = append(r.released, outKey{to, seq})
+	r.nreleased.Store(int32(len(r.released)))
+	r.mu.Unlock()
+	select {
+	case r.cmds <- command{fn: func(time.Time, *Node) {}}:
+	default:
+	}
+}
+
+// gatherReleased gathers the released rows still held (see release).
+func (r *Runtime) gatherReleased(now time.Time) {
+	r.mu.Lock()
+	ks := r.released
+	r.released = nil
+	r.nreleased.Store(0)
+	r.mu.Unlock()
+	for _, k := range ks {
+		if c, ok := r.held[k]; ok {
+			delete(r.held, k)
+			r.gatherLazy([]mq.Change{c}, now)
+		}
+	}
+}
+
+// handOverLazy sends every gathered lazy change to the persister, and the
+// held rows.
 func (r *Runtime) handOverLazy() error { return r.handOver(true, time.Time{}) }
 
-// handOver sends gathered outbox rows, and the gathered deletions too if
-// dels, to the persister as one job: rows first (a deletion gathered never
+// handOver sends gathered outbox rows, and the gathered deletions and held
+// rows too if dels, to the persister as one job: rows first (a deletion gathered never
 // names a row gathered, which it would have dropped). With dels every row
 // goes; without, only the rows gathered linger ago or earlier: each row
 // gets its whole linger to be acknowledged and never written, not only the
@@ -596,6 +657,14 @@ func (r *Runtime) handOver(dels bool, now time.Time) error {
 	}
 	cs := slices.DeleteFunc(slices.Clone(r.lazyRows[:n]), func(c mq.Change) bool { return c.Kind == 0 })
 	r.keepRows(n)
+	if dels && len(r.held) > 0 {
+		// Ordered for a store that writes rows in order of arrival.
+		held := slices.SortedFunc(maps.Values(r.held), func(a, b mq.Change) int {
+			return cmp.Or(cmp.Compare(a.Peer, b.Peer), cmp.Compare(a.Seq, b.Seq))
+		})
+		cs = append(cs, held...)
+		clear(r.held)
+	}
 	if dels {
 		cs = append(cs, r.lazyDels...)
 		// The next deletions reuse the array (copied into cs), unless a
@@ -969,20 +1038,27 @@ func (r *Runtime) sendWait(ctx context.Context, to mq.PeerID, topic string, payl
 	}
 	if w.ch != nil { // queued, and w is its waiter
 		defer r.endWait(f.ID, w.ch)
+		if err != nil {
+			r.release(to, f.Seq) // the wait ends here
+		}
 	}
 	if err != nil {
 		return f, Event{}, err
 	}
 	select {
 	case ev := <-w.ch:
-		if ev.Kind == EventFailed {
+		switch ev.Kind {
+		case EventFailed:
 			return f, ev, fmt.Errorf("message %s to %s failed: %s", f.ID, to, ev.Reason)
+		case EventReceived:
+			r.release(to, f.Seq) // the final ack is still to come
 		}
 		return f, ev, nil
 	case <-ctx.Done():
+		r.release(to, f.Seq)
 		return f, Event{}, ctx.Err()
 	case <-r.stopped:
-		return f, Event{}, ErrStopped
+		return f, Event{}, ErrStopped // (the loop stored the held rows)
 	}
 }
 
@@ -1000,17 +1076,26 @@ func (r *Runtime) stepSend(w *waiter, payload []byte, want string) (f mq.Frame, 
 
 // loopSend is stepSend through the loop, for when it cannot step inline.
 // The loop works on a copy of w (the inline path keeps w on the caller's
-// stack), copied back once it is done.
+// stack), copied back once it is done. A caller that stops waiting before
+// the loop came to its message (ctx) leaves it unsent: it was told so.
 func (r *Runtime) loopSend(ctx context.Context, w *waiter, payload []byte, want string) (mq.Frame, error) {
 	type result struct {
-		w   waiter
-		f   mq.Frame
-		err error
+		mu     sync.Mutex
+		w      waiter
+		f      mq.Frame
+		err    error
+		queued bool // the loop came to it
+		gone   bool // the caller stopped waiting first
 	}
 	res := &result{w: *w}
 	done := make(chan struct{})
 	c := command{fn: func(now time.Time, n *Node) {
-		res.f, res.err = r.queueWaiting(now, n, &res.w, payload, want)
+		res.mu.Lock()
+		defer res.mu.Unlock()
+		if !res.gone {
+			res.f, res.err = r.queueWaiting(now, n, &res.w, payload, want)
+		}
+		res.queued = true
 		close(done)
 	}}
 	select {
@@ -1022,13 +1107,24 @@ func (r *Runtime) loopSend(ctx context.Context, w *waiter, payload []byte, want 
 	}
 	select {
 	case <-done:
-		*w = res.w
-		return res.f, res.err
 	case <-r.stopped:
 		return mq.Frame{}, ErrStopped
 	case <-ctx.Done():
-		return mq.Frame{}, ctx.Err()
 	}
+	res.mu.Lock()
+	defer res.mu.Unlock()
+	if !res.queued {
+		res.gone = true
+		if ctx.Err() != nil {
+			return mq.Frame{}, ctx.Err()
+		}
+		return mq.Frame{}, ErrStopped
+	}
+	*w = res.w
+	if res.err == nil && ctx.Err() != nil {
+		return res.f, ctx.Err() // queued, but the caller stops waiting
+	}
+	return res.f, res.err
 }
 
 // queueWaiting queues w's message on n and, once it is queued, registers w
@@ -1038,6 +1134,7 @@ func (r *Runtime) queueWaiting(now time.Time, n *Node, w *waiter, payload []byte
 	if err != nil {
 		return f, err
 	}
+	r.stepWaited = append(r.stepWaited, outKey{w.to, f.Seq})
 	r.mu.Lock()
 	w.seq = f.Seq
 	if k := len(r.waitChans); k > 0 {

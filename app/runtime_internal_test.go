@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -347,4 +348,128 @@ func TestMutedKindsFollowSubscriptions(t *testing.T) {
 	_, open = <-msgs.C
 	assert.False(t, open, "closed: its buffer overflowed")
 	assert.Equal(t, Mutable, r.mutedKinds())
+}
+
+// putStore is a memory store that reports each outbox row it stores.
+type putStore struct {
+	*memory.Store
+	puts chan outKey
+}
+
+func (s *putStore) Apply(ctx context.Context, b ports.Batch) error {
+	if err := s.Store.Apply(ctx, b); err != nil {
+		return err
+	}
+	for _, c := range b.Bus {
+		if c.Kind == mq.PutOutbox {
+			s.puts <- outKey{c.Peer, c.Seq}
+		}
+	}
+	return nil
+}
+
+// startLone runs node A with no peer to answer it, on a putStore.
+func startLone(t *testing.T) (*Runtime, *putStore, context.CancelFunc, chan error) {
+	t.Helper()
+	store := &putStore{Store: memory.NewStore(), puts: make(chan outKey, 16)}
+	tr := memory.NewNetwork().Join("A")
+	r := NewRuntime(NewNode("A", State{}, memory.NewRand(1), NodeOptions{}), tr, store, system.Clock{}, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-r.Done()
+		_ = tr.Close()
+	})
+	require.NoError(t, r.Do(ctx, func(time.Time, *Node) {}))
+	return r, store, cancel, done
+}
+
+// sendRoundTripAsync starts a SendRoundTrip to B and returns once the node
+// queued the message.
+func sendRoundTripAsync(t *testing.T, r *Runtime, ctx context.Context) chan error {
+	t.Helper()
+	errs := make(chan error, 1)
+	go func() {
+		_, _, err := r.SendRoundTrip(ctx, "B", "t", []byte(`1`))
+		errs <- err
+	}()
+	for sent := false; !sent; {
+		require.NoError(t, r.Do(context.Background(), func(_ time.Time, n *Node) { sent = n.Stats().Sent == 1 }))
+	}
+	return errs
+}
+
+// The outbox row of a message whose caller waits is held, with no timer
+// set for it, until the wait ends: then it is stored within the linger.
+func TestWaitedRowIsHeldUntilTheWaitEnds(t *testing.T) {
+	r, store, _, _ := startLone(t)
+	wctx, stopWaiting := context.WithCancel(context.Background())
+	errs := sendRoundTripAsync(t, r, wctx)
+
+	r.stepMu.Lock()
+	assert.Len(t, r.held, 1)
+	assert.Empty(t, r.lazyRows)
+	armedFor := r.armedAt.Sub(time.Now())
+	r.stepMu.Unlock()
+	assert.Greater(t, armedFor, time.Second, "the loop's timer waits for the retransmission only")
+	assert.Empty(t, store.puts, "nothing stored while the caller waits")
+
+	stopWaiting()
+	require.ErrorIs(t, <-errs, context.Canceled)
+	select {
+	case k := <-store.puts:
+		assert.Equal(t, outKey{"B", 1}, k)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the row was not stored after the wait ended")
+	}
+	r.stepMu.Lock()
+	defer r.stepMu.Unlock()
+	assert.Empty(t, r.held)
+}
+
+// A node that stops stores the rows it holds for waiting callers.
+func TestHeldRowsAreStoredAtStop(t *testing.T) {
+	r, store, stop, done := startLone(t)
+	errs := sendRoundTripAsync(t, r, context.Background())
+	stop()
+	require.NoError(t, <-done)
+	require.ErrorIs(t, <-errs, ErrStopped)
+	require.Len(t, store.puts, 1)
+	assert.Equal(t, outKey{"B", 1}, <-store.puts)
+}
+
+// A caller that stops waiting before the loop came to its message leaves
+// it unsent: it was told the node did not take it.
+func TestSendWaitGivenUpBeforeTheLoopSendsNothing(t *testing.T) {
+	store := &putStore{Store: memory.NewStore(), puts: make(chan outKey, 16)}
+	tr := memory.NewNetwork().Join("A")
+	defer tr.Close()
+	r := NewRuntime(NewNode("A", State{}, memory.NewRand(1), NodeOptions{}), tr, store, system.Clock{}, nil)
+	wctx, stopWaiting := context.WithCancel(context.Background())
+	errs := make(chan error, 1)
+	go func() {
+		f, _, err := r.SendWait(wctx, "B", "t", []byte(`1`))
+		assert.Empty(t, f.ID)
+		errs <- err
+	}()
+	for len(r.cmds) == 0 { // not running: the message waits for the loop
+		runtime.Gosched()
+	}
+	stopWaiting()
+	require.ErrorIs(t, <-errs, context.Canceled)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { _ = r.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-r.Done()
+	}()
+	var sent uint64
+	require.NoError(t, r.Do(ctx, func(_ time.Time, n *Node) { sent = n.Stats().Sent }))
+	assert.Zero(t, sent)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	assert.Empty(t, r.waiters)
 }
