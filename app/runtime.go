@@ -607,14 +607,20 @@ func (r *Runtime) gatherLazy(cs []mq.Change, now time.Time) {
 
 // release moves the held row of message (to, seq) to the rows gathered
 // for the linger, through the next step: its caller stopped waiting before
-// the final ack (it gave up, or an early received ack was enough), and may
-// have been told that the message is queued. The loop is woken for it
-// unless its command queue is full: then it steps soon anyway.
-func (r *Runtime) release(to mq.PeerID, seq int64) {
+// the final ack, and may have been told that the message is queued. With
+// wake (the caller gave up), the loop is woken for it unless its command
+// queue is full (then it steps soon anyway). Without (an early received
+// ack was enough), the step of the final ack, which comes next, gathers
+// the row and drops it; if that ack never comes, the message's
+// retransmission (a step) gathers it.
+func (r *Runtime) release(to mq.PeerID, seq int64, wake bool) {
 	r.mu.Lock()
 	r.released = append(r.released, outKey{to, seq})
 	r.nreleased.Store(int32(len(r.released)))
 	r.mu.Unlock()
+	if !wake {
+		return
+	}
 	select {
 	case r.cmds <- command{fn: func(time.Time, *Node) {}}:
 	default:
@@ -1039,7 +1045,7 @@ func (r *Runtime) sendWait(ctx context.Context, to mq.PeerID, topic string, payl
 	if w.ch != nil { // queued, and w is its waiter
 		defer r.endWait(f.ID, w.ch)
 		if err != nil {
-			r.release(to, f.Seq) // the wait ends here
+			r.release(to, f.Seq, true) // the wait ends here
 		}
 	}
 	if err != nil {
@@ -1051,11 +1057,11 @@ func (r *Runtime) sendWait(ctx context.Context, to mq.PeerID, topic string, payl
 		case EventFailed:
 			return f, ev, fmt.Errorf("message %s to %s failed: %s", f.ID, to, ev.Reason)
 		case EventReceived:
-			r.release(to, f.Seq) // the final ack is still to come
+			r.release(to, f.Seq, false) // the final ack is still to come
 		}
 		return f, ev, nil
 	case <-ctx.Done():
-		r.release(to, f.Seq)
+		r.release(to, f.Seq, true)
 		return f, Event{}, ctx.Err()
 	case <-r.stopped:
 		return f, Event{}, ErrStopped // (the loop stored the held rows)

@@ -473,3 +473,23 @@ func TestSendWaitGivenUpBeforeTheLoopSendsNothing(t *testing.T) {
 	defer r.mu.Unlock()
 	assert.Empty(t, r.waiters)
 }
+
+// A row released after an early received ack waits for the next step (the
+// final ack's, which drops it) without waking the loop; one released by a
+// caller that gave up wakes it.
+func TestReleaseWakesTheLoopOnlyForAGivenUpWait(t *testing.T) {
+	r := NewRuntime(NewNode("A", State{}, memory.NewRand(1), NodeOptions{}), nil, nil, system.Clock{}, nil)
+	r.held[outKey{"B", 1}] = mq.Change{Kind: mq.PutOutbox, Peer: "B", Seq: 1}
+	r.held[outKey{"B", 2}] = mq.Change{Kind: mq.PutOutbox, Peer: "B", Seq: 2}
+	r.release("B", 1, false)
+	assert.Empty(t, r.cmds, "the loop is not woken")
+	r.release("B", 2, true)
+	assert.Len(t, r.cmds, 1, "the loop is woken")
+	now := time.Unix(1, 0)
+	r.gatherReleased(now)
+	assert.Empty(t, r.held)
+	assert.Len(t, r.lazyRows, 2, "gathered for the linger")
+	r.gatherLazy([]mq.Change{{Kind: mq.DeleteOutbox, Peer: "B", Seq: 1}, {Kind: mq.DeleteOutbox, Peer: "B", Seq: 2}}, now)
+	assert.Empty(t, r.lazyRows, "their final acks drop them")
+	assert.True(t, r.rowsDue().IsZero())
+}
