@@ -203,8 +203,13 @@ func fmtUS(us float64) string {
 }
 
 // latencyBlock is how many round trips a latency measure of bench mq takes
-// before the next one has its turn.
-const latencyBlock = 250
+// before the next one has its turn: about a millisecond. The scheduler's
+// ways (the whole chain of a round trip on one thread, or each hop handed
+// between two) last a few milliseconds each; in longer blocks one measure
+// could catch a way the other did not, and the ratio of a run strayed
+// (0.94x to 1.46x in 10 runs with blocks of 250, against 1.20x to 1.24x
+// with blocks of 50), while its median over runs stayed the same.
+const latencyBlock = 50
 
 // benchMQ runs the bus benchmark; see the bench mq command.
 func benchMQ(ctx context.Context, o benchOptions) (*benchResult, error) {
