@@ -177,10 +177,11 @@ type Runtime struct {
 	// held are the outbox rows of messages a caller waits on (SendWait,
 	// SendRoundTrip), kept apart from lazyRows until the wait ends without
 	// the message's final ack (see release): no timer is set for them, so
-	// round trips one after another set none. Nothing is lost if the node
-	// stops meanwhile: the caller has been told nothing yet. Their deletion
-	// drops them, as it drops a gathered row. stepWaited lists the
-	// messages of waiting callers queued in the step being flushed.
+	// round trips one after another set none. A node that stops stores
+	// them; one that crashes loses only messages whose callers were told
+	// nothing yet. Their deletion drops them, as it drops a gathered row.
+	// stepWaited lists the messages of waiting callers queued in the step
+	// being flushed.
 	held       map[outKey]mq.Change
 	stepWaited []outKey
 
@@ -647,11 +648,11 @@ func (r *Runtime) gatherReleased(now time.Time) {
 func (r *Runtime) handOverLazy() error { return r.handOver(true, time.Time{}) }
 
 // handOver sends gathered outbox rows, and the gathered deletions and held
-// rows too if dels, to the persister as one job: rows first (a deletion gathered never
-// names a row gathered, which it would have dropped). With dels every row
-// goes; without, only the rows gathered linger ago or earlier: each row
-// gets its whole linger to be acknowledged and never written, not only the
-// first of a batch.
+// rows too if dels, to the persister as one job: rows first (a deletion
+// gathered never names a row gathered or held, which it would have
+// dropped). With dels every row goes; without, only the rows gathered
+// linger ago or earlier: each row gets its whole linger to be acknowledged
+// and never written, not only the first of a batch.
 func (r *Runtime) handOver(dels bool, now time.Time) error {
 	n := len(r.lazyRows) // with dels: every row
 	if !dels {
@@ -997,9 +998,12 @@ func (r *Runtime) Post(ctx context.Context, to mq.PeerID, topic string, payload 
 	}
 }
 
-// SendWait queues a message durably and waits until the peer's node
-// acknowledged it (EventDelivered), it failed (EventFailed), or ctx ends. On
-// ctx expiry the message stays queued and the returned frame is still valid.
+// SendWait queues a message and waits until the peer's node acknowledged
+// it (EventDelivered), it failed (EventFailed), or ctx ends. On ctx expiry
+// the message stays queued, stored within the linger, and the returned frame
+// is still valid. While the caller waits, the message's outbox row is held
+// in memory (see Runtime.held): a message acknowledged meanwhile is never
+// written, and a crash meanwhile loses only what the caller was not told.
 func (r *Runtime) SendWait(ctx context.Context, to mq.PeerID, topic string, payload []byte) (mq.Frame, Event, error) {
 	return r.sendWait(ctx, to, topic, payload, false)
 }

@@ -60,7 +60,8 @@ type Runtime interface {
 	Self() mq.PeerID
 	// Do runs fn on the node's goroutine and returns once its effects are durable.
 	Do(ctx context.Context, fn func(now time.Time, n *app.Node)) error
-	// SendWait queues a message durably and waits for the peer's ack or ctx.
+	// SendWait queues a message and waits for the peer's ack or ctx; a
+	// message whose wait ends without the ack is stored within the linger.
 	SendWait(ctx context.Context, to mq.PeerID, topic string, payload []byte) (mq.Frame, app.Event, error)
 	// Subscribe returns a bounded subscription to node events.
 	Subscribe(n int) *app.Subscription
@@ -274,8 +275,9 @@ func (s *server) send(w http.ResponseWriter, r *http.Request) {
 	case err == nil:
 		writeJSON(w, http.StatusOK, sendResponse{MsgID: f.ID, Status: StatusDelivered})
 	case f.ID != "" && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)):
-		// Durable in the outbox: the bus keeps trying; the browser learns of
-		// the application's receipt on the event stream.
+		// Queued, and in the durable outbox within milliseconds: the bus keeps
+		// trying; the browser learns of the application's receipt on the
+		// event stream.
 		writeJSON(w, http.StatusAccepted, sendResponse{MsgID: f.ID, Status: StatusQueued})
 	case f.ID != "" && errors.Is(err, app.ErrStopped):
 		writeJSON(w, http.StatusAccepted, sendResponse{MsgID: f.ID, Status: StatusQueued, Error: "node stopped; the message is resent when it starts again"})
