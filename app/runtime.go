@@ -527,7 +527,7 @@ func (r *Runtime) flush(ctx context.Context, now time.Time, pending []command) e
 	// the store can do it at once (a receiver's cursor), and the step
 	// completes here, without a hand-over to the persister.
 	if r.inflight.Load() == 0 && (j.rd.Batch.Empty() || r.quick != nil && r.quick.ApplyNow(j.rd.Batch)) {
-		r.complete(ctx, j, r.inline)
+		r.complete(ctx, &j, r.inline)
 	} else {
 		// The job holds its arrays, but not those of the changes split off
 		// (gathered below, by copy), nor the frames sent early.
@@ -729,8 +729,8 @@ func (r *Runtime) enqueue(j job) error {
 	case r.jobs <- j:
 		return nil
 	case <-r.fatal:
-		r.done(j)
-		r.fail(j, r.err)
+		r.done(&j)
+		r.fail(&j, r.err)
 		return r.err
 	}
 }
@@ -775,7 +775,7 @@ func splitLazy(b *ports.Batch) []mq.Change {
 }
 
 // done takes a completed (or failed) job off the in-flight counts.
-func (r *Runtime) done(j job) {
+func (r *Runtime) done(j *job) {
 	if j.lazy {
 		return
 	}
@@ -829,7 +829,8 @@ func (r *Runtime) persister(ctx context.Context) {
 				}
 			}
 		}
-		for _, g := range group {
+		for i := range group {
+			g := &group[i]
 			if failed != nil {
 				r.fail(g, failed)
 				r.done(g)
@@ -843,19 +844,20 @@ func (r *Runtime) persister(ctx context.Context) {
 			r.done(g)
 			r.returnCmds(g.cmds, nil)
 		}
+		clear(group) // the next group's jobs do not keep these alive
 	}
 }
 
 // complete carries out a job that needs nothing stored (or stored at once),
 // on the stepping goroutine. direct is as for sendFrames.
-func (r *Runtime) complete(ctx context.Context, j job, direct bool) {
+func (r *Runtime) complete(ctx context.Context, j *job, direct bool) {
 	r.send(ctx, j, direct)
 	r.returnCmds(j.cmds, nil)
 }
 
 // send hands a stored job's frames and dials over, and publishes its events.
 // direct is as for sendFrames.
-func (r *Runtime) send(ctx context.Context, j job, direct bool) {
+func (r *Runtime) send(ctx context.Context, j *job, direct bool) {
 	r.sendFrames(j.rd.Frames, direct)
 	r.discover(ctx, &j.rd)
 	if len(j.rd.History) > 0 {
@@ -875,7 +877,7 @@ func (r *Runtime) returnCmds(cmds []command, err error) {
 	}
 }
 
-func (r *Runtime) fail(j job, err error) { r.returnCmds(j.cmds, err) }
+func (r *Runtime) fail(j *job, err error) { r.returnCmds(j.cmds, err) }
 
 // sendFrames hands frames to the transport. With direct (an inline step,
 // on the stepping goroutine under stepMu), frames the transport lets the

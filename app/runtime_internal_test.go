@@ -30,7 +30,7 @@ func TestHistoryQuestionsAreBounded(t *testing.T) {
 	sub := r.Subscribe(1)
 	q := group.HistoryQuestion{Req: "r", Limit: 5}
 	ask := func(from mq.PeerID) {
-		r.send(context.Background(), job{rd: Ready{History: []HistoryQuestion{{Group: "g", From: from, Q: q}}}}, false)
+		r.send(context.Background(), &job{rd: Ready{History: []HistoryQuestion{{Group: "g", From: from, Q: q}}}}, false)
 	}
 	for range 10 {
 		ask("A")

@@ -727,14 +727,18 @@ func reuse[T any](out, spare, s []T) ([]T, []T) {
 // changes are coalesced: one per peer per Ready, in peer order.
 func (b *Bus) Drain() Ready {
 	b.validJSON = nil // not kept past the step
-	slices.Sort(b.dirtyDests)
+	if len(b.dirtyDests) > 1 {
+		slices.Sort(b.dirtyDests)
+	}
 	for _, p := range b.dirtyDests {
 		d := b.dests[p]
 		d.seqDirty = false
 		b.out.Changes = append(b.out.Changes, Change{Kind: SetNextSeq, Peer: p, Seq: d.reserved})
 	}
 	b.dirtyDests = b.dirtyDests[:0]
-	slices.Sort(b.dirtySources)
+	if len(b.dirtySources) > 1 {
+		slices.Sort(b.dirtySources)
+	}
 	for _, p := range b.dirtySources {
 		s := b.sources[p]
 		s.dirty = false

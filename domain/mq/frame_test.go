@@ -132,6 +132,15 @@ func TestAppendJSONStringMatchesEncodingJSON(t *testing.T) {
 			assert.Equal(t, string(want), string(appendJSONString(nil, s)), "byte %#x", c)
 		}
 	}
+	// Longer strings, eight bytes at a time: each byte at each place.
+	for c := 0; c < 256; c++ {
+		for at := 0; at < 24; at += 5 {
+			b := []byte("0123456789abcdef-ghijklmnopqrstuv")
+			b[at] = byte(c)
+			want, _ := json.Marshal(string(b))
+			assert.Equal(t, string(want), string(appendJSONString(nil, string(b))), "byte %#x at %d", c, at)
+		}
+	}
 	for _, s := range []string{"", "msg", "é", "a\u2028b", "<script>", `q"b\s`} {
 		want, _ := json.Marshal(s)
 		assert.Equal(t, string(want), string(appendJSONString([]byte("x"), s))[1:])
