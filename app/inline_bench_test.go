@@ -81,6 +81,9 @@ type cursorStore struct {
 }
 
 func (s *cursorStore) ApplyNow(b ports.Batch) bool {
+	if len(b.Groups) > 0 || len(b.Peers) > 0 {
+		return false
+	}
 	for _, c := range b.Bus {
 		if c.Kind != mq.SetCursor {
 			return false
@@ -89,7 +92,7 @@ func (s *cursorStore) ApplyNow(b ports.Batch) bool {
 	for _, c := range b.Bus {
 		s.cursors[c.Peer] = c.Seq
 	}
-	return len(b.Groups) == 0 && len(b.Peers) == 0
+	return true
 }
 
 // BenchmarkInlineRoundTrip measures the node's own work for one round trip

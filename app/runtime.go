@@ -1125,12 +1125,9 @@ func (r *Runtime) loopSend(ctx context.Context, w *waiter, payload []byte, want 
 	}
 	res.mu.Lock()
 	defer res.mu.Unlock()
-	if !res.queued {
+	if !res.queued { // ctx ended first
 		res.gone = true
-		if ctx.Err() != nil {
-			return mq.Frame{}, ctx.Err()
-		}
-		return mq.Frame{}, ErrStopped
+		return mq.Frame{}, ctx.Err()
 	}
 	*w = res.w
 	if res.err == nil && ctx.Err() != nil {
