@@ -366,7 +366,7 @@ func (b *Bus) SendWant(now time.Time, to PeerID, id, topic string, payload []byt
 		return Frame{}, err
 	}
 	if err := b.checkedJSON(f.Payload); err != nil {
-		return Frame{}, fmt.Errorf("payload: %w", err)
+		return Frame{}, err // it says "payload ..."
 	}
 	d := b.dest(to)
 	if len(d.queue) >= b.opts.MaxPending {
@@ -708,9 +708,9 @@ func (b *Bus) Reuse(changes []Change, frames []Outgoing, results []Result) {
 }
 
 // reuse takes s, emptied (cleared: nothing it pointed to is held), as the
-// outputs' array out when they have none yet, or else as
-// the spare array, when it is larger than the one it replaces and not
-// larger than maxReused.
+// outputs' array out when they have none yet, or else as the spare array,
+// when it is larger than the one it replaces and not larger than
+// maxReused.
 func reuse[T any](out, spare, s []T) ([]T, []T) {
 	if cap(s) > maxReused || cap(s) <= cap(spare) && (len(out) > 0 || cap(s) <= cap(out)) {
 		return out, spare

@@ -413,9 +413,22 @@ const (
 // the callers use.
 func stringSpecials(x uint64) uint64 {
 	ctl := (x - 0x20*lsbs) &^ x
-	q := x ^ ('"' * lsbs)
-	bs := x ^ ('\\' * lsbs)
-	return (x | ctl | ((q - lsbs) &^ q) | ((bs - lsbs) &^ bs)) & msbs
+	return (x|ctl)&msbs | hasByte(x, '"') | hasByte(x, '\\')
+}
+
+// hasByte flags (high bit of each byte) the bytes of x equal to c; a byte
+// above one flagged may be flagged too (borrows run upwards), so the
+// lowest flagged byte is exact.
+func hasByte(x uint64, c byte) uint64 {
+	v := x ^ (uint64(c) * lsbs)
+	return (v - lsbs) &^ v & msbs
+}
+
+// word8 returns the eight bytes of s from i (i+8 <= len(s)), the first
+// lowest, as one word.
+func word8(s string, i int) uint64 {
+	return uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
+		uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
 }
 
 // scanNumber scans a JSON number at d[i] and reports whether it is an

@@ -162,10 +162,8 @@ func printable(s string) bool {
 	i := 0
 	for ; i+8 <= len(s); i += 8 {
 		// Eight bytes at a time: flag bytes < 0x20, == 0x7f or >= 0x80.
-		x := uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
-			uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
-		del := x ^ (0x7f * lsbs)
-		if (x|((x-0x20*lsbs)&^x)|((del-lsbs)&^del))&msbs != 0 {
+		x := word8(s, i)
+		if (x|((x-0x20*lsbs)&^x))&msbs|hasByte(x, 0x7f) != 0 {
 			break
 		}
 	}
@@ -291,8 +289,7 @@ func appendJSONString(dst []byte, s string) []byte {
 	for ; i+8 <= len(s); i += 8 {
 		// Eight bytes at a time while none needs escaping (a flag may be
 		// false: the bytes are then checked one by one).
-		x := uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
-			uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
+		x := word8(s, i)
 		if stringSpecials(x)|hasByte(x, '<')|hasByte(x, '>')|hasByte(x, '&') != 0 {
 			break
 		}
@@ -306,13 +303,6 @@ func appendJSONString(dst []byte, s string) []byte {
 	dst = append(dst, '"')
 	dst = append(dst, s...)
 	return append(dst, '"')
-}
-
-// hasByte flags (in its high bit) a byte of x that may equal c: every such
-// byte is flagged, and a byte above one equal to c may be flagged too.
-func hasByte(x uint64, c byte) uint64 {
-	v := x ^ (uint64(c) * lsbs)
-	return (v - lsbs) &^ v & msbs
 }
 
 // jsonPlain marks the bytes encoding/json writes as they are in a string:
