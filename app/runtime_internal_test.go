@@ -258,8 +258,9 @@ func TestStepReceivedOnlyWhenIdle(t *testing.T) {
 }
 
 // Rows that were all acknowledged while gathered leave nothing due: the
-// loop's timer is not set for a hand-over that would store nothing (a
-// caller sending one round trip after another never wakes the loop).
+// loop's timer is not set for a hand-over that would store nothing (the
+// messages of a pipelined burst, acknowledged within the linger, leave no
+// timer to fire for nothing).
 func TestAckedRowsLeaveNothingDue(t *testing.T) {
 	r, clk := lazyRuntime()
 	row, del := outboxRow, outboxDel
@@ -277,8 +278,9 @@ func TestAckedRowsLeaveNothingDue(t *testing.T) {
 	assert.Equal(t, []mq.Change{row(3)}, j.rd.Batch.Bus)
 }
 
-// lazyRuntime is a runtime, not running, on a manual clock, for tests of
-// the gathering of lazy changes.
+// lazyRuntime is a runtime, not running, on a manual clock, with neither
+// transport nor store: for tests of its parts (the gathering of lazy
+// changes, waiters, subscriptions).
 func lazyRuntime() (*Runtime, *manualClock) {
 	clk := &manualClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
 	return NewRuntime(NewNode("H", State{}, system.Rand{}, NodeOptions{}), nil, nil, clk, nil), clk
@@ -295,7 +297,7 @@ func outboxDel(seq int64) mq.Change { return mq.Change{Kind: mq.DeleteOutbox, Pe
 // emptied first: an event that came after its caller stopped waiting (its
 // ctx ended) never reaches the next caller.
 func TestWaitChannelsAreReusedEmpty(t *testing.T) {
-	r := NewRuntime(NewNode("A", State{}, memory.NewRand(1), NodeOptions{}), nil, nil, system.Clock{}, nil)
+	r, _ := lazyRuntime()
 	now := time.Unix(1, 0)
 	w1 := waiter{to: "B", topic: "t"}
 	f1, err := r.queueWaiting(now, r.node, &w1, []byte(`1`), "")
@@ -325,7 +327,7 @@ func TestWaitChannelsAreReusedEmpty(t *testing.T) {
 // The kinds muted follow the subscriptions as they come and go (closed by
 // their owner, or for being too slow) and the callers waiting for acks.
 func TestMutedKindsFollowSubscriptions(t *testing.T) {
-	r := NewRuntime(NewNode("A", State{}, memory.NewRand(1), NodeOptions{}), nil, nil, system.Clock{}, nil)
+	r, _ := lazyRuntime()
 	assert.Equal(t, Mutable, r.mutedKinds(), "nobody listens")
 	msgs := r.SubscribeKinds(1, EventMessage)
 	assert.Equal(t, Mutable&^(1<<EventMessage), r.mutedKinds())
@@ -368,19 +370,26 @@ func (s *putStore) Apply(ctx context.Context, b ports.Batch) error {
 	return nil
 }
 
-// startLone runs node A with no peer to answer it, on a putStore.
-func startLone(t *testing.T) (*Runtime, *putStore, context.CancelFunc, chan error) {
+// newLone is node A's runtime, not running, with no peer to answer it, on
+// a putStore.
+func newLone(t *testing.T) (*Runtime, *putStore) {
 	t.Helper()
 	store := &putStore{Store: memory.NewStore(), puts: make(chan outKey, 16)}
 	tr := memory.NewNetwork().Join("A")
-	r := NewRuntime(NewNode("A", State{}, memory.NewRand(1), NodeOptions{}), tr, store, system.Clock{}, nil)
+	t.Cleanup(func() { _ = tr.Close() })
+	return NewRuntime(NewNode("A", State{}, memory.NewRand(1), NodeOptions{}), tr, store, system.Clock{}, nil), store
+}
+
+// startLone runs newLone's runtime until the test ends.
+func startLone(t *testing.T) (*Runtime, *putStore, context.CancelFunc, chan error) {
+	t.Helper()
+	r, store := newLone(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
 	t.Cleanup(func() {
 		cancel()
 		<-r.Done()
-		_ = tr.Close()
 	})
 	require.NoError(t, r.Do(ctx, func(time.Time, *Node) {}))
 	return r, store, cancel, done
@@ -443,10 +452,7 @@ func TestHeldRowsAreStoredAtStop(t *testing.T) {
 // A caller that stops waiting before the loop came to its message leaves
 // it unsent: it was told the node did not take it.
 func TestSendWaitGivenUpBeforeTheLoopSendsNothing(t *testing.T) {
-	store := &putStore{Store: memory.NewStore(), puts: make(chan outKey, 16)}
-	tr := memory.NewNetwork().Join("A")
-	defer tr.Close()
-	r := NewRuntime(NewNode("A", State{}, memory.NewRand(1), NodeOptions{}), tr, store, system.Clock{}, nil)
+	r, _ := newLone(t)
 	wctx, stopWaiting := context.WithCancel(context.Background())
 	errs := make(chan error, 1)
 	go func() {
@@ -478,7 +484,7 @@ func TestSendWaitGivenUpBeforeTheLoopSendsNothing(t *testing.T) {
 // final ack's, which drops it) without waking the loop; one released by a
 // caller that gave up wakes it.
 func TestReleaseWakesTheLoopOnlyForAGivenUpWait(t *testing.T) {
-	r := NewRuntime(NewNode("A", State{}, memory.NewRand(1), NodeOptions{}), nil, nil, system.Clock{}, nil)
+	r, _ := lazyRuntime()
 	r.held[outKey{"B", 1}] = mq.Change{Kind: mq.PutOutbox, Peer: "B", Seq: 1}
 	r.held[outKey{"B", 2}] = mq.Change{Kind: mq.PutOutbox, Peer: "B", Seq: 2}
 	r.release("B", 1, false)
