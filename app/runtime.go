@@ -181,7 +181,7 @@ type Runtime struct {
 	// them; one that crashes loses only messages whose callers were told
 	// nothing yet. Their deletion drops them, as it drops a gathered row.
 	// stepWaited lists the messages of waiting callers queued in the step
-	// being flushed.
+	// being flushed, in the order they were queued.
 	held       map[outKey]mq.Change
 	stepWaited []outKey
 
@@ -571,11 +571,16 @@ func (r *Runtime) lazyDue(now time.Time) error {
 // row was never stored (PutOutbox is emitted once per message, and (peer,
 // seq) names one message, never reused).
 func (r *Runtime) gatherLazy(cs []mq.Change, now time.Time) {
+	// The rows of waited messages come in the order stepWaited lists them
+	// (both are the order of the step's sends), so one pass matches them.
+	// A row that did not match would only be gathered instead of held.
+	waited := r.stepWaited
 	for _, c := range cs {
 		k := outKey{c.Peer, c.Seq}
 		switch c.Kind {
 		case mq.PutOutbox:
-			if slices.Contains(r.stepWaited, k) {
+			if len(waited) > 0 && waited[0] == k {
+				waited = waited[1:]
 				r.held[k] = c
 				continue
 			}

@@ -5,7 +5,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"runtime"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -498,4 +500,24 @@ func TestReleaseWakesTheLoopOnlyForAGivenUpWait(t *testing.T) {
 	r.gatherLazy([]mq.Change{{Kind: mq.DeleteOutbox, Peer: "B", Seq: 1}, {Kind: mq.DeleteOutbox, Peer: "B", Seq: 2}}, now)
 	assert.Empty(t, r.lazyRows, "their final acks drop them")
 	assert.True(t, r.rowsDue().IsZero())
+}
+
+// In a step that queues several messages, some waited on and some not, the
+// rows of the waited ones are held and the others gathered.
+func TestWaitedRowsAmongOthersAreHeld(t *testing.T) {
+	r, clk := lazyRuntime()
+	n := r.node
+	n.Ready() // the new node's epoch
+	w1, w2 := waiter{to: "B", topic: "t"}, waiter{to: "C", topic: "t"}
+	f1, err := r.queueWaiting(clk.now, n, &w1, []byte(`1`), "")
+	require.NoError(t, err)
+	f2, err := n.Send(clk.now, "B", "t", []byte(`2`), "") // nobody waits
+	require.NoError(t, err)
+	f3, err := r.queueWaiting(clk.now, n, &w2, []byte(`3`), "")
+	require.NoError(t, err)
+	rd := n.Ready()
+	r.gatherLazy(splitLazy(&rd.Batch), clk.now)
+	assert.ElementsMatch(t, []outKey{{"B", f1.Seq}, {"C", f3.Seq}}, slices.Collect(maps.Keys(r.held)))
+	require.Len(t, r.lazyRows, 1)
+	assert.Equal(t, outKey{"B", f2.Seq}, outKey{r.lazyRows[0].Peer, r.lazyRows[0].Seq})
 }
